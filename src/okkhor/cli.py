@@ -1,0 +1,71 @@
+"""The `okkhor` command line: one thin command per verb; the work happens in the library."""
+from __future__ import annotations
+
+import functools
+import importlib
+import sys
+
+import typer
+
+from okkhor.errors import OkkhorError
+
+app = typer.Typer(
+    name="okkhor",
+    help="Train and ship handwritten-grapheme recognisers (Bengali.AI format).\n\n"
+         "Data path: synth | Kaggle files -> prepare -> split -> train -> predict / evaluate / score -> report.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+# verb -> module under okkhor.commands defining `command`
+VERBS = {
+    "synth": "synth",
+    "prepare": "prepare",
+    "split": "split",
+    "train": "train",
+    "predict": "predict",
+    "evaluate": "evaluate",
+    "score": "score",
+    "report": "report",
+    "export": "export",
+    "preview": "preview",
+    "memory": "memory",
+}
+
+
+def fail(message: str, code: int = 2) -> "typer.Exit":
+    """Print one error line to stderr and return the Exit to raise."""
+    typer.echo(f"okkhor: error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def _guarded(func):
+    """Turn OkkhorError (and Ctrl-C) into one line on stderr and a non-zero exit, never a traceback."""
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except OkkhorError as exc:
+            raise fail(str(exc)) from None
+        except KeyboardInterrupt:
+            raise fail("interrupted", 130) from None
+    return wrapper
+
+
+def _register() -> None:
+    for verb, module in VERBS.items():
+        mod = importlib.import_module(f"okkhor.commands.{module}")
+        app.command(name=verb)(_guarded(mod.command))
+
+
+_register()
+
+
+def main() -> None:
+    app(prog_name="okkhor")
+
+
+if __name__ == "__main__":
+    main()

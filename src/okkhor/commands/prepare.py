@@ -1,0 +1,31 @@
+"""`okkhor prepare`: raw parquet files -> cropped, resized uint8 cache."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def command(
+    data_dir: Path = typer.Argument(..., help="Folder with train.csv and *_image_data_*.parquet files."),
+    size: int = typer.Option(128, "--size", help="Side of the square output images."),
+    crop: bool = typer.Option(True, "--crop/--no-crop", help="Crop to the ink's bounding box before resizing."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Cache dir (default DATA_DIR/cache/<size>[-nocrop]/)."),
+) -> None:
+    """Build the training cache: invert, crop to the ink, pad to a square, resize (area).
+
+    Writes train.npy / test.npy (uint8 N x S x S, memory-mappable) and the image_id order. A second call with
+    the same inputs and options reuses the cache.
+
+    Examples:
+      okkhor prepare data/
+      okkhor prepare data/ --size 64 --out /tmp/cache64
+      okkhor prepare data/ --no-crop
+    """
+    from okkhor.data.prepare import prepare
+
+    result = prepare(data_dir, size=size, crop=crop, out=out)
+    for split, info in result.items():
+        state = "reused" if info["reused"] else "written"
+        typer.echo(f"{split}: {info['count']} images, {state}: {info['path']}")

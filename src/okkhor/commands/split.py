@@ -1,0 +1,31 @@
+"""`okkhor split`: multilabel stratified folds."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def command(
+    data_dir: Path = typer.Argument(..., help="Folder with train.csv (and class_map.csv)."),
+    folds: int = typer.Option(5, "--folds", help="Number of folds."),
+    seed: int = typer.Option(42, "--seed", help="Random seed."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output CSV (default DATA_DIR/folds.csv)."),
+) -> None:
+    """Assign every training image to a fold, stratified over all targets at once; writes image_id,fold.
+
+    Examples:
+      okkhor split data/
+      okkhor split data/ --folds 4 --seed 7 --out data/folds4.csv
+    """
+    import numpy as np
+    import pandas as pd
+
+    from okkhor.data.folds import split
+    from okkhor.data.kaggle import load_targets
+
+    targets = load_targets(data_dir)
+    path = split(data_dir, targets, folds=folds, seed=seed, out=out)
+    counts = np.bincount(pd.read_csv(path)["fold"].to_numpy(), minlength=folds)
+    typer.echo(f"wrote {path}: {counts.sum()} images in {folds} folds ({', '.join(map(str, counts))})")

@@ -1,0 +1,70 @@
+"""Multilabel stratified folds over all targets at once (iterative-stratification)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from iterstrat.ml_stratifiers import MultilabelStratifiedKFold, MultilabelStratifiedShuffleSplit
+
+from okkhor.data.kaggle import read_csv_checked, read_train_labels
+from okkhor.errors import OkkhorError
+from okkhor.fsutil import atomic_path
+from okkhor.targets import Targets
+
+
+def one_hot_all(labels: np.ndarray, targets: Targets) -> np.ndarray:
+    """Labels [n, T] -> concatenated one-hot indicators [n, sum(num_classes)] (uint8)."""
+    offsets = np.concatenate([[0], np.cumsum(targets.num_classes)[:-1]])
+    out = np.zeros((len(labels), sum(targets.num_classes)), dtype=np.uint8)
+    rows = np.arange(len(labels))
+    for t, off in enumerate(offsets):
+        out[rows, off + labels[:, t]] = 1
+    return out
+
+
+def make_folds(labels: np.ndarray, targets: Targets, folds: int = 5, seed: int = 42) -> np.ndarray:
+    """Fold index per sample [n], stratified over every class of every target."""
+    if folds < 2:
+        raise OkkhorError(f"--folds {folds}: at least 2 folds are needed")
+    if len(labels) < folds:
+        raise OkkhorError(f"--folds {folds}: more folds than images ({len(labels)})")
+    y = one_hot_all(labels, targets)
+    out = np.full(len(labels), -1, dtype=np.int64)
+    splitter = MultilabelStratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    for k, (_, valid_idx) in enumerate(splitter.split(np.zeros(len(labels)), y)):
+        out[valid_idx] = k
+    return out
+
+
+def stratified_subset(labels: np.ndarray, targets: Targets, n: int, seed: int = 42) -> np.ndarray:
+    """Sorted indices of a stratified subset of n samples (all of them when n >= len)."""
+    if n <= 0 or n >= len(labels):
+        return np.arange(len(labels))
+    y = one_hot_all(labels, targets)
+    splitter = MultilabelStratifiedShuffleSplit(n_splits=1, train_size=n, test_size=len(labels) - n,
+                                                random_state=seed)
+    idx, _ = next(splitter.split(np.zeros(len(labels)), y))
+    return np.sort(idx)
+
+
+def split(data_dir: str | Path, targets: Targets, folds: int = 5, seed: int = 42,
+          out: str | Path | None = None) -> Path:
+    """Write `image_id,fold` for every row of DATA_DIR/train.csv (default DATA_DIR/folds.csv)."""
+    data_dir = Path(data_dir)
+    df, labels = read_train_labels(data_dir / "train.csv", targets)
+    fold = make_folds(labels, targets, folds, seed)
+    out = Path(out) if out else data_dir / "folds.csv"
+    with atomic_path(out) as tmp:
+        pd.DataFrame({"image_id": df["image_id"].astype(str), "fold": fold}).to_csv(tmp, index=False)
+    return out
+
+
+def read_folds(path: str | Path, image_ids: list[str]) -> np.ndarray:
+    """Fold per image, aligned to image_ids; fails naming the file when an image has no fold."""
+    df = read_csv_checked(path, ["image_id", "fold"], "folds CSV")
+    mapping = dict(zip(df["image_id"].astype(str), df["fold"].astype(int)))
+    missing = [i for i in image_ids if i not in mapping]
+    if missing:
+        raise OkkhorError(f"{path}: no fold for image {missing[0]} ({len(missing)} missing); rerun `okkhor split`")
+    return np.array([mapping[i] for i in image_ids], dtype=np.int64)

@@ -1,0 +1,207 @@
+"""The Bengali.AI competition file format: image parquet files, label CSVs and submissions."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from okkhor.errors import OkkhorError
+from okkhor.fsutil import atomic_path
+from okkhor.targets import Targets
+
+IMAGE_HEIGHT = 137
+IMAGE_WIDTH = 236
+N_PIXELS = IMAGE_HEIGHT * IMAGE_WIDTH  # 32,332
+PIXEL_COLUMNS = tuple(str(i) for i in range(N_PIXELS))
+_PARQUET_RE = re.compile(r"^(train|test)_image_data_(\d+)\.parquet$")
+
+
+def image_parquet_files(data_dir: str | Path, split: str) -> list[Path]:
+    """The `<split>_image_data_<i>.parquet` files of a data dir, in index order."""
+    data_dir = Path(data_dir)
+    found = []
+    for p in data_dir.glob(f"{split}_image_data_*.parquet"):
+        m = _PARQUET_RE.match(p.name)
+        if m and m.group(1) == split:
+            found.append((int(m.group(2)), p))
+    return [p for _, p in sorted(found)]
+
+
+def _open_parquet(path: Path) -> pq.ParquetFile:
+    if not path.is_file():
+        raise OkkhorError(f"{path}: file not found")
+    try:
+        return pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20)
+    except Exception as exc:  # pyarrow raises ArrowInvalid / OSError for truncated or non-parquet files
+        raise OkkhorError(f"{path}: not a readable parquet file ({str(exc).splitlines()[0]})") from None
+
+
+def check_image_schema(path: Path, schema: pa.Schema) -> None:
+    """Fail with one line naming the file unless it has image_id and 32,332 integer pixel columns '0'..'32331'."""
+    names = schema.names
+    if "image_id" not in names:
+        raise OkkhorError(f"{path}: missing column image_id")
+    pixels = [n for n in names if n != "image_id"]
+    if len(pixels) != N_PIXELS:
+        raise OkkhorError(f"{path}: expected {N_PIXELS} pixel columns ({IMAGE_HEIGHT}x{IMAGE_WIDTH} images), "
+                          f"found {len(pixels)}")
+    if tuple(pixels) != PIXEL_COLUMNS:
+        raise OkkhorError(f"{path}: pixel columns must be named '0'..'{N_PIXELS - 1}' in order")
+    for name in pixels:
+        t = schema.field(name).type
+        if not pa.types.is_integer(t):
+            raise OkkhorError(f"{path}: column '{name}' has type {t}; pixel values must be uint8")
+
+
+def parquet_num_rows(path: str | Path) -> int:
+    return _open_parquet(Path(path)).metadata.num_rows
+
+
+def iter_image_parquet(path: str | Path, batch_rows: int = 1024) -> Iterator[tuple[list[str], np.ndarray]]:
+    """Yield (image_ids, images uint8 [n, 137, 236]) in row batches, so memory stays bounded by the batch."""
+    path = Path(path)
+    pf = _open_parquet(path)
+    schema = pf.schema_arrow
+    check_image_schema(path, schema)
+    id_index = schema.get_field_index("image_id")
+    pixel_indices = [i for i in range(len(schema.names)) if i != id_index]
+    all_uint8 = all(pa.types.is_uint8(schema.field(i).type) for i in pixel_indices)
+    try:
+        for batch in pf.iter_batches(batch_size=batch_rows, use_threads=False):
+            n = batch.num_rows
+            ids = [str(v) for v in batch.column(id_index).to_pylist()]
+            out = np.empty((n, N_PIXELS), dtype=np.uint8)
+            for j, ci in enumerate(pixel_indices):
+                col = batch.column(ci)
+                if col.null_count:
+                    raise OkkhorError(f"{path}: column '{j}' has missing values")
+                values = col.to_numpy(zero_copy_only=False)
+                if not all_uint8 and (values.min() < 0 or values.max() > 255):
+                    raise OkkhorError(f"{path}: column '{j}' has values outside 0..255; pixels must be uint8")
+                out[:, j] = values
+            yield ids, out.reshape(n, IMAGE_HEIGHT, IMAGE_WIDTH)
+    except OkkhorError:
+        raise
+    except Exception as exc:  # a truncated or corrupt file fails while decoding
+        raise OkkhorError(f"{path}: cannot read ({str(exc).splitlines()[0]})") from None
+
+
+def write_image_parquet(path: str | Path, image_ids: Sequence[str], images: np.ndarray,
+                        row_group_size: int = 4096) -> None:
+    """Write images uint8 [n, 137, 236] in the competition's layout (image_id, then '0'..'32331'), atomically."""
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.shape[1:] != (IMAGE_HEIGHT, IMAGE_WIDTH):
+        raise OkkhorError(f"{path}: images must be uint8 [n, {IMAGE_HEIGHT}, {IMAGE_WIDTH}], got "
+                          f"{images.dtype} {list(images.shape)}")
+    if len(image_ids) != len(images):
+        raise OkkhorError(f"{path}: {len(image_ids)} image ids for {len(images)} images")
+    flat = images.reshape(len(images), N_PIXELS)
+    fields = [pa.field("image_id", pa.string())] + [pa.field(c, pa.uint8()) for c in PIXEL_COLUMNS]
+    schema = pa.schema(fields)
+    with atomic_path(path) as tmp:
+        with pq.ParquetWriter(tmp, schema, compression="snappy") as writer:
+            for start in range(0, len(flat), row_group_size):
+                chunk = flat[start:start + row_group_size]
+                arrays = [pa.array(list(image_ids[start:start + row_group_size]), pa.string())]
+                arrays += [pa.array(np.ascontiguousarray(chunk[:, j])) for j in range(N_PIXELS)]
+                writer.write_table(pa.Table.from_arrays(arrays, schema=schema))
+
+
+def read_csv_checked(path: str | Path, required: Sequence[str], what: str = "CSV") -> pd.DataFrame:
+    """Read a CSV and fail with one line naming the file and the missing columns."""
+    path = Path(path)
+    if not path.is_file():
+        raise OkkhorError(f"{path}: file not found")
+    try:
+        df = pd.read_csv(path, dtype={"grapheme": str, "component": str}, keep_default_na=False)
+    except Exception as exc:
+        raise OkkhorError(f"{path}: cannot read {what} ({str(exc).splitlines()[0]})") from None
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        raise OkkhorError(f"{path}: missing column(s) {', '.join(missing)}")
+    return df
+
+
+def check_labels(df: pd.DataFrame, targets: Targets, path: str | Path) -> np.ndarray:
+    """Return labels int64 [n, n_targets]; fail naming the column when a value is not an integer in range."""
+    out = np.empty((len(df), len(targets)), dtype=np.int64)
+    for t, (name, n) in enumerate(zip(targets.names, targets.num_classes)):
+        col = pd.to_numeric(df[name], errors="coerce")
+        bad = col.isna() | (col != col.round())
+        if bad.any():
+            row = int(np.flatnonzero(bad.to_numpy())[0])
+            raise OkkhorError(f"{path}: column {name} has a non-integer value {df[name].iloc[row]!r} (row {row + 2})")
+        values = col.to_numpy().astype(np.int64)
+        out_of_range = (values < 0) | (values >= n)
+        if out_of_range.any():
+            row = int(np.flatnonzero(out_of_range)[0])
+            raise OkkhorError(f"{path}: column {name} has label {values[row]} outside the class map 0..{n - 1} "
+                              f"(row {row + 2})")
+        out[:, t] = values
+    return out
+
+
+def read_train_labels(path: str | Path, targets: Targets) -> tuple[pd.DataFrame, np.ndarray]:
+    """train.csv (or any labels CSV): image_id + one column per target. Returns the frame and int labels."""
+    df = read_csv_checked(path, ["image_id", *targets.names], "labels CSV")
+    if df["image_id"].duplicated().any():
+        dup = df.loc[df["image_id"].duplicated(), "image_id"].iloc[0]
+        raise OkkhorError(f"{path}: duplicate image_id {dup}")
+    return df, check_labels(df, targets, path)
+
+
+def read_test_csv(path: str | Path, targets: Targets) -> pd.DataFrame:
+    """test.csv: row_id,image_id,component."""
+    df = read_csv_checked(path, ["row_id", "image_id", "component"], "test CSV")
+    unknown = sorted(set(df["component"]) - set(targets.names))
+    if unknown:
+        raise OkkhorError(f"{path}: column component has unknown target(s) {', '.join(map(str, unknown))}")
+    return df
+
+
+def load_targets(data_dir: str | Path | None, class_map: str = "", names: Sequence[str] = (),
+                 weights: Sequence[float] | None = None) -> Targets:
+    """Targets of a data dir: an explicit class map, else DATA_DIR/class_map.csv, else the built-in Bengali map."""
+    path: Path | None = None
+    if class_map:
+        path = Path(class_map)
+    elif data_dir is not None and (Path(data_dir) / "class_map.csv").is_file():
+        path = Path(data_dir) / "class_map.csv"
+    targets = Targets.from_class_map(path)
+    if names:
+        unknown = [n for n in names if n not in targets.names]
+        if unknown:
+            raise OkkhorError(f"config: data.targets names {', '.join(unknown)} not in the class map "
+                              f"({', '.join(targets.names)})")
+        idx = [targets.names.index(n) for n in names]
+        targets = Targets.make([targets.names[i] for i in idx], [targets.num_classes[i] for i in idx], weights,
+                               {n: targets.components[n] for n in names if n in targets.components})
+    elif weights:
+        targets = Targets.make(targets.names, targets.num_classes, weights, targets.components)
+    return targets
+
+
+def write_submission(path: str | Path, row_ids: Sequence[str], values: Sequence[int]) -> None:
+    """Write `row_id,target` atomically."""
+    df = pd.DataFrame({"row_id": list(row_ids), "target": np.asarray(values, dtype=np.int64)})
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False)
+
+
+def read_submission(path: str | Path) -> pd.DataFrame:
+    """A Kaggle submission `row_id,target`; targets must be integers, row_ids unique."""
+    df = read_csv_checked(path, ["row_id", "target"], "submission")
+    if df["row_id"].duplicated().any():
+        raise OkkhorError(f"{path}: duplicate row_id {df.loc[df['row_id'].duplicated(), 'row_id'].iloc[0]}")
+    col = pd.to_numeric(df["target"], errors="coerce")
+    bad = col.isna() | (col != col.round())
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        raise OkkhorError(f"{path}: column target has a non-integer value {df['target'].iloc[row]!r} (row {row + 2})")
+    df["target"] = col.astype(np.int64)
+    return df

@@ -1,0 +1,159 @@
+"""The prepare cache: crop to the ink, pad to a square, resize; a memory-mappable uint8 array per split."""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+
+from okkhor.data.kaggle import image_parquet_files, iter_image_parquet, parquet_num_rows
+from okkhor.errors import OkkhorError
+from okkhor.fsutil import atomic_path, write_text_atomic
+from okkhor.progress import progress
+
+CACHE_VERSION = 1
+INK_THRESHOLD = 80   # on the inverted image: pixels above this count as ink
+EDGE = 5             # pixels ignored at each border when finding the ink (scanner edges, lines)
+MARGIN = 8           # pixels added around the ink's bounding box, in source pixels
+
+
+@dataclass(frozen=True)
+class PrepareOptions:
+    size: int = 128
+    crop: bool = True
+
+    def dirname(self) -> str:
+        return f"{self.size}" if self.crop else f"{self.size}-nocrop"
+
+
+def ink_bbox(inverted: np.ndarray, threshold: int = INK_THRESHOLD, edge: int = EDGE) -> np.ndarray:
+    """Bounding boxes [n, 4] (y0, y1, x0, x1; half-open) of ink in inverted images [n, h, w]; the whole image if none."""
+    n, h, w = inverted.shape
+    core = inverted[:, edge:h - edge, edge:w - edge] > threshold
+    rows = core.any(axis=2)
+    cols = core.any(axis=1)
+    boxes = np.empty((n, 4), dtype=np.int64)
+    has_ink = rows.any(axis=1)
+    boxes[:, 0] = np.where(has_ink, rows.argmax(axis=1) + edge, 0)
+    boxes[:, 1] = np.where(has_ink, rows.shape[1] - rows[:, ::-1].argmax(axis=1) + edge, h)
+    boxes[:, 2] = np.where(has_ink, cols.argmax(axis=1) + edge, 0)
+    boxes[:, 3] = np.where(has_ink, cols.shape[1] - cols[:, ::-1].argmax(axis=1) + edge, w)
+    return boxes
+
+
+def crop_square(inverted: np.ndarray, box: np.ndarray, margin: int = MARGIN) -> np.ndarray:
+    """Cut the box plus a margin out of one inverted image and pad it with zeros to a centred square."""
+    h, w = inverted.shape
+    y0, y1, x0, x1 = (int(v) for v in box)
+    y0, y1, x0, x1 = max(y0 - margin, 0), min(y1 + margin, h), max(x0 - margin, 0), min(x1 + margin, w)
+    part = inverted[y0:y1, x0:x1]
+    side = max(part.shape)
+    out = np.zeros((side, side), dtype=np.uint8)
+    oy, ox = (side - part.shape[0]) // 2, (side - part.shape[1]) // 2
+    out[oy:oy + part.shape[0], ox:ox + part.shape[1]] = part
+    return out
+
+
+def preprocess(images: np.ndarray, size: int, crop: bool = True) -> np.ndarray:
+    """Raw images uint8 [n, 137, 236] (dark ink on white) -> uint8 [n, size, size] with bright ink on black."""
+    inverted = 255 - np.asarray(images, dtype=np.uint8)
+    out = np.empty((len(inverted), size, size), dtype=np.uint8)
+    if crop:
+        boxes = ink_bbox(inverted)
+        for i in range(len(inverted)):
+            out[i] = cv2.resize(crop_square(inverted[i], boxes[i]), (size, size), interpolation=cv2.INTER_AREA)
+    else:
+        for i in range(len(inverted)):
+            out[i] = cv2.resize(inverted[i], (size, size), interpolation=cv2.INTER_AREA)
+    return out
+
+
+def _fingerprint(files: list[Path], opts: PrepareOptions) -> str:
+    h = hashlib.sha256(f"v{CACHE_VERSION}|{opts.size}|{opts.crop}|{INK_THRESHOLD}|{EDGE}|{MARGIN}".encode())
+    for f in files:
+        st = f.stat()
+        h.update(f"{f.name}|{st.st_size}|{st.st_mtime_ns}".encode())
+    return h.hexdigest()
+
+
+def default_cache_dir(data_dir: str | Path, opts: PrepareOptions) -> Path:
+    return Path(data_dir) / "cache" / opts.dirname()
+
+
+def cache_paths(cache_dir: Path, split: str) -> tuple[Path, Path, Path]:
+    """(images .npy, image ids .csv, meta .json) of one split in a cache dir."""
+    return cache_dir / f"{split}.npy", cache_dir / f"{split}_ids.csv", cache_dir / f"{split}.json"
+
+
+def prepare_split(data_dir: str | Path, split: str, opts: PrepareOptions, cache_dir: Path,
+                  batch_rows: int = 512, show_progress: bool = True) -> tuple[Path, bool]:
+    """Build (or reuse) the cache of one split. Returns (npy path, reused)."""
+    files = image_parquet_files(data_dir, split)
+    if not files:
+        raise OkkhorError(f"{data_dir}: no {split}_image_data_*.parquet files")
+    npy, ids_csv, meta = cache_paths(cache_dir, split)
+    fp = _fingerprint(files, opts)
+    if npy.is_file() and ids_csv.is_file() and meta.is_file():
+        try:
+            if json.loads(meta.read_text()).get("fingerprint") == fp:
+                return npy, True
+        except (json.JSONDecodeError, OSError):
+            pass
+    total = sum(parquet_num_rows(f) for f in files)
+    ids: list[str] = []
+    with atomic_path(npy) as tmp:
+        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(total, opts.size, opts.size))
+        pos = 0
+        with progress(total=total, desc=f"prepare {split}", unit="img", disable=not show_progress) as bar:
+            for f in files:
+                for batch_ids, images in iter_image_parquet(f, batch_rows=batch_rows):
+                    if pos + len(images) > total:
+                        raise OkkhorError(f"{f}: more rows than its metadata says")
+                    arr[pos:pos + len(images)] = preprocess(images, opts.size, opts.crop)
+                    ids.extend(batch_ids)
+                    pos += len(images)
+                    bar.update(len(images))
+        if pos != total:
+            raise OkkhorError(f"{files[-1]}: fewer rows than its metadata says ({pos} of {total})")
+        arr.flush()
+        del arr
+    with atomic_path(ids_csv) as tmp:
+        pd.DataFrame({"image_id": ids}).to_csv(tmp, index=False)
+    write_text_atomic(meta, json.dumps({"fingerprint": fp, "size": opts.size, "crop": opts.crop,
+                                        "count": total, "files": [f.name for f in files]}, indent=1))
+    return npy, False
+
+
+def prepare(data_dir: str | Path, size: int = 128, crop: bool = True, out: str | Path | None = None,
+            splits: tuple[str, ...] = ("train", "test"), show_progress: bool = True) -> dict[str, dict]:
+    """Prepare the cache for train and test (test only where its parquet files exist)."""
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise OkkhorError(f"{data_dir}: data directory not found")
+    if size < 16:
+        raise OkkhorError(f"--size {size}: must be at least 16")
+    opts = PrepareOptions(size=size, crop=crop)
+    cache_dir = Path(out) if out else default_cache_dir(data_dir, opts)
+    result: dict[str, dict] = {}
+    for split in splits:
+        if split != "train" and not image_parquet_files(data_dir, split):
+            continue
+        npy, reused = prepare_split(data_dir, split, opts, cache_dir, show_progress=show_progress)
+        result[split] = {"path": str(npy), "reused": reused, "count": int(np.load(npy, mmap_mode="r").shape[0])}
+    return result
+
+
+def load_cache(cache_dir: str | Path, split: str) -> tuple[np.ndarray, list[str]]:
+    """The memory-mapped images [n, s, s] and their image ids."""
+    npy, ids_csv, _ = cache_paths(Path(cache_dir), split)
+    if not npy.is_file() or not ids_csv.is_file():
+        raise OkkhorError(f"{cache_dir}: no prepared {split} cache (run `okkhor prepare`)")
+    images = np.load(npy, mmap_mode="r")
+    ids = pd.read_csv(ids_csv)["image_id"].astype(str).tolist()
+    if len(ids) != len(images):
+        raise OkkhorError(f"{ids_csv}: {len(ids)} ids for {len(images)} cached images; delete the cache and rerun")
+    return images, ids

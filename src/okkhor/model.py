@@ -1,0 +1,88 @@
+"""The model: a timm backbone (in_chans=1) with one linear head per target on shared pooled features."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from okkhor.activations import create_backbone
+from okkhor.config import Config, ModelConfig, config_from_dict
+from okkhor.errors import OkkhorError
+from okkhor.targets import Targets
+
+
+class GraphemeModel(nn.Module):
+    """Backbone -> pooled features -> dropout -> one linear head per target. forward returns a tuple of logits."""
+
+    def __init__(self, backbone: nn.Module, targets: Targets, dropout: float = 0.0):
+        super().__init__()
+        if not isinstance(targets, Targets):
+            raise TypeError(f"targets must be a Targets, got {type(targets).__name__}")
+        self.backbone = backbone
+        self.target_names = tuple(targets.names)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        features = backbone.num_features
+        self.heads = nn.ModuleList([nn.Linear(features, n) for n in targets.num_classes])
+
+    def forward_heads(self, features: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        features = self.dropout(features)
+        return tuple(head(features) for head in self.heads)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.forward_heads(self.backbone(x))
+
+
+def _pretrained_error(name: str, exc: Exception) -> OkkhorError:
+    return OkkhorError(f"model.pretrained=true: could not load pretrained weights for '{name}' "
+                       f"({exc.__class__.__name__}); this needs network access to the model hub or a local "
+                       f"cache; set model.pretrained=false to train from scratch")
+
+
+def build_model(mcfg: ModelConfig, targets: Targets) -> GraphemeModel:
+    """Build the model for a model config; an unknown timm name or unreachable weights is one clear error."""
+    import timm
+
+    if not timm.is_model(mcfg.name):
+        close = timm.list_models(f"*{mcfg.name.split('_')[0]}*")[:8]
+        hint = f"; similar: {', '.join(close)}" if close else ""
+        raise OkkhorError(f"model.name: unknown timm model '{mcfg.name}'{hint}")
+    try:
+        backbone = create_backbone(mcfg.name, act=mcfg.act, pretrained=mcfg.pretrained, in_chans=1,
+                                   drop_path=mcfg.drop_path, act_in_se=mcfg.act_in_se)
+    except OkkhorError:
+        raise
+    except Exception as exc:
+        if mcfg.pretrained:
+            raise _pretrained_error(mcfg.name, exc) from None
+        raise
+    return GraphemeModel(backbone, targets, mcfg.dropout)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint file; a missing or broken file is one clear error."""
+    path = Path(path)
+    if not path.is_file():
+        raise OkkhorError(f"{path}: checkpoint not found")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as exc:
+        raise OkkhorError(f"{path}: not a readable checkpoint ({exc.__class__.__name__})") from None
+
+
+def load_for_inference(path: str | Path, map_location: str | torch.device = "cpu"
+                       ) -> tuple[GraphemeModel, Config, Targets, dict[str, Any]]:
+    """(model in eval mode with the EMA weights when the run kept them, config, targets, the whole checkpoint)."""
+    ckpt = load_checkpoint(path, map_location)
+    for key in ("config", "targets", "model"):
+        if key not in ckpt:
+            raise OkkhorError(f"{path}: not an okkhor checkpoint (no '{key}')")
+    cfg = config_from_dict(ckpt["config"])
+    targets = Targets.from_dict(ckpt["targets"])
+    mcfg = ModelConfig(**{**cfg.model.__dict__, "pretrained": False})
+    model = build_model(mcfg, targets)
+    weights = ckpt.get("ema") or ckpt["model"]
+    model.load_state_dict(weights)
+    model.eval()
+    return model, cfg, targets, ckpt
