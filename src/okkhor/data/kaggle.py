@@ -59,7 +59,11 @@ def check_image_schema(path: Path, schema: pa.Schema) -> None:
 
 
 def parquet_num_rows(path: str | Path) -> int:
-    return _open_parquet(Path(path)).metadata.num_rows
+    """Row count of an image parquet file, after checking its schema (so errors come before any work)."""
+    path = Path(path)
+    pf = _open_parquet(path)
+    check_image_schema(path, pf.schema_arrow)
+    return pf.metadata.num_rows
 
 
 def iter_image_parquet(path: str | Path, batch_rows: int = 1024) -> Iterator[tuple[list[str], np.ndarray]]:

@@ -1,0 +1,139 @@
+"""Folds (multilabel stratified), `okkhor split` and `okkhor score`."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from okkhor.cli import app
+from okkhor.data.folds import make_folds, stratified_subset
+from okkhor.targets import Targets
+
+from test_kaggle_prepare import assert_one_line_error
+
+runner = CliRunner()
+BENGALI = Targets.from_class_map()
+
+
+def skewed_labels(n, seed=0):
+    rng = np.random.default_rng(seed)
+    roots = rng.choice(20, n, p=np.linspace(1, 3, 20) / np.linspace(1, 3, 20).sum())
+    return np.stack([roots, rng.integers(0, 11, n), rng.choice(7, n, p=[.6, .1, .1, .05, .05, .05, .05])], 1)
+
+
+def worst_fold_deviation(labels, fold, folds=5):
+    """Per (target, fold): the largest gap between a fold's class frequency and the overall one; mean and max."""
+    gaps = []
+    for t, n in enumerate(BENGALI.num_classes):
+        overall = np.bincount(labels[:, t], minlength=n) / len(labels)
+        for k in range(folds):
+            part = labels[fold == k, t]
+            gaps.append(np.abs(np.bincount(part, minlength=n) / len(part) - overall).max())
+    return float(np.mean(gaps)), float(np.max(gaps))
+
+
+def test_folds_cover_every_image_once_and_keep_class_frequencies():
+    labels = skewed_labels(2000)
+    fold = make_folds(labels, BENGALI, folds=5, seed=42)
+    assert fold.shape == (2000,) and set(fold) == {0, 1, 2, 3, 4}
+    assert np.all(np.bincount(fold) >= 390)
+    mean_gap, max_gap = worst_fold_deviation(labels, fold)
+    random_fold = np.random.default_rng(0).permutation(np.arange(2000) % 5)
+    random_mean, random_max = worst_fold_deviation(labels, random_fold)
+    # measured: stratified 0.009 mean / 0.024 max vs random 0.026 / 0.053
+    assert mean_gap < 0.5 * random_mean and max_gap < 0.03
+    assert np.array_equal(fold, make_folds(labels, BENGALI, folds=5, seed=42))
+
+
+def test_stratified_subset():
+    labels = skewed_labels(1000)
+    idx = stratified_subset(labels, BENGALI, 200, seed=0)
+    assert len(idx) == 200 and len(set(idx)) == 200 and np.all(np.diff(idx) > 0)
+    assert len(stratified_subset(labels, BENGALI, 0)) == 1000
+
+
+def write_truth(path, n=40, seen=True, seed=0):
+    labels = skewed_labels(n, seed)
+    df = pd.DataFrame({"image_id": [f"Test_{i}" for i in range(n)], "grapheme_root": labels[:, 0],
+                       "vowel_diacritic": labels[:, 1], "consonant_diacritic": labels[:, 2],
+                       "grapheme": "x"})
+    if seen:
+        df["seen"] = np.arange(n) % 4 != 0
+    df.to_csv(path, index=False)
+    return df
+
+
+def write_sub(path, df, corrupt=0):
+    rows = []
+    for k, r in enumerate(df.itertuples()):
+        for comp in ("consonant_diacritic", "grapheme_root", "vowel_diacritic"):
+            value = getattr(r, comp)
+            if corrupt and k < corrupt and comp == "grapheme_root":
+                value = (value + 1) % 168
+            rows.append((f"{r.image_id}_{comp}", value))
+    pd.DataFrame(rows, columns=["row_id", "target"]).to_csv(path, index=False)
+
+
+def score(*args):
+    r = runner.invoke(app, ["score", *map(str, args)])
+    return r.exit_code, r.output
+
+
+def test_split_cli_writes_folds(tmp_path):
+    n = 60
+    labels = skewed_labels(n)
+    pd.DataFrame({"image_id": [f"Train_{i}" for i in range(n)], "grapheme_root": labels[:, 0],
+                  "vowel_diacritic": labels[:, 1], "consonant_diacritic": labels[:, 2]}
+                 ).to_csv(tmp_path / "train.csv", index=False)
+    r = runner.invoke(app, ["split", str(tmp_path), "--folds", "3", "--seed", "1"])
+    assert r.exit_code == 0, r.output
+    folds = pd.read_csv(tmp_path / "folds.csv")
+    assert list(folds.columns) == ["image_id", "fold"]
+    assert sorted(folds["image_id"]) == sorted(f"Train_{i}" for i in range(n))
+    assert set(folds["fold"]) == {0, 1, 2}
+
+
+def test_perfect_submission_scores_one(tmp_path):
+    df = write_truth(tmp_path / "labels.csv")
+    write_sub(tmp_path / "sub.csv", df)
+    code, out = score("--truth", tmp_path / "labels.csv", "--submission", tmp_path / "sub.csv", "--json")
+    assert code == 0, out
+    result = json.loads(out)
+    assert result["score"] == 1.0
+    assert result["recall"] == {"grapheme_root": 1.0, "vowel_diacritic": 1.0, "consonant_diacritic": 1.0}
+    assert result["by_seen"] == {"seen": 1.0, "unseen": 1.0}
+
+
+def test_imperfect_submission_and_text_output(tmp_path):
+    df = write_truth(tmp_path / "labels.csv", seen=False)
+    write_sub(tmp_path / "sub.csv", df, corrupt=10)
+    code, out = score("--truth", tmp_path / "labels.csv", "--submission", tmp_path / "sub.csv", "--json")
+    result = json.loads(out)
+    assert result["recall"]["vowel_diacritic"] == 1.0 and result["recall"]["grapheme_root"] < 1.0
+    assert result["score"] == pytest.approx((2 * result["recall"]["grapheme_root"] + 2) / 4)
+    assert "by_seen" not in result
+    code, out = score("--truth", tmp_path / "labels.csv", "--submission", tmp_path / "sub.csv")
+    assert code == 0 and out.startswith("score 0.") and "recall grapheme_root" in out
+
+
+@pytest.mark.parametrize("mutate,needle", [
+    (lambda s: s.iloc[1:], "missing row_id"),
+    (lambda s: pd.concat([s, pd.DataFrame({"row_id": ["Test_999_grapheme_root"], "target": [1]})]), "unknown row_id"),
+    (lambda s: pd.concat([s, s.iloc[:1]]), "duplicate row_id"),
+    (lambda s: s.assign(target=s["target"].astype(str).where(s.index != 3, "abc")), "non-integer"),
+    (lambda s: s.rename(columns={"target": "label"}), "target"),
+])
+def test_bad_submissions(tmp_path, mutate, needle):
+    df = write_truth(tmp_path / "labels.csv")
+    write_sub(tmp_path / "sub.csv", df)
+    mutate(pd.read_csv(tmp_path / "sub.csv")).to_csv(tmp_path / "sub.csv", index=False)
+    code, out = score("--truth", tmp_path / "labels.csv", "--submission", tmp_path / "sub.csv")
+    assert_one_line_error(code, out, "sub.csv", needle)
+
+
+def test_missing_truth_file(tmp_path):
+    code, out = score("--truth", tmp_path / "nope.csv", "--submission", tmp_path / "sub.csv")
+    assert_one_line_error(code, out, "nope.csv", "not found")
