@@ -90,7 +90,7 @@ def cache_paths(cache_dir: Path, split: str) -> tuple[Path, Path, Path]:
 
 
 def prepare_split(data_dir: str | Path, split: str, opts: PrepareOptions, cache_dir: Path,
-                  batch_rows: int = 512, show_progress: bool = True) -> tuple[Path, bool]:
+                  batch_rows: int = 1024, show_progress: bool = True) -> tuple[Path, bool]:
     """Build (or reuse) the cache of one split. Returns (npy path, reused)."""
     files = image_parquet_files(data_dir, split)
     if not files:
