@@ -1,7 +1,45 @@
-"""`okkhor evaluate` (not implemented yet)."""
-from okkhor.errors import OkkhorError
+"""`okkhor evaluate`: a checkpoint on its validation fold or a labelled test set -> metrics.json and plots."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
 
 
-def command() -> None:
-    """Not implemented yet."""
-    raise OkkhorError("okkhor evaluate is not implemented yet")
+def command(
+    checkpoint: Path = typer.Argument(..., help="Checkpoint to evaluate."),
+    data: Path = typer.Option(..., "--data", help="Data folder (train.csv, folds.csv and the train images; or "
+                                                  "the test images with --labels)."),
+    fold: Optional[int] = typer.Option(None, "--fold", help="Validation fold (default: the checkpoint's "
+                                                            "data.fold)."),
+    labels: Optional[Path] = typer.Option(None, "--labels", help="CSV with image_id and one column per target; "
+                                                                 "its images come from the test parquet files."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default RUN_DIR/eval-<checkpoint>/)."),
+    tta: int = typer.Option(1, "--tta", help="TTA views, as in `okkhor predict`."),
+    batch_size: int = typer.Option(128, "--batch-size", help="Images predicted at a time."),
+    prior_correction: bool = typer.Option(False, "--prior-correction/--no-prior-correction",
+                                          help="Divide probabilities by the training class frequencies."),
+    device: str = typer.Option("auto", "--device", help="auto (cuda when available), cpu or cuda."),
+) -> None:
+    """Score a checkpoint and write metrics.json (score, recall per target and per class, most confused pairs),
+    per-class recall and confusion plots (PNG), and truth.csv + submission.csv for `okkhor score`.
+
+    Images of the validation fold come from the prepare cache at the checkpoint's preprocessing (built when
+    missing).
+
+    Examples:
+      okkhor evaluate runs/r1/checkpoints/best.pt --data data/
+      okkhor evaluate best.pt --data data/ --fold 2 --out eval-fold2/
+      okkhor evaluate best.pt --data data/ --labels data/test_labels.csv
+    """
+    from okkhor.evaluate import default_out_dir, evaluate
+
+    out = out or default_out_dir(checkpoint)
+    ev = evaluate(checkpoint, data, fold=fold, labels=labels, out=out, tta=tta, batch_size=batch_size,
+                  prior_correction=prior_correction, device=device)
+    m = ev.metrics
+    typer.echo(f"score {m['score']:.5f} on {m['images']} images ({ev.source})")
+    for name, r in m["recall"].items():
+        typer.echo(f"  recall {name}: {r:.5f}")
+    typer.echo(f"wrote {out}/metrics.json and plots")

@@ -1,7 +1,29 @@
-"""`okkhor report` (not implemented yet)."""
-from okkhor.errors import OkkhorError
+"""`okkhor report`: one offline HTML page about a training run."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
 
 
-def command() -> None:
-    """Not implemented yet."""
-    raise OkkhorError("okkhor report is not implemented yet")
+def command(
+    run_dir: Path = typer.Argument(..., help="Run directory (config.yaml, metrics.csv, checkpoints/)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Data folder (default: the checkpoint's data_dir, "
+                                                             "else RUN_DIR/run.json's)."),
+    gallery: int = typer.Option(48, "--gallery", help="Misclassified validation images shown at most."),
+    device: str = typer.Option("auto", "--device", help="auto (cuda when available), cpu or cuda."),
+) -> None:
+    """Write RUN_DIR/report.html: training curves, recall per class (worst first), the most confused pairs and a
+    gallery of misclassified validation images with the true and predicted graphemes drawn beside them.
+
+    The page works offline; its images are in RUN_DIR/report/.
+
+    Examples:
+      okkhor report runs/r1
+      okkhor report runs/r1 --data data/ --gallery 96
+    """
+    from okkhor.report import write_report
+
+    path = write_report(run_dir, data_dir=data, gallery=gallery, device=device)
+    typer.echo(f"wrote {path}")

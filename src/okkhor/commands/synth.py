@@ -1,7 +1,50 @@
-"""`okkhor synth` (placeholder until the generator lands)."""
-from okkhor.errors import OkkhorError
+"""`okkhor synth`: render a synthetic dataset in the Bengali.AI competition's format."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
 
 
-def command() -> None:
-    """Not implemented yet."""
-    raise OkkhorError("okkhor synth is not implemented yet")
+def command(
+    out_dir: Path = typer.Argument(..., help="Folder to write the dataset into (created if missing)."),
+    train: int = typer.Option(..., "--train", help="Number of train images."),
+    test: int = typer.Option(..., "--test", help="Number of test images."),
+    seed: int = typer.Option(0, "--seed", help="Random seed: the same seed gives byte-identical files."),
+    unseen_test_fraction: float = typer.Option(
+        0.0, "--unseen-test-fraction", help="Fraction of test images whose label triple is not a train grapheme."),
+    train_unseen_fraction: float = typer.Option(
+        0.0, "--train-unseen-fraction",
+        help="Fraction of train images with such unseen triples (never the ones test uses)."),
+    fonts: Optional[str] = typer.Option(
+        None, "--fonts", help="Comma-separated font or family names (default: every usable font)."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Worker processes (default: CPU count)."),
+    preview: Optional[Path] = typer.Option(None, "--preview", help="Also save a labelled grid of samples (.png)."),
+    rows_per_file: int = typer.Option(
+        10_042, "--rows-per-file", help="Images per parquet file, at most 50,210; files are made in parallel."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a dataset already in OUT_DIR."),
+) -> None:
+    """Render handwritten-looking Bengali graphemes into train/test files shaped like the competition's.
+
+    Writes train.csv, train_image_data_<i>.parquet, test.csv, test_image_data_<i>.parquet, class_map.csv,
+    sample_submission.csv and test_labels.csv (the answers, with `seen`, for `okkhor score`).
+    Text is shaped with HarfBuzz and rasterised with FreeType from fonts installed with Python packages.
+
+    Examples:
+      okkhor synth data/synth --train 20000 --test 2000 --seed 0
+      okkhor synth data/synth --train 50000 --test 5000 --unseen-test-fraction 0.3 --train-unseen-fraction 0.3
+      okkhor synth /tmp/tiny --train 200 --test 50 --fonts hind-siliguri,bangla-medium --preview tiny.png
+
+    An unknown --fonts name fails with the list of available names.
+    """
+    from okkhor.data.synth import synthesize
+
+    s = synthesize(out_dir, n_train=train, n_test=test, seed=seed, unseen_test_fraction=unseen_test_fraction,
+                   train_unseen_fraction=train_unseen_fraction, fonts=fonts, workers=workers, preview=preview,
+                   rows_per_file=rows_per_file, overwrite=overwrite)
+    for note in s["font_notes"]:
+        typer.echo(f"note: {note}", err=True)
+    typer.echo(f"synth: {s['train']} train ({s['train_unseen']} unseen) + {s['test']} test ({s['test_unseen']} "
+               f"unseen) images in {len(s['files'])} parquet files, {len(s['fonts'])} fonts, {s['workers']} "
+               f"workers: {s['seconds']:.1f}s, {s['images_per_s']:.0f} images/s -> {s['out_dir']}")

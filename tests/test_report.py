@@ -1,0 +1,88 @@
+"""okkhor report: one offline page whose every src/href exists, with the curves, recall, confusions and mistakes."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from okkhor.config import Config
+from okkhor.errors import OkkhorError
+from okkhor.report import resolve_data_dir
+from test_predict import assert_one_line_error, cli, make_checkpoint
+
+
+def fake_run(run: Path, data_dir: Path, names, epochs: int = 4, **ckpt_kwargs) -> Path:
+    """A run directory as the trainer leaves it: config.yaml, metrics.csv and checkpoints/best.pt."""
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "config.yaml").write_text(Config().to_yaml(), encoding="utf-8")
+    rows = []
+    for epoch in range(1, epochs + 1):
+        for split_name, offset in (("train_clean", 0.05), ("valid", 0.0)):
+            score = min(1.0, 0.2 * epoch + offset)
+            rows.append({"epoch": epoch, "split": split_name, "loss": 2.0 / epoch + offset, "score": score,
+                         **{f"recall_{n}": score for n in names}, "lr": 1e-3 / epoch, "seconds": 1.5})
+    pd.DataFrame(rows).to_csv(run / "metrics.csv", index=False)
+    make_checkpoint(run / "checkpoints" / "best.pt", data_dir, **ckpt_kwargs)
+    return run
+
+
+def references(page: str) -> list[str]:
+    return re.findall(r"""(?:src|href)=['"]([^'"]+)['"]""", page)
+
+
+def test_report_of_a_real_tiny_run(tiny_kaggle_dir, tmp_path):
+    """Integration: `okkhor train` on tiny data, then the report; its evaluation matches the trainer's best."""
+    from okkhor.config import load_config
+    from okkhor.train import train
+
+    # the built-in Bengali map, so graphemes can be drawn; no test images are needed
+    data = tiny_kaggle_dir(copy=True, classes=None, n_train=48, n_test=0)
+    cfg = load_config(None, ["data.image_size=32", "model.name=test_resnet", "train.epochs=2",
+                             "train.batch_size=16", "data.workers=0", "data.folds=4", "eval.train_clean_size=16",
+                             "train.lr=3e-3"])
+    run = tmp_path / "run"
+    train(data.root, run, cfg, show_progress=False, log=lambda message: None)
+    code, out = cli("report", run, "--data", data.root, "--gallery", 6)
+    assert code == 0, out
+    page = (run / "report.html").read_text(encoding="utf-8")
+    refs = references(page)
+    assert refs, page
+    for ref in refs:
+        assert not re.match(r"^[a-z]+:", ref), f"external reference {ref}"
+        assert (run / ref).is_file(), f"{ref} referenced but missing"
+    assert "<script" not in page.lower()
+    assert "report/curves.png" in refs and (run / "report" / "curves.png").stat().st_size > 5000
+    for name in data.names:
+        assert f"report/recall_{name}.png" in refs and f"report/confusion_{name}.png" in refs
+    mistakes = [r for r in refs if "mistake_" in r]
+    assert 1 <= len(mistakes) <= 6
+    assert "Training curves" in page and "Most confused pairs" in page and "Misclassified" in page
+    metrics = json.loads((run / "report" / "metrics.json").read_text())
+    assert f"{metrics['score']:.4f}" in page
+    best = torch.load(run / "checkpoints" / "best.pt", weights_only=False)
+    assert metrics["score"] == pytest.approx(best["best_score"], abs=1e-9)
+
+
+def test_report_without_data_dir_is_one_clear_error(tiny_kaggle_dir, tmp_path):
+    data = tiny_kaggle_dir()
+    run = fake_run(tmp_path / "run", data.root, data.names, record_data_dir=False)
+    assert_one_line_error(*cli("report", run), "data directory is unknown", "--data")
+    assert_one_line_error(*cli("report", tmp_path / "nothing"), "run directory not found")
+    (tmp_path / "empty").mkdir()
+    assert_one_line_error(*cli("report", tmp_path / "empty"), "not a run directory")
+
+
+def test_data_dir_resolution_order(tmp_path):
+    run, a, b = tmp_path / "run", tmp_path / "a", tmp_path / "b"
+    for p in (run, a, b):
+        p.mkdir()
+    assert resolve_data_dir(run, a, {"data_dir": str(b)}) == a
+    assert resolve_data_dir(run, None, {"data_dir": str(b)}) == b
+    (run / "run.json").write_text(json.dumps({"data_dir": str(a)}))
+    assert resolve_data_dir(run, None, {}) == a
+    with pytest.raises(OkkhorError, match="data directory not found"):
+        resolve_data_dir(run, None, {"data_dir": str(tmp_path / "gone")})

@@ -1,0 +1,345 @@
+"""The trainer: accumulation, convergence, run-dir contract, exact resume, several processes, clear errors."""
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn as nn
+from ignite.engine import Engine, Events
+from typer.testing import CliRunner
+
+from okkhor.checkpoint import CHECKPOINT_KEYS
+from okkhor.cli import app
+from okkhor.config import TrainConfig, load_config
+from okkhor.data.folds import split
+from okkhor.data.kaggle import load_targets
+from okkhor.data.prepare import prepare
+from okkhor.engine import BatchPlan, TrainStep, build_optimizer
+from okkhor.model import load_for_inference
+from okkhor.targets import Targets
+from okkhor.train import EpochBatches, metrics_columns, train
+
+runner = CliRunner()
+# a small, fast timm model and tiny images keep each epoch to a second or two on two CPU cores
+FAST = ["model.name=test_efficientnet", "data.image_size=32", "data.folds=4", "train.batch_size=16",
+        "data.workers=0", "eval.train_clean_size=32", "eval.batch_size=64", "train.epochs=2"]
+VALUE_COLUMNS = ["loss", "score", "recall_grapheme_root", "recall_vowel_diacritic", "recall_consonant_diacritic"]
+
+
+@pytest.fixture(scope="module")
+def data(tiny_kaggle_dir):
+    """A private tiny data set with its 32 px cache and 4 folds already made."""
+    tiny = tiny_kaggle_dir(copy=True, n_train=96, n_test=0)
+    prepare(tiny.root, size=32, show_progress=False)
+    split(tiny.root, load_targets(tiny.root), folds=4, seed=42)
+    return tiny
+
+
+@pytest.fixture(scope="module")
+def two_epoch_run(data, tmp_path_factory):
+    """A reference run: 2 epochs, onecycle, data.workers=0."""
+    out = tmp_path_factory.mktemp("run") / "ref"
+    result = train(data.root, out, load_config(None, FAST), show_progress=False, log=lambda m: None)
+    return out, result
+
+
+def cli(*args):
+    result = runner.invoke(app, [str(a) for a in args])
+    return result.exit_code, result.output
+
+
+def assert_one_line_error(code, output, *needles):
+    assert code != 0, output
+    assert "Traceback" not in output
+    lines = [line for line in output.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, output
+    assert lines[0].startswith("okkhor: error: ")
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def values(run_dir: Path) -> pd.DataFrame:
+    return pd.read_csv(run_dir / "metrics.csv")[["epoch", "split", *VALUE_COLUMNS]]
+
+
+# ------------------------------------------------------------------------------------------- the training step
+
+class NoNormNet(nn.Module):
+    """conv -> relu -> pool -> two heads; no batch norm, so a batch's gradient is the mean of its samples'."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.heads = nn.ModuleList([nn.Linear(4, 3), nn.Linear(4, 2)])
+
+    def forward(self, x):
+        features = torch.relu(self.conv(x)).mean(dim=(2, 3))
+        return tuple(head(features) for head in self.heads)
+
+
+def run_steps(model, batches, accum, optimizer="adamw"):
+    """Train `model` over `batches` (one epoch) through the real TrainStep in an ignite Engine."""
+    tcfg = TrainConfig(optimizer=optimizer, lr=0.05, weight_decay=0.01)
+    step = TrainStep(model, build_optimizer(model, tcfg), BatchPlan(8, accum), [2.0, 1.0])
+    engine = Engine(step)
+    step.attach(engine)
+    engine.run(batches, max_epochs=1)
+    return step
+
+
+def toy_batches(n, size, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.rand(size, 1, 8, 8, generator=g),
+             torch.stack([torch.randint(0, 3, (size,), generator=g), torch.randint(0, 2, (size,), generator=g)], 1))
+            for _ in range(n)]
+
+
+def merge(batches):
+    return torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_four_micro_batches_of_8_update_like_one_batch_of_32(optimizer):
+    torch.manual_seed(0)
+    a = NoNormNet()
+    b, start = copy.deepcopy(a), copy.deepcopy(a)
+    micro = toy_batches(4, 8)
+    step_a = run_steps(a, micro, accum=4, optimizer=optimizer)
+    step_b = run_steps(b, [merge(micro)], accum=1, optimizer=optimizer)
+    assert step_a.optimizer_steps == step_b.optimizer_steps == 1
+    for pa, pb, p0 in zip(a.parameters(), b.parameters(), start.parameters()):
+        assert (pa - p0).abs().max() > 1e-4  # the step moved the weights
+        torch.testing.assert_close(pa, pb, atol=1e-6, rtol=0)  # tolerance: float32 summation order
+
+
+def test_short_last_group_of_an_epoch_still_steps_with_its_mean_gradient():
+    """6 micro-batches with accum 4: groups of 4 and 2, the same as full batches of 32 and 16."""
+    torch.manual_seed(1)
+    a = NoNormNet()
+    b = copy.deepcopy(a)
+    micro = toy_batches(6, 8, seed=3)
+    step_a = run_steps(a, micro, accum=4, optimizer="sgd")
+    step_b = run_steps(b, [merge(micro[:4]), merge(micro[4:])], accum=1, optimizer="sgd")
+    assert step_a.optimizer_steps == step_b.optimizer_steps == 2
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(pa, pb, atol=1e-6, rtol=0)
+    assert all(p.grad is None for p in a.parameters())  # nothing left over for the next epoch
+
+
+def test_training_loss_halves_on_a_toy_set(data):
+    """48 drawn images, the real model and step: after 12 steps the loss is at most half of where it started."""
+    from okkhor.config import ModelConfig
+    from okkhor.data.dataset import GraphemeDataset
+    from okkhor.data.prepare import load_cache
+    from okkhor.model import build_model
+
+    images, _ = load_cache(data.root / "cache" / "32", "train")
+    targets = Targets.make(data.names, data.num_classes)
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(name="test_efficientnet"), targets)
+    tcfg = TrainConfig(lr=3e-3, weight_decay=0.0)
+    step = TrainStep(model, build_optimizer(model, tcfg), BatchPlan(16), targets.weights)
+    loader = torch.utils.data.DataLoader(GraphemeDataset(images, data.train_labels, np.arange(48)), batch_size=16,
+                                         shuffle=True, generator=torch.Generator().manual_seed(0))
+    engine = Engine(step)
+    step.attach(engine)
+    losses = []
+    engine.add_event_handler(Events.ITERATION_COMPLETED, lambda e: losses.append(e.state.output["loss"]))
+    engine.run(loader, max_epochs=4)
+    first, last = np.mean(losses[:3]), np.mean(losses[-3:])
+    assert last <= 0.5 * first, (first, last)
+
+
+def test_epoch_batches_are_seeded_by_epoch_and_shard_without_overlap():
+    plan = BatchPlan(4)
+    one = EpochBatches(9, plan, seed=7)
+    one.set_epoch(1)
+    first = list(one)
+    assert list(one) == first
+    assert [len(b) for b in first] == [4, 5]  # a last batch of 1 joins the one before
+    one.set_epoch(2)
+    assert list(one) != first
+    shards = [EpochBatches(10, plan, seed=7, rank_=r, world=2) for r in range(2)]
+    for s in shards:
+        s.set_epoch(1)
+    seen = [i for s in shards for b in s for i in b]
+    assert sorted(seen) == list(range(10)) and len(shards[0]) == len(shards[1])
+
+
+# ------------------------------------------------------------------------------------------- the run directory
+
+def test_run_dir_contract(two_epoch_run):
+    out, result = two_epoch_run
+    metrics = pd.read_csv(out / "metrics.csv")
+    targets = Targets.make(("grapheme_root", "vowel_diacritic", "consonant_diacritic"), (4, 3, 2))
+    assert list(metrics.columns) == metrics_columns(targets)
+    assert list(metrics.columns) == ["epoch", "split", *VALUE_COLUMNS, "lr", "seconds"]
+    assert list(zip(metrics["epoch"], metrics["split"])) == [(1, "train_clean"), (1, "valid"),
+                                                             (2, "train_clean"), (2, "valid")]
+    assert metrics[VALUE_COLUMNS].notna().all().all()
+    assert result["stop_reason"] == "completed" and result["epoch"] == 2
+    assert result["valid"]["score"] == metrics[metrics.split == "valid"]["score"].iloc[-1]
+
+    cfg = load_config(out / "config.yaml")  # the resolved config loads as a config file
+    assert cfg.data.targets == ["grapheme_root", "vowel_diacritic", "consonant_diacritic"]
+    assert cfg.train.loss_weights == [2.0, 1.0, 1.0] and cfg.model.name == "test_efficientnet"
+    assert any((out / "tb").iterdir())
+
+    for name in ("last.pt", "best.pt"):
+        model, ckpt_cfg, ckpt_targets, ckpt = load_for_inference(out / "checkpoints" / name)
+        assert set(CHECKPOINT_KEYS) <= set(ckpt)
+        assert ckpt_targets.num_classes == (4, 3, 2) and not model.training
+        assert ckpt["batch"] == {"batch_size": 16, "accum": 1}
+        assert sum(ckpt["train_class_counts"]["grapheme_root"]) == 72  # 3 of 4 folds of 96 images
+        assert set(ckpt["scheduler"]) >= {"last_epoch", "total_steps"}  # a state_dict, not a pickled object
+        assert set(ckpt["rng"]) >= {"python", "numpy", "torch"}
+        with torch.no_grad():
+            out_logits = model(torch.rand(2, 1, 32, 32))
+        assert [o.shape[1] for o in out_logits] == [4, 3, 2]
+    last = torch.load(out / "checkpoints" / "last.pt", weights_only=False)
+    assert last["trainer"]["epoch"] == 2 and last["finished"]
+    assert last["best_score"] == metrics[metrics.split == "valid"]["score"].max()
+    assert not list((out / "checkpoints").glob(".*tmp*"))
+
+
+def test_resume_continues_exactly_and_workers_do_not_matter(data, two_epoch_run, tmp_path):
+    """Stop after epoch 1 (data.workers=2), resume to 2: the same values as the uninterrupted workers=0 run."""
+    reference, _ = two_epoch_run
+    out = tmp_path / "resumed"
+    cfg = load_config(None, FAST + ["data.workers=2"])
+    first = train(data.root, out, cfg, show_progress=False, log=lambda m: None, stop_after=1)
+    assert first["stop_reason"] == "stop_after" and len(values(out)) == 2
+    result = train(data.root, out, cfg, resume=True, show_progress=False, log=lambda m: None)
+    assert result["epoch"] == 2
+    pd.testing.assert_frame_equal(values(out), values(reference), check_exact=True)
+
+
+def test_cli_resume_with_more_epochs_on_a_constant_schedule(data, tmp_path):
+    const = FAST + ["train.schedule=constant", "train.lr=1e-3", "train.ema=0.5", "model.dropout=0.2",
+                    "train.accum=2"]
+    once = tmp_path / "once"
+    code, output = cli("train", "--data", data.root, "--out", once, "--no-progress",
+                       *sum((["--set", s] for s in const + ["train.epochs=1"]), []))
+    assert code == 0, output
+    assert "effective batch 32 = batch 16 x accum 2 x 1 process; 5 iterations and 3 optimizer steps" in output
+    code, output = cli("train", "--data", data.root, "--out", once, "--resume", "--no-progress", "--set",
+                       "train.epochs=2")
+    assert code == 0, output
+    assert "resuming after epoch 1" in output and "epoch 2/2" in output
+    straight = tmp_path / "straight"
+    train(data.root, straight, load_config(None, const), show_progress=False, log=lambda m: None)
+    pd.testing.assert_frame_equal(values(once), values(straight), check_exact=True)
+    assert load_for_inference(once / "checkpoints" / "last.pt")[3]["ema"] is not None
+
+    code, output = cli("train", "--data", data.root, "--out", once, "--resume", "--set", "train.lr=0.5")
+    assert_one_line_error(code, output, "--resume", "train.lr")
+    code, output = cli("train", "--data", data.root, "--out", once, "--set", "train.epochs=1")
+    assert_one_line_error(code, output, "already holds a run", "--resume")
+
+
+def test_nan_loss_stops_with_one_line_and_keeps_the_last_good_checkpoint(data, tmp_path, monkeypatch):
+    import okkhor.engine
+
+    real = okkhor.engine.multihead_loss
+
+    def poisoned(logits, mixed, *args, **kwargs):
+        loss = real(logits, mixed, *args, **kwargs)
+        return loss * float("nan") if calls.append(1) or len(calls) > 6 else loss
+
+    calls: list[int] = []
+    monkeypatch.setattr(okkhor.engine, "multihead_loss", poisoned)
+    out = tmp_path / "nan"
+    code, output = cli("train", "--data", data.root, "--out", out, "--no-progress", *sum(
+        (["--set", s] for s in FAST + ["train.epochs=3"]), []))
+    lines = [line for line in output.splitlines() if line.startswith("okkhor: error")]
+    assert code == 2 and "Traceback" not in output
+    assert len(lines) == 1 and "loss became nan at epoch 2" in lines[0] and "last good checkpoint" in lines[0]
+    ckpt = torch.load(out / "checkpoints" / "last.pt", weights_only=False)
+    assert ckpt["trainer"]["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+    assert list(pd.read_csv(out / "metrics.csv")["epoch"]) == [1, 1]
+
+
+def test_early_stopping_on_a_flat_valid_score_with_the_bengali_map(tiny_kaggle_dir, tmp_path, monkeypatch):
+    import okkhor.train
+
+    bengali = tiny_kaggle_dir(copy=True, classes=None, n_train=64, n_test=0)
+    flat = {"loss": 1.0, "score": 0.5, **{f"recall_{n}": 0.5 for n in bengali.names}}
+    monkeypatch.setattr(okkhor.train, "evaluate", lambda *a, **k: dict(flat))
+    result = train(bengali.root, tmp_path / "es", load_config(None, FAST + ["train.epochs=5", "train.patience=1"]),
+                   show_progress=False, log=lambda m: None)
+    assert result["stop_reason"] == "early_stopping" and result["epoch"] == 2 and result["best_epoch"] == 1
+    ckpt = torch.load(tmp_path / "es" / "checkpoints" / "last.pt", weights_only=False)
+    assert ckpt["targets"]["num_classes"] == [168, 11, 7] and ckpt["early_stopping"]["counter"] == 1
+    assert len(ckpt["train_class_counts"]["grapheme_root"]) == 168
+    assert (bengali.root / "folds.csv").is_file() and (bengali.root / "cache" / "32" / "train.npy").is_file()
+
+
+# ------------------------------------------------------------------------------------------- several processes
+
+def test_two_processes_with_gloo_write_one_run(data, tmp_path):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "okkhor",
+           "train", "--data", str(data.root), "--out", str(out), "--no-progress",
+           *sum((["--set", s] for s in FAST + ["train.device=cpu"]), [])]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.count("effective batch 32 = batch 16 x accum 1 x 2 processes") == 1
+    assert proc.stdout.count("epoch 2/2") == 1
+    metrics = pd.read_csv(out / "metrics.csv")
+    assert list(zip(metrics["epoch"], metrics["split"])) == [(1, "train_clean"), (1, "valid"),
+                                                             (2, "train_clean"), (2, "valid")]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
+    assert len(list((out / "tb").iterdir())) == 1
+    load_for_inference(out / "checkpoints" / "best.pt")
+
+
+# ------------------------------------------------------------------------------------------- user errors
+
+@pytest.mark.parametrize("args, needles", [
+    (["--set", "train.lrr=1"], ["unknown config key 'train.lrr'", "valid keys"]),
+    (["--set", "train.epochs=abc"], ["bad value 'abc' for 'train.epochs'"]),
+    (["--set", "train.amp=fp16", "--set", "train.device=cpu"], ["train.amp=fp16 needs a CUDA device"]),
+    (["--resume"], ["nothing to resume"]),
+])
+def test_bad_config_is_one_clear_line(tmp_path, args, needles):
+    code, output = cli("train", "--data", tmp_path / "data", "--out", tmp_path / "run", *args)
+    assert_one_line_error(code, output, *needles)
+
+
+def test_bad_key_in_a_config_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("train:\n  epochs: 2\n  lr_max: 0.1\n")
+    code, output = cli("train", "--data", tmp_path, "--out", tmp_path / "run", "--config", path)
+    assert_one_line_error(code, output, str(path), "train.lr_max")
+
+
+def test_batch_size_auto_names_the_memory_module(tmp_path):
+    try:
+        from okkhor.memory import choose_batch  # noqa: F401
+        pytest.skip("okkhor.memory.choose_batch exists")
+    except ImportError:
+        pass
+    code, output = cli("train", "--data", tmp_path / "data", "--out", tmp_path / "run", "--set",
+                       "train.batch_size=auto", "--set", "train.effective_batch=64", "--set",
+                       "model.name=test_efficientnet")
+    assert_one_line_error(code, output, "train.batch_size=auto needs okkhor.memory")
+
+
+def test_presets_load(tmp_path):
+    root = Path(__file__).resolve().parents[1] / "configs"
+    presets = {p.stem: load_config(p) for p in sorted(root.glob("*.yaml"))}
+    assert {"demo-cpu", "effnet-b0-128", "seresnext50-mish-mixup-128"} <= set(presets)
+    assert presets["demo-cpu"].data.image_size == 64 and presets["demo-cpu"].train.device in ("auto", "cpu")
+    smm = presets["seresnext50-mish-mixup-128"]
+    assert (smm.model.name, smm.model.act, smm.mix.kind, smm.aug.preset) == ("seresnext50_32x4d", "mish", "both",
+                                                                             "medium")
+    assert presets["effnet-b0-128"].model.name == "efficientnet_b0"
