@@ -356,7 +356,7 @@ class FontRenderer:
 def check_shaping(renderer: FontRenderer) -> None:
     """Fail with an OkkhorError unless the font shapes a reph, a ra-phala, ক্ষ and a pre-base i-sign correctly."""
     ra, ka, ssa = renderer.nominal("\u09b0"), renderer.nominal("\u0995"), renderer.nominal("\u09b7")
-    virama, i_sign = renderer.nominal(VIRAMA), renderer.nominal("\u09bf")
+    virama = renderer.nominal(VIRAMA)
     reph, ra_phala, kssa, ki = (renderer.shape(t) for t in SELF_CHECK_TEXTS)
     problems = []
     if virama in {g for g, _, _ in reph} or reph[0][0] == ra:
@@ -366,7 +366,7 @@ def check_shaping(renderer: FontRenderer) -> None:
     if virama in {g for g, _, _ in kssa} or [g for g, _, _ in kssa] == [ka, ssa]:
         problems.append("ক্ষ is not a conjunct")
     ka_x = [x for g, x, _ in ki if g == ka]
-    if ki[0][0] == ka or (ka_x and ki[0][1] >= ka_x[0]) or i_sign == ka:
+    if ki[0][0] == ka or (ka_x and ki[0][1] >= ka_x[0]):
         problems.append("ি is drawn after ক instead of before it")
     if problems:
         how = "" if renderer.shaping else " (shaping is disabled)"

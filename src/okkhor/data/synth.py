@@ -371,7 +371,6 @@ class FileTask:
     """One parquet file to make: a split's images [start, start + len(texts))."""
 
     split: str
-    index: int
     start: int
     texts: tuple[str, ...]
     path: str
@@ -498,13 +497,14 @@ def _run_tasks(tasks: list[FileTask], job: _Job, workers: int, total: int, progr
 
             threads = cv2.getNumThreads()
             counter = mp.Value("q", 0, lock=True)
-            _init_worker(job, counter)
             try:
+                _init_worker(job, counter)
                 for task in tasks:
                     _write_file(task)
                     pbar.update(counter.value - pbar.n)
             finally:
-                _STATE["blas_limit"].restore_original_limits()
+                if "blas_limit" in _STATE:
+                    _STATE["blas_limit"].restore_original_limits()
                 _STATE.clear()
                 cv2.setNumThreads(threads)
             return
@@ -596,7 +596,7 @@ def synthesize(out_dir: str | Path, n_train: int, n_test: int, seed: int = 0, un
         begin = 0
         for index, rows in enumerate(_even_chunks(len(samples), rows_per_file)):
             texts = tuple(s.grapheme for s in samples[begin:begin + rows])
-            tasks.append(FileTask(split, index, begin, texts, str(out_dir / f"{split}_image_data_{index}.parquet")))
+            tasks.append(FileTask(split, begin, texts, str(out_dir / f"{split}_image_data_{index}.parquet")))
             begin += rows
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in existing:  # only our own file names, and only with overwrite
