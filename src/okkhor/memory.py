@@ -7,9 +7,12 @@ How the peak is measured:
 - CPU: one fresh process per batch size, forked from a server (`python -m okkhor.memory`) that imported torch,
   timm and okkhor but ran no torch operation. The child resets its peak resident set size (/proc/self/clear_refs,
   "5"), builds the model, runs the steps and reads VmHWM. A fresh process because glibc keeps freed heap pages
-  resident and raises its mmap threshold after large frees: in one process a second measurement would reuse the
-  first one's pages and read too low. Resetting VmHWM rather than comparing ru_maxrss keeps import-time
-  transients out; forking from one server pays the import (seconds) once instead of per batch size.
+  resident: in one process a second measurement would reuse the first one's pages and read too low. The server
+  runs with a fixed mmap threshold, so large tensors are mapped and unmapped one by one and RSS follows the live
+  bytes (with glibc's dynamic threshold the peaks jumped by tens of MB with the heap layout). Resetting VmHWM
+  rather than comparing ru_maxrss keeps import-time transients out; forking from one server pays the import
+  (seconds) once instead of per batch size. The trainer's own heap may hold some freed pages beyond this:
+  the headroom covers that.
 Each measurement runs two full training steps (forward, the training loss, backward, optimizer step, plus the
 mixer and EMA when the config has them): the first allocates the optimizer state, the second is a steady step.
 """
@@ -20,8 +23,10 @@ import json
 import math
 import os
 import re
+import select
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
@@ -123,7 +128,7 @@ class MemoryFit:
         if self.optimizer_bytes > usable or room < self.per_sample_bytes:
             return 0
         per_sample = max(self.per_sample_bytes, room / MAX_BATCH)
-        largest = int(room // per_sample)
+        largest = math.floor(room / per_sample + 1e-9)  # 1e-9: 0.9 * budget is not exact in binary
         if self.failed_batch is not None:
             largest = min(largest, self.failed_batch - 1)
         return max(0, min(largest, MAX_BATCH))
@@ -364,35 +369,44 @@ class _ForkServer:
     """
 
     def __init__(self) -> None:
-        env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}
+        # a fixed mmap threshold (glibc's initial 128 KiB; setting it turns off the dynamic raise): every large
+        # tensor is mapped and unmapped on its own, so RSS follows the live bytes, as max_memory_allocated does
+        env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "MALLOC_MMAP_THRESHOLD_": "131072"}
+        self.stderr = tempfile.TemporaryFile(mode="w+", encoding="utf-8", errors="replace")  # a pipe could fill up
         self.proc = subprocess.Popen([sys.executable, "-m", "okkhor.memory"], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                                     stdout=subprocess.PIPE, stderr=self.stderr, text=True, env=env)
 
     def measure(self, cfg: Config, targets: Targets, batch: int) -> dict[str, int]:
         request = json.dumps({"config": cfg.to_dict(), "targets": targets.to_dict(), "batch": batch})
+        line = ""
         try:
             self.proc.stdin.write(request + "\n")
             self.proc.stdin.flush()
-            line = self.proc.stdout.readline()
+            if select.select([self.proc.stdout], [], [], CHILD_TIMEOUT_S)[0]:
+                line = self.proc.stdout.readline()
         except OSError:
-            line = ""
+            pass
         result = json.loads(line) if line.startswith("{") else {}
         if "peak" not in result:
             detail = result.get("error")
             if not detail:
                 self.proc.kill()
-                detail = (self.proc.communicate()[1].strip().splitlines() or ["no output"])[-1]
+                self.proc.wait()
+                self.stderr.seek(0)
+                detail = (self.stderr.read().strip().splitlines() or [f"no answer in {CHILD_TIMEOUT_S} s"])[-1]
             raise OkkhorError(f"memory: measuring batch {batch} on cpu failed: {detail}")
         return {k: int(v) for k, v in result.items()}
 
     def close(self) -> None:
-        try:
-            self.proc.communicate(timeout=CHILD_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.communicate()
-        except (OSError, ValueError):
-            pass
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.close()
+                self.proc.wait(timeout=CHILD_TIMEOUT_S)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait()
+        self.proc.stdout.close()
+        self.stderr.close()
 
 
 def _serve() -> int:
@@ -431,6 +445,61 @@ def _serve() -> int:
     return 0
 
 
+Measured = list[tuple[int, dict[str, int]]]
+
+
+def _measure_here(model: Any, cfg: Config, targets: Targets, device: Any, batches: Sequence[int],
+                  progress: Optional[Callable[[int, Optional[int]], None]] = None,
+                  measure: Callable[..., Optional[dict[str, int]]] = _measure_cuda) -> tuple[Measured, Optional[int]]:
+    """Each batch size in this process, on `model` or on one built from the config; the model's weights, buffers
+    and training flag and the RNG states are put back afterwards. Stops at the first batch size that runs out of
+    memory and returns it as the second value."""
+    import torch
+
+    own = model is None
+    if own:
+        from okkhor.model import build_model
+
+        torch.manual_seed(0)
+        model = build_model(cfg.model, targets)
+    model.to(device, memory_format=torch.channels_last if cfg.train.channels_last else torch.contiguous_format)
+    saved = None if own else {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    was_training = model.training
+    measured: Measured = []
+    failed = None
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            for batch in batches:
+                result = measure(model, cfg, targets, device, batch)
+                if progress:
+                    progress(batch, None if result is None else result["peak"])
+                if result is None:
+                    failed = batch
+                    break
+                measured.append((batch, result))
+    finally:
+        if saved is not None:
+            model.load_state_dict(saved)
+        model.train(was_training)
+    return measured, failed
+
+
+def _measure_forked(cfg: Config, targets: Targets, batches: Sequence[int],
+                    progress: Optional[Callable[[int, Optional[int]], None]] = None) -> Measured:
+    """Each batch size in a fresh process forked from one server (see the module docstring)."""
+    measured: Measured = []
+    server = _ForkServer()
+    try:
+        for batch in batches:
+            result = server.measure(cfg, targets, batch)
+            if progress:
+                progress(batch, result["peak"])
+            measured.append((batch, result))
+    finally:
+        server.close()
+    return measured
+
+
 def probe_config(cfg: Config, targets: Targets, device: Any, batches: Optional[Sequence[int]] = None,
                  model: Any = None, progress: Optional[Callable[[int, Optional[int]], None]] = None) -> MemoryFit:
     """Measure the training-step peak of `cfg` at each batch size and fit the line.
@@ -448,44 +517,12 @@ def probe_config(cfg: Config, targets: Targets, device: Any, batches: Optional[S
     if len(batches) < 2 or batches[0] < 1:
         raise OkkhorError(f"memory: need two or more different batch sizes >= 1, got {batches}")
     precision = {v: k for k, v in PRECISIONS.items()}[cfg.train.amp]
-    measured: list[tuple[int, dict[str, int]]] = []
-    failed = None
     if device.type == "cuda":
         method = "torch.cuda.max_memory_allocated by phase of two training steps"
-        own = model is None
-        if own:
-            from okkhor.model import build_model
-
-            torch.manual_seed(0)
-            model = build_model(cfg.model, targets)
-        model.to(device, memory_format=torch.channels_last if cfg.train.channels_last else torch.contiguous_format)
-        saved = None if own else {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-        was_training = model.training
-        try:
-            with torch.random.fork_rng(devices=[device]):
-                for batch in batches:
-                    result = _measure_cuda(model, cfg, targets, device, batch)
-                    if progress:
-                        progress(batch, None if result is None else result["peak"])
-                    if result is None:
-                        failed = batch
-                        break
-                    measured.append((batch, result))
-        finally:
-            if saved is not None:
-                model.load_state_dict(saved)
-            model.train(was_training)
+        measured, failed = _measure_here(model, cfg, targets, device, batches, progress)
     else:
         method = "peak anonymous RSS by phase of two training steps, in a freshly forked process per batch size"
-        server = _ForkServer()
-        try:
-            for batch in batches:
-                result = server.measure(cfg, targets, batch)
-                if progress:
-                    progress(batch, result["peak"])
-                measured.append((batch, result))
-        finally:
-            server.close()
+        measured, failed = _measure_forked(cfg, targets, batches, progress), None
     if len(measured) < 2:
         raise OkkhorError(f"memory: {cfg.model.name} at {cfg.data.image_size} px ran out of memory at batch "
                           f"{failed}; probe smaller batch sizes (--batches)")

@@ -394,7 +394,7 @@ class _Run:
                 self.eval_loaders[split] = self._loader(dataset, batch_size=cfg.eval.batch_size)
         self.scheduler = build_scheduler(self.optimizer, tcfg, len(self.train_loader), self.plan.accum)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=tcfg.amp == "fp16")
-        self.mixer = Mixer(cfg.mix, seed=cfg.seed)
+        self.mixer = Mixer(cfg.mix, seed=cfg.seed + self.rank)  # each process mixes its own batch its own way
         # out-of-memory recovery: redo a failed micro-batch in chunks; the plan shrinks at the epoch's end
         self.oom = OomRecovery(self.plan, self.net, log=self.log,
                                injector=FaultInjector(tcfg.oom_at) if tcfg.oom_at != -1 else None)
@@ -435,14 +435,22 @@ class _Run:
         if self.cfg.train.patience:
             self.early_stopping = EarlyStopping(self.cfg.train.patience, lambda engine: self._valid_score(),
                                                 trainer=trainer)
-            self.early_stopping.logger.addHandler(logging.NullHandler())
         return trainer
 
     def _valid_score(self) -> float:
         return self.last_results["valid"]["score"]
 
     # ---- checkpoints
-    def _state(self, trainer) -> dict[str, Any]:
+    def _process_states(self) -> list[dict[str, Any]]:
+        """The random states of every process (rank order): global generators and the mixer's."""
+        mine = {"rng": rng_state(), "mixer": self.mixer.state_dict()}
+        if self.world == 1:
+            return [mine]
+        import ignite.distributed as idist
+
+        return idist.all_gather(mine)
+
+    def _state(self, trainer, processes: list[dict[str, Any]]) -> dict[str, Any]:
         return {
             "model": self.net.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -451,8 +459,9 @@ class _Run:
             "ema": self.ema.module.state_dict() if self.ema is not None else None,
             "trainer": {"epoch": trainer.state.epoch, "iteration": trainer.state.iteration,
                         "epoch_length": trainer.state.epoch_length, **self.step.state_dict()},
-            "mixer": self.mixer.state_dict(),
-            "rng": rng_state(),
+            "mixer": processes[0]["mixer"],
+            "rng": processes[0]["rng"],
+            "processes": processes if len(processes) > 1 else None,  # every rank's, to resume each exactly
             "config": self.cfg.to_dict(),
             "targets": self.targets.to_dict(),
             "best_score": self.best_score,
@@ -474,14 +483,16 @@ class _Run:
         if self.ema is not None:
             self.ema.module.load_state_dict(ckpt["ema"] if ckpt["ema"] is not None else ckpt["model"])
         self.step.load_state_dict(ckpt["trainer"])
-        self.mixer.load_state_dict(ckpt["mixer"])
+        processes = ckpt.get("processes") or []
+        own = processes[self.rank] if len(processes) == self.world else {"rng": ckpt["rng"], "mixer": ckpt["mixer"]}
+        self.mixer.load_state_dict(own["mixer"])
         self.best_score, self.best_epoch = ckpt["best_score"], ckpt.get("best_epoch", 0)
         self.last_results = ckpt["metrics"]
         if self.early_stopping is not None and ckpt["early_stopping"] is not None:
             self.early_stopping.load_state_dict(ckpt["early_stopping"])
         trainer.load_state_dict({"epoch": ckpt["trainer"]["epoch"], "max_epochs": self.cfg.train.epochs,
                                  "epoch_length": len(self.train_loader)})
-        set_rng_state(ckpt["rng"])
+        set_rng_state(own["rng"])
 
     # ---- event handlers
     def _on_started(self, trainer) -> None:
@@ -542,9 +553,10 @@ class _Run:
             self.finished, self.stop_reason = True, "completed"
         elif self.stop_after and epoch >= self.stop_after:
             self.stop_reason = "stop_after"
+        processes = self._process_states()
         if self.main:
             self.run_log.flush()  # metrics first: a crash before the checkpoint only costs a rerun of this epoch
-            save_checkpoint(self.last_path, self._state(trainer))
+            save_checkpoint(self.last_path, self._state(trainer, processes))
             if improved:
                 copy_checkpoint(self.last_path, self.best_path)
             self.log(summary_line(epoch, epochs, self.epoch_loss_sum / max(self.epoch_iters, 1), results, lr,

@@ -26,7 +26,8 @@ def command(
     fixed + per-sample bytes, and print the largest micro-batch that fits the budget (90% of it is used) with the
     accumulation steps that reach --effective-batch.
 
-    CUDA: torch.cuda.max_memory_allocated. CPU: peak RSS growth of a fresh process per batch size.
+    CUDA: torch.cuda.max_memory_allocated. CPU: peak anonymous RSS of a fresh process per batch size. The
+    forward/backward peak gets the fitted line; the optimizer step's peak (no activations) is a floor under it.
 
     Examples:
       okkhor memory --model resnet18 --image-size 64
