@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import os
 import subprocess
 import sys
@@ -131,6 +132,25 @@ def test_short_last_group_of_an_epoch_still_steps_with_its_mean_gradient():
     for pa, pb in zip(a.parameters(), b.parameters()):
         torch.testing.assert_close(pa, pb, atol=1e-6, rtol=0)
     assert all(p.grad is None for p in a.parameters())  # nothing left over for the next epoch
+
+
+def test_schedules_count_optimizer_steps_and_bf16_runs_on_cpu():
+    from okkhor.engine import build_scheduler
+
+    model = NoNormNet()
+    onecycle = build_scheduler(build_optimizer(model, TrainConfig(epochs=3)), TrainConfig(epochs=3), 5, 2)
+    assert onecycle.total_steps == 3 * 3  # epochs * ceil(5 iterations / accum 2)
+    optimizer = build_optimizer(model, TrainConfig(lr=1.0))
+    cosine = build_scheduler(optimizer, TrainConfig(epochs=4, lr=1.0, schedule="cosine", warmup_epochs=1), 4, 2)
+    lrs = []
+    for _ in range(8):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        cosine.step()
+    assert lrs[0] < lrs[1] < lrs[2] and lrs[2] == pytest.approx(1.0) and lrs[2:] == sorted(lrs[2:], reverse=True)
+    step = run_steps(NoNormNet(), toy_batches(2, 8), accum=1)
+    step.amp = "bf16"
+    assert math.isfinite(float(step.micro_step(*toy_batches(1, 8)[0])))
 
 
 def test_training_loss_halves_on_a_toy_set(data):
@@ -322,16 +342,27 @@ def test_bad_key_in_a_config_file(tmp_path):
     assert_one_line_error(code, output, str(path), "train.lr_max")
 
 
-def test_batch_size_auto_names_the_memory_module(tmp_path):
-    try:
-        from okkhor.memory import choose_batch  # noqa: F401
-        pytest.skip("okkhor.memory.choose_batch exists")
-    except ImportError:
-        pass
+def test_batch_size_auto_names_the_memory_module_when_it_is_missing(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "okkhor.memory", None)  # as if this install had no okkhor.memory
     code, output = cli("train", "--data", tmp_path / "data", "--out", tmp_path / "run", "--set",
                        "train.batch_size=auto", "--set", "train.effective_batch=64", "--set",
                        "model.name=test_efficientnet")
     assert_one_line_error(code, output, "train.batch_size=auto needs okkhor.memory")
+
+
+def test_batch_size_auto_takes_the_plan_from_choose_batch(monkeypatch):
+    import types
+
+    from okkhor.train import initial_batch_plan
+
+    calls = []
+    fake = types.SimpleNamespace(choose_batch=lambda model, cfg, device: calls.append(cfg) or (8, 4))
+    monkeypatch.setitem(sys.modules, "okkhor.memory", fake)
+    cfg = load_config(None, ["train.batch_size=auto", "train.effective_batch=32"])
+    plan = initial_batch_plan(cfg, nn.Linear(1, 1), torch.device("cpu"))
+    assert (plan.batch_size, plan.accum) == (8, 4) and calls == [cfg]
+    assert initial_batch_plan(load_config(None, ["train.batch_size=24", "train.accum=3"]), None, "cpu") == \
+        BatchPlan(24, 3)
 
 
 def test_presets_load(tmp_path):

@@ -11,6 +11,7 @@ A run directory holds:
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import math
 import time
@@ -216,8 +217,10 @@ def initial_batch_plan(cfg: Config, model: torch.nn.Module, device: torch.device
     """
     if cfg.train.batch_size != "auto":
         return BatchPlan(int(cfg.train.batch_size), cfg.train.accum)
+    import importlib
+
     try:
-        from okkhor import memory
+        memory = importlib.import_module("okkhor.memory")
     except ModuleNotFoundError as exc:
         if exc.name != "okkhor.memory":
             raise
@@ -319,7 +322,7 @@ class _Run:
         self.main = is_main()
         self.log = log if self.main else (lambda message: None)
         self.show_progress = show_progress and self.main
-        self.out_dir, self.stop_after = out_dir, stop_after
+        self.out_dir, self.stop_after, self.data_dir = out_dir, stop_after, data_dir
         self.last_path = out_dir / "checkpoints" / "last.pt"
         self.best_path = out_dir / "checkpoints" / "best.pt"
         if resume and not self.last_path.is_file():
@@ -586,6 +589,8 @@ class _Run:
             if self.main:
                 self.out_dir.mkdir(parents=True, exist_ok=True)
                 self.run_log.write_config(self.cfg)
+                write_text_atomic(self.out_dir / "run.json",
+                                  json.dumps({"data_dir": str(self.data_dir.resolve())}, indent=1))
                 self.run_log.keep_rows_up_to(self.ckpt["trainer"]["epoch"] if self.ckpt else 0)
                 self.run_log.open_tensorboard(trainer, self.optimizer)
             self._announce()

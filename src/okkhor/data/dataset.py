@@ -49,7 +49,7 @@ class GraphemeDataset(Dataset):
 
     def __getitem__(self, i: int):
         row = int(self.indices[i])
-        img = np.asarray(self.images[row])
+        img = np.array(self.images[row])  # a writable copy: the cache is a read-only memmap
         if self.augment is not None:
             img = self.augment(img, sample_seed(self.seed, self.epoch, row))
         x = torch.from_numpy(np.ascontiguousarray(img)).unsqueeze(0).float().div_(255.0)

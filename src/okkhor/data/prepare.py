@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from okkhor.data.kaggle import image_parquet_files, iter_image_parquet, parquet_num_rows
+from okkhor.data.kaggle import image_parquet_files, iter_image_parquet, open_image_parquet
 from okkhor.errors import OkkhorError
 from okkhor.fsutil import atomic_path, write_text_atomic
 from okkhor.progress import progress
@@ -103,14 +103,15 @@ def prepare_split(data_dir: str | Path, split: str, opts: PrepareOptions, cache_
                 return npy, True
         except (json.JSONDecodeError, OSError):
             pass
-    total = sum(parquet_num_rows(f) for f in files)
+    opened = [open_image_parquet(f) for f in files]
+    total = sum(pf.metadata.num_rows for pf in opened)
     ids: list[str] = []
     with atomic_path(npy) as tmp:
         arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(total, opts.size, opts.size))
         pos = 0
         with progress(total=total, desc=f"prepare {split}", unit="img", disable=not show_progress) as bar:
-            for f in files:
-                for batch_ids, images in iter_image_parquet(f, batch_rows=batch_rows):
+            for f, pf in zip(files, opened):
+                for batch_ids, images in iter_image_parquet(f, batch_rows=batch_rows, pf=pf):
                     if pos + len(images) > total:
                         raise OkkhorError(f"{f}: more rows than its metadata says")
                     arr[pos:pos + len(images)] = preprocess(images, opts.size, opts.crop)
