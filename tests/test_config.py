@@ -33,11 +33,17 @@ def test_unknown_key_lists_valid_keys():
     ("mix.alpha=-1", "mix.alpha"),
     ("data.fold=7", "data.fold"),
     ("train.batch_size=auto", "train.effective_batch"),
+    ("train.oom_at=0", "train.oom_at"),
 ])
 def test_bad_values(override, needle):
     with pytest.raises(OkkhorError) as e:
         load_config(None, [override])
     assert needle in str(e.value)
+
+
+def test_off_is_a_choice_not_a_boolean():
+    assert load_config(None, ["train.amp=off"]).train.amp == "off"
+    assert load_config(None, ["train.amp=bf16"]).train.amp == "bf16"
 
 
 def test_bool_strings_are_not_truthy():

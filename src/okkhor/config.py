@@ -128,6 +128,8 @@ def _coerce(value: Any, tp: Any) -> Any:
     """Convert `value` to type `tp` or raise ValueError. Strict: no truthy strings, no silent float->int."""
     origin = typing.get_origin(tp)
     if origin is Literal:
+        if isinstance(value, bool):  # YAML reads off/on/no/yes as booleans: map them back to the choice
+            value = {False: "off", True: "on"}[value]
         for choice in typing.get_args(tp):
             if value == choice or (isinstance(value, str) and str(choice) == value):
                 return choice
@@ -281,6 +283,7 @@ def validate(cfg: Config) -> None:
     need(0.0 <= cfg.train.label_smoothing < 1.0, "train.label_smoothing", "must be in [0, 1)")
     need(0.0 < cfg.train.ohem <= 1.0, "train.ohem", "must be in (0, 1]")
     need(cfg.train.patience >= 0, "train.patience", "must be >= 0")
+    need(cfg.train.oom_at == -1 or cfg.train.oom_at >= 1, "train.oom_at", "must be -1 (off) or an iteration >= 1")
     need(cfg.eval.train_clean_size >= 0, "eval.train_clean_size", "must be >= 0")
     need(cfg.eval.batch_size >= 1, "eval.batch_size", "must be >= 1")
     need(cfg.mix.alpha > 0, "mix.alpha", "must be > 0")

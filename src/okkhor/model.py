@@ -23,7 +23,8 @@ class GraphemeModel(nn.Module):
         self.backbone = backbone
         self.target_names = tuple(targets.names)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        features = backbone.num_features
+        # the pooled output's width: some models (mobilenetv3, ...) add a head conv after num_features
+        features = getattr(backbone, "head_hidden_size", None) or backbone.num_features
         self.heads = nn.ModuleList([nn.Linear(features, n) for n in targets.num_classes])
 
     def forward_heads(self, features: torch.Tensor) -> tuple[torch.Tensor, ...]:

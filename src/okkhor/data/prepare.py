@@ -106,22 +106,25 @@ def prepare_split(data_dir: str | Path, split: str, opts: PrepareOptions, cache_
     opened = [open_image_parquet(f) for f in files]
     total = sum(pf.metadata.num_rows for pf in opened)
     ids: list[str] = []
-    with atomic_path(npy) as tmp:
-        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(total, opts.size, opts.size))
+    # Written as a plain sequential file (header, then rows): a write memmap would keep every output page
+    # resident, which counts against the memory budget on large files.
+    with atomic_path(npy) as tmp, open(tmp, "wb") as fh:
+        np.lib.format.write_array_header_1_0(
+            fh, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False,
+                 "shape": (total, opts.size, opts.size)})
         pos = 0
         with progress(total=total, desc=f"prepare {split}", unit="img", disable=not show_progress) as bar:
             for f, pf in zip(files, opened):
                 for batch_ids, images in iter_image_parquet(f, batch_rows=batch_rows, pf=pf):
                     if pos + len(images) > total:
                         raise OkkhorError(f"{f}: more rows than its metadata says")
-                    arr[pos:pos + len(images)] = preprocess(images, opts.size, opts.crop)
+                    fh.write(np.ascontiguousarray(preprocess(images, opts.size, opts.crop)).tobytes())
                     ids.extend(batch_ids)
                     pos += len(images)
                     bar.update(len(images))
         if pos != total:
             raise OkkhorError(f"{files[-1]}: fewer rows than its metadata says ({pos} of {total})")
-        arr.flush()
-        del arr
+        fh.flush()
     with atomic_path(ids_csv) as tmp:
         pd.DataFrame({"image_id": ids}).to_csv(tmp, index=False)
     write_text_atomic(meta, json.dumps({"fingerprint": fp, "size": opts.size, "crop": opts.crop,
