@@ -27,6 +27,8 @@ def make_parquet(root: Path, rows: int, seed: int = 0) -> Path:
     if path.is_file() and marker.is_file():
         return path
     root.mkdir(parents=True, exist_ok=True)
+    for stale in root.glob(".rows-*"):  # the parquet is about to be replaced
+        stale.unlink()
     rng = np.random.default_rng(seed)
     images = np.full((rows, IMAGE_HEIGHT, IMAGE_WIDTH), 250, dtype=np.uint8)
     # random strokes-like blobs so the crop has ink to find; noise everywhere so nothing compresses away
