@@ -164,6 +164,19 @@ def _paired_rates(runners: dict[str, Callable[[], None]], images: int, rounds: i
     return rates
 
 
+def _python_ms(run: Callable[[], None], steps: int) -> float:
+    """Milliseconds per step spent in Python code itself (not in torch's C++ operators), under cProfile."""
+    import cProfile
+    import pstats
+
+    profile = cProfile.Profile()
+    profile.enable()
+    run()
+    profile.disable()
+    stats = pstats.Stats(profile).stats  # type: ignore[attr-defined]
+    return 1e3 * sum(entry[2] for key, entry in stats.items() if key[0] != "~") / steps
+
+
 def _threads() -> int:
     import torch
 
@@ -203,6 +216,9 @@ def trainer_overhead(args: argparse.Namespace) -> dict:
     rates = _paired_rates({"okkhor": lambda: engine.run(data, max_epochs=1), "bare": lambda: bare(data)},
                           iters * args.batch, rounds, device)
     ratios = {kind: [o / b for o, b in zip(rates["okkhor"][kind], rates["bare"][kind])] for kind in ("wall", "cpu")}
+    python_ms = {"okkhor": _python_ms(lambda: engine.run(data, max_epochs=1), iters),
+                 "bare": _python_ms(lambda: bare(data), iters)}
+    step_ms = 1e3 * args.batch / statistics.median(rates["bare"]["cpu"])
     # on a CPU the rate per CPU second of this process is the steadier one when other jobs share the cores (the
     # work compared is all in this process); on a GPU the wall clock is what counts
     kind = "cpu" if device.type == "cpu" else "wall"
@@ -217,11 +233,16 @@ def trainer_overhead(args: argparse.Namespace) -> dict:
            "cpu_ratio_of_medians": round(statistics.median(rates["okkhor"]["cpu"])
                                          / statistics.median(rates["bare"]["cpu"]), 3),
            "round_ratios": {k: [round(r, 3) for r in v] for k, v in ratios.items()},
+           "python_ms_per_step": {k: round(v, 2) for k, v in python_ms.items()},
+           "python_overhead_share": round((python_ms["okkhor"] - python_ms["bare"]) / step_ms, 4),
            "setup": f"{args.model} {args.size} px, batch {args.batch}, amp {args.amp}, channels_last "
                     f"{args.channels_last}, compile {args.compile}, {args.device}, {_threads()} torch threads; "
                     f"{rounds} paired rounds of {iters} steps on in-memory batches after one warmup round; value = "
                     f"median of the per-round ratios of images per {kind} second",
-           "note": "okkhor = an ignite Engine running engine.TrainStep as train.py wires it (build_optimizer, "
+           "note": "python_overhead_share = (okkhor's - bare's Python self time per step, under cProfile, which "
+                   "inflates it) / the bare step's CPU time: what okkhor's own code adds, measured without the "
+                   "machine's load in it (an upper bound). okkhor = an ignite Engine running engine.TrainStep as "
+                   "train.py wires it (build_optimizer, "
                    "one-cycle schedule, GradScaler, OomRecovery runner); the trainer's progress bar and TensorBoard "
                    "handlers are not attached. bare = AdamW + autocast + summed cross-entropies by hand. Both train "
                    "the same model object on the same in-memory batches",
@@ -411,6 +432,7 @@ def run_section(name: str, args: argparse.Namespace) -> dict:
     import torch
 
     start = time.perf_counter()
+    stamp = {"measured_at": time.strftime("%Y-%m-%d %H:%M %Z"), "loadavg_1m_before": round(os.getloadavg()[0], 2)}
     threads = torch.get_num_threads()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -430,6 +452,7 @@ def run_section(name: str, args: argparse.Namespace) -> dict:
     result.setdefault("command", _command(args, name))
     result["unit"] = result.get("unit", UNITS[name])
     result["section_seconds"] = round(time.perf_counter() - start, 1)
+    result.update(stamp)
     return result
 
 
@@ -462,8 +485,10 @@ def write_markdown(path: Path, report: dict) -> None:
              f"Measured {report['date']} by `{report['command']}` in {report['seconds']:.0f} s on {m['platform']}, "
              f"{m['cpus']} CPUs (torch {m['torch']}, {m['torch_threads']} threads, device {m['device']}); load "
              f"average {m['loadavg_1m_before']} before, {m.get('loadavg_1m_after', '?')} after. Every figure is a "
-             "ratio or a rate from this one run; rerun its command to reproduce it. On a shared machine the rates "
-             "are lower bounds and the ratios carry the noise shown in results.json (per-round values).", "",
+             "ratio or a rate measured within one run on this machine; rerun its command to reproduce it. On a shared machine the rates "
+             "are lower bounds and the ratios carry the noise shown in results.json (per-round values).",
+             *[f"Rerun {r['date']}: {', '.join(r['sections'])} by `{r['command']}`." for r in report.get("reruns", [])],
+             "",
              "| figure | value | unit | goal | met | reproduce |", "|---|---|---|---|---|---|"]
     for name, r in report["sections"].items():
         met = {True: "yes", False: "**no**", None: "-"}[r.get("ok")]
@@ -476,7 +501,8 @@ def write_markdown(path: Path, report: dict) -> None:
             lines.append(f"- **{name}**: {r.get('reason', 'no value')}")
             continue
         detail = r.get("setup") or ""
-        extra = {k: r[k] for k in ("wall_ratio", "cpu_ratio", "okkhor_images_per_s", "bare_images_per_s",
+        extra = {k: r[k] for k in ("wall_ratio", "cpu_ratio", "python_overhead_share", "python_ms_per_step",
+                                   "okkhor_images_per_s", "bare_images_per_s",
                                    "round_ratios", "by_preset", "whole_step_ratio", "peak_memory_bytes",
                                    "signed_error", "prepare_peak_rss_mb", "prepare_images_per_s", "score",
                                    "seen", "unseen", "synth_images_per_cpu_s", "synth_load_before") if k in r}
@@ -523,6 +549,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def _merged(args: argparse.Namespace, report: dict) -> dict:
+    """A run of some sections updates those in the existing results (same platform), keeping the others; each
+    section carries its own measured_at and load average."""
+    try:
+        old = json.loads(args.out.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return report
+    if old.get("machine", {}).get("platform") != report["machine"]["platform"] or "sections" not in old:
+        return report
+    old["sections"].update(report["sections"])
+    old.setdefault("reruns", []).append({"date": report["date"], "command": report["command"],
+                                         "sections": list(report["sections"]), "seconds": report["seconds"]})
+    return old
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     names = args.only or list(SECTIONS)
@@ -544,8 +585,9 @@ def main(argv: list[str] | None = None) -> dict:
     if args.write:
         from okkhor.fsutil import write_text_atomic
 
-        write_text_atomic(args.out, json.dumps(report, indent=1) + "\n")
-        write_markdown(args.markdown, report)
+        written = _merged(args, report) if args.only else report
+        write_text_atomic(args.out, json.dumps(written, indent=1) + "\n")
+        write_markdown(args.markdown, written)
     if args.json:
         print(json.dumps({**report["sections"], "machine": report["machine"], "seconds": report["seconds"]}))
     return report
