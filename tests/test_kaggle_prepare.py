@@ -152,25 +152,23 @@ def test_prepare_cli(tmp_path):
     assert np.load(root / "cache" / "24" / "train.npy").shape == (12, 24, 24)
 
 
-def _write_table(path, table):
-    pq.write_table(table, path)
+def prepare_after_rewrite(root, table):
+    """Replace the train parquet of ROOT with TABLE and run `okkhor prepare` on it: (exit code, output)."""
+    pq.write_table(table, root / "train_image_data_0.parquet")
+    return run_cli("prepare", root, "--size", 24)
 
 
 def test_missing_image_id_column(tmp_path):
     root = write_dataset(tmp_path / "data")
     path = root / "train_image_data_0.parquet"
-    table = pq.read_table(path).drop(["image_id"])
-    _write_table(path, table)
-    code, out = run_cli("prepare", root, "--size", 24)
+    code, out = prepare_after_rewrite(root, pq.read_table(path).drop(["image_id"]))
     assert_one_line_error(code, out, "train_image_data_0.parquet", "image_id")
 
 
 def test_wrong_number_of_pixel_columns(tmp_path):
     root = write_dataset(tmp_path / "data")
     path = root / "train_image_data_0.parquet"
-    table = pq.read_table(path)
-    _write_table(path, table.drop([str(N_PIXELS - 1)]))
-    code, out = run_cli("prepare", root, "--size", 24)
+    code, out = prepare_after_rewrite(root, pq.read_table(path).drop([str(N_PIXELS - 1)]))
     assert_one_line_error(code, out, "train_image_data_0.parquet", "32332 pixel columns", "32331")
     assert not (root / "cache" / "24" / "train.npy").exists()
     assert not list((root / "cache" / "24").glob("*.tmp*")) if (root / "cache" / "24").exists() else True
@@ -181,13 +179,9 @@ def test_non_uint8_values(tmp_path):
     path = root / "train_image_data_0.parquet"
     table = pq.read_table(path)
     col = pa.array(np.full(12, 300, dtype=np.int64))
-    table = table.set_column(5, "4", col)
-    _write_table(path, table)
-    code, out = run_cli("prepare", root, "--size", 24)
+    code, out = prepare_after_rewrite(root, table.set_column(5, "4", col))
     assert_one_line_error(code, out, "train_image_data_0.parquet", "uint8")
-    floats = table.set_column(5, "4", pa.array(np.full(12, 0.5)))
-    _write_table(path, floats)
-    code, out = run_cli("prepare", root, "--size", 24)
+    code, out = prepare_after_rewrite(root, table.set_column(5, "4", pa.array(np.full(12, 0.5))))
     assert_one_line_error(code, out, "train_image_data_0.parquet", "uint8")
 
 

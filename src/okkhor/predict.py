@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from okkhor.config import Config
 from okkhor.data.dataset import to_tensor
-from okkhor.data.kaggle import (image_parquet_files, iter_image_parquet, parquet_num_rows, read_test_csv,
+from okkhor.data.kaggle import (ImageFiles, image_parquet_files, read_test_csv,
                                 read_train_labels, write_submission)
 from okkhor.data.prepare import preprocess
 from okkhor.errors import OkkhorError
@@ -158,23 +158,18 @@ def stream_test_probs(members: Sequence[Member], data_dir: str | Path, tta: int 
                       show_progress: bool = True) -> tuple[list[str], dict[str, np.ndarray]]:
     """Read DATA_DIR's test parquet files batch by batch and predict them: (image ids, {target: [n, C]})."""
     check_tta(tta)
-    files = test_files(data_dir)
-    total = sum(parquet_num_rows(f) for f in files)
+    source = ImageFiles(test_files(data_dir))
+    total = source.total
     targets = members[0].targets
     probs = {name: np.zeros((total, c), dtype=np.float32) for name, c in zip(targets.names, targets.num_classes)}
     ids: list[str] = []
     with progress(total=total, desc="predict", unit="img", disable=not show_progress) as bar:
-        for f in files:
-            for batch_ids, raw in iter_image_parquet(f, batch_rows=batch_size):
-                if len(ids) + len(batch_ids) > total:
-                    raise OkkhorError(f"{f}: more rows than its metadata says")
-                batch = raw_probs(members, raw, tta=tta, batch_size=batch_size)
-                for name in targets.names:
-                    probs[name][len(ids):len(ids) + len(batch_ids)] = batch[name]
-                ids.extend(batch_ids)
-                bar.update(len(batch_ids))
-    if len(ids) != total:
-        raise OkkhorError(f"{files[-1]}: fewer rows than its metadata says ({len(ids)} of {total})")
+        for batch_ids, raw in source.batches(batch_size):
+            batch = raw_probs(members, raw, tta=tta, batch_size=batch_size)
+            for name in targets.names:
+                probs[name][len(ids):len(ids) + len(batch_ids)] = batch[name]
+            ids.extend(batch_ids)
+            bar.update(len(batch_ids))
     return ids, probs
 
 

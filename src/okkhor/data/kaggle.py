@@ -66,9 +66,25 @@ def open_image_parquet(path: str | Path) -> pq.ParquetFile:
     return pf
 
 
-def parquet_num_rows(path: str | Path) -> int:
-    """Row count of an image parquet file (schema checked)."""
-    return open_image_parquet(path).metadata.num_rows
+class ImageFiles:
+    """Several image parquet files read as one stream: schemas checked and the row count known before any work."""
+
+    def __init__(self, files: Sequence[str | Path]):
+        self.files = [Path(f) for f in files]
+        self._opened = [open_image_parquet(f) for f in self.files]
+        self.total = sum(pf.metadata.num_rows for pf in self._opened)
+
+    def batches(self, batch_rows: int = 1024) -> Iterator[tuple[list[str], np.ndarray]]:
+        """(image_ids, images uint8 [n, 137, 236]) in file order; fails when a file has other rows than it says."""
+        seen = 0
+        for path, pf in zip(self.files, self._opened):
+            for ids, images in iter_image_parquet(path, batch_rows=batch_rows, pf=pf):
+                seen += len(ids)
+                if seen > self.total:
+                    raise OkkhorError(f"{path}: more rows than its metadata says")
+                yield ids, images
+        if seen != self.total:
+            raise OkkhorError(f"{self.files[-1]}: fewer rows than its metadata says ({seen} of {self.total})")
 
 
 def iter_image_parquet(path: str | Path, batch_rows: int = 1024, pf: pq.ParquetFile | None = None

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from okkhor.data.kaggle import image_parquet_files, iter_image_parquet, open_image_parquet
+from okkhor.data.kaggle import ImageFiles, image_parquet_files
 from okkhor.errors import OkkhorError
 from okkhor.fsutil import atomic_path, write_text_atomic
 from okkhor.progress import progress
@@ -103,8 +103,8 @@ def prepare_split(data_dir: str | Path, split: str, opts: PrepareOptions, cache_
                 return npy, True
         except (json.JSONDecodeError, OSError):
             pass
-    opened = [open_image_parquet(f) for f in files]
-    total = sum(pf.metadata.num_rows for pf in opened)
+    source = ImageFiles(files)
+    total = source.total
     ids: list[str] = []
     # Written as a plain sequential file (header, then rows): a write memmap would keep every output page
     # resident, which counts against the memory budget on large files.
@@ -112,18 +112,11 @@ def prepare_split(data_dir: str | Path, split: str, opts: PrepareOptions, cache_
         np.lib.format.write_array_header_1_0(
             fh, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False,
                  "shape": (total, opts.size, opts.size)})
-        pos = 0
         with progress(total=total, desc=f"prepare {split}", unit="img", disable=not show_progress) as bar:
-            for f, pf in zip(files, opened):
-                for batch_ids, images in iter_image_parquet(f, batch_rows=batch_rows, pf=pf):
-                    if pos + len(images) > total:
-                        raise OkkhorError(f"{f}: more rows than its metadata says")
-                    fh.write(np.ascontiguousarray(preprocess(images, opts.size, opts.crop)).tobytes())
-                    ids.extend(batch_ids)
-                    pos += len(images)
-                    bar.update(len(images))
-        if pos != total:
-            raise OkkhorError(f"{files[-1]}: fewer rows than its metadata says ({pos} of {total})")
+            for batch_ids, images in source.batches(batch_rows):
+                fh.write(np.ascontiguousarray(preprocess(images, opts.size, opts.crop)).tobytes())
+                ids.extend(batch_ids)
+                bar.update(len(images))
         fh.flush()
     with atomic_path(ids_csv) as tmp:
         pd.DataFrame({"image_id": ids}).to_csv(tmp, index=False)
