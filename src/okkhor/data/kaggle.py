@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -121,25 +122,69 @@ def iter_image_parquet(path: str | Path, batch_rows: int = 1024, pf: pq.ParquetF
         raise OkkhorError(f"{path}: cannot read ({str(exc).splitlines()[0]})") from None
 
 
+IMAGE_SCHEMA = pa.schema([pa.field("image_id", pa.string())] + [pa.field(c, pa.uint8()) for c in PIXEL_COLUMNS])
+
+
+def pixel_columns(images: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Images uint8 [n, 137, 236] as column-major pixels [32332, n] (one parquet column per row), into `out`."""
+    import cv2
+
+    flat = images.reshape(len(images), N_PIXELS)
+    out = np.empty((N_PIXELS, len(images)), np.uint8) if out is None else out
+    for p in range(0, N_PIXELS, 4096):  # cv2's blocked transpose is several times numpy's strided copy
+        out[p:p + 4096] = cv2.transpose(flat[:, p:p + 4096])
+    return out
+
+
+class ImageParquetWriter:
+    """Streams row groups of images into one competition-layout parquet file, renamed into place on success.
+
+    Each `write` is one row group: parquet pays a fixed cost per row group for each of the 32,332 columns, so
+    callers should pass thousands of rows at a time. Dictionary encoding keeps files about 2.5x smaller than plain
+    encoding and, on near-white images, is no slower to write.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._stack = ExitStack()
+        self._writer: pq.ParquetWriter | None = None
+
+    def __enter__(self) -> "ImageParquetWriter":
+        with ExitStack() as stack:
+            tmp = stack.enter_context(atomic_path(self.path))
+            self._writer = stack.enter_context(pq.ParquetWriter(tmp, IMAGE_SCHEMA, compression="snappy",
+                                                                use_dictionary=True))
+            self._stack = stack.pop_all()
+        return self
+
+    def write_columns(self, image_ids: Sequence[str], columns: np.ndarray) -> None:
+        """One row group from column-major pixels uint8 [32332, n] (see `pixel_columns`)."""
+        if columns.dtype != np.uint8 or columns.ndim != 2 or columns.shape[0] != N_PIXELS:
+            raise OkkhorError(f"{self.path}: pixel columns must be uint8 [{N_PIXELS}, n], got "
+                              f"{columns.dtype} {list(columns.shape)}")
+        if len(image_ids) != columns.shape[1]:
+            raise OkkhorError(f"{self.path}: {len(image_ids)} image ids for {columns.shape[1]} images")
+        arrays = [pa.array(list(image_ids), pa.string())] + [pa.array(columns[j]) for j in range(N_PIXELS)]
+        self._writer.write_table(pa.Table.from_arrays(arrays, schema=IMAGE_SCHEMA))
+
+    def write(self, image_ids: Sequence[str], images: np.ndarray) -> None:
+        """One row group from images uint8 [n, 137, 236]."""
+        images = np.asarray(images)
+        if images.dtype != np.uint8 or images.shape[1:] != (IMAGE_HEIGHT, IMAGE_WIDTH):
+            raise OkkhorError(f"{self.path}: images must be uint8 [n, {IMAGE_HEIGHT}, {IMAGE_WIDTH}], got "
+                              f"{images.dtype} {list(images.shape)}")
+        self.write_columns(image_ids, pixel_columns(images))
+
+    def __exit__(self, *exc) -> bool:
+        return self._stack.__exit__(*exc)  # close the writer, then rename (or, after an error, delete) the file
+
+
 def write_image_parquet(path: str | Path, image_ids: Sequence[str], images: np.ndarray,
                         row_group_size: int = 4096) -> None:
     """Write images uint8 [n, 137, 236] in the competition's layout (image_id, then '0'..'32331'), atomically."""
-    images = np.asarray(images)
-    if images.dtype != np.uint8 or images.shape[1:] != (IMAGE_HEIGHT, IMAGE_WIDTH):
-        raise OkkhorError(f"{path}: images must be uint8 [n, {IMAGE_HEIGHT}, {IMAGE_WIDTH}], got "
-                          f"{images.dtype} {list(images.shape)}")
-    if len(image_ids) != len(images):
-        raise OkkhorError(f"{path}: {len(image_ids)} image ids for {len(images)} images")
-    flat = images.reshape(len(images), N_PIXELS)
-    fields = [pa.field("image_id", pa.string())] + [pa.field(c, pa.uint8()) for c in PIXEL_COLUMNS]
-    schema = pa.schema(fields)
-    with atomic_path(path) as tmp:
-        with pq.ParquetWriter(tmp, schema, compression="snappy") as writer:
-            for start in range(0, len(flat), row_group_size):
-                chunk = flat[start:start + row_group_size]
-                arrays = [pa.array(list(image_ids[start:start + row_group_size]), pa.string())]
-                arrays += [pa.array(np.ascontiguousarray(chunk[:, j])) for j in range(N_PIXELS)]
-                writer.write_table(pa.Table.from_arrays(arrays, schema=schema))
+    with ImageParquetWriter(path) as writer:
+        for start in range(0, len(images), row_group_size):
+            writer.write(image_ids[start:start + row_group_size], images[start:start + row_group_size])
 
 
 def read_csv_checked(path: str | Path, required: Sequence[str], what: str = "CSV") -> pd.DataFrame:

@@ -411,34 +411,22 @@ def _make_images(imager: Imager, seed: int, split: str, start: int, texts: Seque
 
 def _write_file(task: FileTask) -> tuple[str, int]:
     """Render one file's images row group by row group and stream them into its parquet file."""
-    import cv2
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from okkhor.data.kaggle import N_PIXELS, PIXEL_COLUMNS
-    from okkhor.fsutil import atomic_path
+    from okkhor.data.kaggle import N_PIXELS, ImageParquetWriter, pixel_columns
 
     imager, job, counter = _STATE["imager"], _STATE["job"], _STATE["counter"]
-    schema = pa.schema([pa.field("image_id", pa.string())] + [pa.field(c, pa.uint8()) for c in PIXEL_COLUMNS])
-    block = 256
-    # plain encoding: dictionaries would make files about half as big but cost a third more time to write
-    with atomic_path(task.path) as tmp, pq.ParquetWriter(tmp, schema, compression="snappy",
-                                                         use_dictionary=False) as writer:
+    block = 256  # images rendered at a time, then moved into the row group's column-major buffer
+    with ImageParquetWriter(task.path) as writer:
         done = 0
         for rows in _even_chunks(len(task.texts), ROW_GROUP_ROWS):
-            columns = np.empty((N_PIXELS, rows), np.uint8)  # column-major: one pixel column is one row here
+            columns = np.empty((N_PIXELS, rows), np.uint8)
             for b in range(0, rows, block):
                 texts = task.texts[done + b:done + min(rows, b + block)]
                 images = _make_images(imager, job.seed, task.split, task.start + done + b, texts)
-                flat = images.reshape(len(texts), N_PIXELS)
-                for p in range(0, N_PIXELS, 4096):
-                    columns[p:p + 4096, b:b + len(texts)] = cv2.transpose(flat[:, p:p + 4096])
+                pixel_columns(images, out=columns[:, b:b + len(texts)])
                 if counter is not None:
                     with counter.get_lock():
                         counter.value += len(texts)
-            ids = [f"{task.split.capitalize()}_{task.start + done + i}" for i in range(rows)]
-            arrays = [pa.array(ids, pa.string())] + [pa.array(columns[j]) for j in range(N_PIXELS)]
-            writer.write_table(pa.Table.from_arrays(arrays, schema=schema))
+            writer.write_columns([f"{task.split.capitalize()}_{task.start + done + i}" for i in range(rows)], columns)
             done += rows
     return task.path, len(task.texts)
 
