@@ -12,7 +12,7 @@ from okkhor.cli import app
 from okkhor.data.kaggle import IMAGE_HEIGHT, IMAGE_WIDTH, N_PIXELS, image_parquet_files, iter_image_parquet
 from okkhor.data.render import (FontRenderer, check_shaping, grapheme_string, known_graphemes, render_grapheme,
                                 seen_triples, select_fonts)
-from okkhor.data.synth import synthesize
+from okkhor.data.synth import file_rows, synthesize
 from okkhor.errors import OkkhorError
 
 from test_kaggle_prepare import assert_one_line_error
@@ -119,6 +119,16 @@ def test_same_seed_gives_identical_files_whatever_the_workers(made, tmp_path):
     for name in one:
         assert (out / name).read_bytes() == (made["out"] / name).read_bytes(), name
     assert preview.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_file_layout_depends_on_the_split_size_only():
+    """Files are the unit of parallel work: a mid-sized split is two files, never more than 10,042 rows a file."""
+    assert file_rows(0) == [] and file_rows(90) == [90] and file_rows(3_999) == [3_999]
+    assert file_rows(6_000) == [3_000, 3_000]
+    assert file_rows(25_001) == [8_334, 8_334, 8_333]
+    assert file_rows(50_210) == [10_042] * 5
+    assert file_rows(6_000, rows_per_file=6_000) == [6_000]
+    assert file_rows(5, rows_per_file=2) == [2, 2, 1]
 
 
 def test_shaping_self_check_fails_without_shaping():

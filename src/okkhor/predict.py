@@ -88,6 +88,9 @@ def _describe_targets(targets: Targets) -> str:
     return ", ".join(f"{n} ({c})" for n, c in zip(targets.names, targets.num_classes))
 
 
+READ_ROWS = 1024  # rows per parquet read
+
+
 def check_tta(tta: int) -> None:
     if not 1 <= tta <= MAX_TTA:
         raise OkkhorError(f"--tta {tta}: must be in 1..{MAX_TTA} (view 1 is the plain image)")
@@ -164,7 +167,8 @@ def stream_test_probs(members: Sequence[Member], data_dir: str | Path, tta: int 
     probs = {name: np.zeros((total, c), dtype=np.float32) for name, c in zip(targets.names, targets.num_classes)}
     ids: list[str] = []
     with progress(total=total, desc="predict", unit="img", disable=not show_progress) as bar:
-        for batch_ids, raw in source.batches(batch_size):
+        # parquet reads pay a fixed cost per column (32,332 of them) per batch: read big, infer in batch_size
+        for batch_ids, raw in source.batches(max(batch_size, READ_ROWS)):
             batch = raw_probs(members, raw, tta=tta, batch_size=batch_size)
             for name in targets.names:
                 probs[name][len(ids):len(ids) + len(batch_ids)] = batch[name]

@@ -21,8 +21,10 @@ def command(
         None, "--fonts", help="Comma-separated font or family names (default: every usable font)."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Worker processes (default: CPU count)."),
     preview: Optional[Path] = typer.Option(None, "--preview", help="Also save a labelled grid of samples (.png)."),
-    rows_per_file: int = typer.Option(
-        10_042, "--rows-per-file", help="Images per parquet file, at most 50,210; files are made in parallel."),
+    rows_per_file: Optional[int] = typer.Option(
+        None, "--rows-per-file",
+        help="Images per parquet file, at most 50,210 (default: up to 10,042, and a split of 4,000 or more in at "
+             "least two files); files are made in parallel."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a dataset already in OUT_DIR."),
 ) -> None:
     """Render handwritten-looking Bengali graphemes into train/test files shaped like the competition's.
