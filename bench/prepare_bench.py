@@ -23,7 +23,7 @@ def make_parquet(root: Path, rows: int, seed: int = 0) -> Path:
     from okkhor.data.kaggle import IMAGE_HEIGHT, IMAGE_WIDTH, write_image_parquet
 
     path = root / "train_image_data_0.parquet"
-    marker = root / f".rows-{rows}"
+    marker = root / f".rows-{rows}-dictionary"  # rows and the writer's encoding: a change rewrites the file
     if path.is_file() and marker.is_file():
         return path
     root.mkdir(parents=True, exist_ok=True)
