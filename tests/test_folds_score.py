@@ -137,3 +137,63 @@ def test_bad_submissions(tmp_path, mutate, needle):
 def test_missing_truth_file(tmp_path):
     code, out = score("--truth", tmp_path / "nope.csv", "--submission", tmp_path / "sub.csv")
     assert_one_line_error(code, out, "nope.csv", "not found")
+
+
+def hand_recall(t, p):
+    """Macro recall written out: per class present in truth or prediction, hits / support (0 without support)."""
+    classes = sorted(set(t) | set(p))
+    return sum((sum(1 for a, b in zip(t, p) if a == b == c) / max(sum(1 for a in t if a == c), 1))
+               for c in classes) / len(classes)
+
+
+def test_by_cell_accuracy_and_exact_equal_a_hand_computation(tmp_path):
+    n = 48
+    df = write_truth(tmp_path / "labels.csv", n=n)
+    df["font"] = np.where(np.arange(n) % 3 == 0, "held-out-family", "train-family")
+    df["font_seen"] = np.arange(n) % 3 != 0
+    df.to_csv(tmp_path / "labels.csv", index=False)
+    write_sub(tmp_path / "sub.csv", df, corrupt=20)
+    sub = pd.read_csv(tmp_path / "sub.csv").set_index("row_id")["target"]
+    pred = {c: [int(sub[f"{i}_{c}"]) for i in df["image_id"]] for c in BENGALI.names}
+    code, out = score("--truth", tmp_path / "labels.csv", "--submission", tmp_path / "sub.csv", "--json")
+    assert code == 0, out
+    result = json.loads(out)
+    rows = list(range(n))
+    right = {c: [df[c][i] == pred[c][i] for i in rows] for c in BENGALI.names}
+    assert result["accuracy"]["grapheme_root"] == pytest.approx(sum(right["grapheme_root"]) / n)
+    assert result["accuracy"]["vowel_diacritic"] == 1.0
+    assert result["exact"] == pytest.approx(sum(all(right[c][i] for c in BENGALI.names) for i in rows) / n)
+    assert set(result["by_cell"]) == {"seen/font_seen", "seen/font_unseen", "unseen/font_seen",
+                                      "unseen/font_unseen"}
+    for cell, value in result["by_cell"].items():
+        seen_part, font_part = cell.split("/")
+        members = [i for i in rows if df["seen"][i] == (seen_part == "seen")
+                   and df["font_seen"][i] == (font_part == "font_seen")]
+        assert value["images"] == len(members) > 0
+        recalls = [hand_recall([df[c][i] for i in members], [pred[c][i] for i in members]) for c in BENGALI.names]
+        assert value["score"] == pytest.approx((2 * recalls[0] + recalls[1] + recalls[2]) / 4)
+        assert value["accuracy"]["grapheme_root"] == pytest.approx(
+            sum(right["grapheme_root"][i] for i in members) / len(members))
+        assert value["exact"] == pytest.approx(
+            sum(all(right[c][i] for c in BENGALI.names) for i in members) / len(members))
+    assert result["by_cell"]["seen/font_seen"]["score"] < 1.0  # the corrupted first 20 rows reach every cell
+    code, out = score("--truth", tmp_path / "labels.csv", "--submission", tmp_path / "sub.csv")
+    assert code == 0 and "cell unseen/font_unseen: score" in out and "exact (all targets right)" in out
+
+
+def test_a_cell_without_rows_is_none(tmp_path):
+    df = write_truth(tmp_path / "labels.csv", n=20)
+    df["font_seen"] = True
+    df.to_csv(tmp_path / "labels.csv", index=False)
+    write_sub(tmp_path / "sub.csv", df)
+    result = json.loads(score("--truth", tmp_path / "labels.csv", "--submission", tmp_path / "sub.csv", "--json")[1])
+    assert result["by_cell"]["seen/font_unseen"] is None and result["by_cell"]["seen/font_seen"]["score"] == 1.0
+
+
+def test_bad_font_seen_value_is_one_line(tmp_path):
+    df = write_truth(tmp_path / "labels.csv", n=8)
+    df["font_seen"] = ["maybe"] * 8
+    df.to_csv(tmp_path / "labels.csv", index=False)
+    write_sub(tmp_path / "sub.csv", df)
+    code, out = score("--truth", tmp_path / "labels.csv", "--submission", tmp_path / "sub.csv")
+    assert_one_line_error(code, out, "labels.csv", "font_seen")

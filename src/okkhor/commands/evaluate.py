@@ -22,7 +22,8 @@ def command(
                                           help="Divide probabilities by the training class frequencies."),
     device: str = typer.Option("auto", "--device", help="auto (cuda when available), cpu or cuda."),
 ) -> None:
-    """Score a checkpoint and write metrics.json (score, recall per target and per class, most confused pairs),
+    """Score a checkpoint and write metrics.json (score, recall and accuracy per target, exact share, recall per
+    class, most confused pairs, and a breakdown by the labels' `seen` / `font_seen` columns when present),
     per-class recall and confusion plots (PNG), and truth.csv + submission.csv for `okkhor score`.
 
     Images of the validation fold come from the prepare cache at the checkpoint's preprocessing (built when
@@ -34,12 +35,14 @@ def command(
       okkhor evaluate best.pt --data data/ --labels data/test_labels.csv
     """
     from okkhor.evaluate import default_out_dir, evaluate
+    from okkhor.scoring import format_summary
 
     out = out or default_out_dir(checkpoint)
     ev = evaluate(checkpoint, data, fold=fold, labels=labels, out=out, tta=tta, batch_size=batch_size,
                   prior_correction=prior_correction, device=device)
     m = ev.metrics
-    typer.echo(f"score {m['score']:.5f} on {m['images']} images ({ev.source})")
-    for name, r in m["recall"].items():
-        typer.echo(f"  recall {name}: {r:.5f}")
+    lines = format_summary(m)
+    typer.echo(f"{lines[0]} ({ev.source})")
+    for line in lines[1:]:
+        typer.echo(line)
     typer.echo(f"wrote {out}/metrics.json and plots")
