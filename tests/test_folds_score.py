@@ -197,3 +197,38 @@ def test_bad_font_seen_value_is_one_line(tmp_path):
     write_sub(tmp_path / "sub.csv", df)
     code, out = score("--truth", tmp_path / "labels.csv", "--submission", tmp_path / "sub.csv")
     assert_one_line_error(code, out, "labels.csv", "font_seen")
+
+
+def test_grouped_folds_never_split_a_triple():
+    from okkhor.data.folds import make_group_folds
+
+    rng = np.random.default_rng(3)
+    triples = np.stack([rng.integers(0, 30, 120), rng.integers(0, 11, 120), rng.integers(0, 7, 120)], 1)
+    labels = triples[rng.integers(0, 120, 3000)]  # 3,000 images of at most 120 distinct triples
+    fold = make_group_folds(labels, BENGALI, folds=5, seed=1)
+    assert set(fold) == {0, 1, 2, 3, 4}
+    folds_of = {}
+    for row, k in zip(map(tuple, labels), fold):
+        folds_of.setdefault(row, set()).add(int(k))
+    assert all(len(ks) == 1 for ks in folds_of.values())
+    sizes = np.bincount(fold)
+    assert sizes.min() > 0.5 * sizes.max()  # groups are spread, not one fold of everything
+    assert np.array_equal(fold, make_group_folds(labels, BENGALI, folds=5, seed=1))
+    # plain stratified folds do split triples: the grouping is what keeps them whole
+    plain = make_folds(labels, BENGALI, folds=5, seed=1)
+    assert any(len({int(k) for k in plain[(labels == t).all(1)]}) > 1 for t in map(np.array, folds_of))
+
+
+def test_split_cli_group_grapheme(tmp_path):
+    n = 90
+    labels = skewed_labels(30)[np.arange(n) % 30]
+    pd.DataFrame({"image_id": [f"Train_{i}" for i in range(n)], "grapheme_root": labels[:, 0],
+                  "vowel_diacritic": labels[:, 1], "consonant_diacritic": labels[:, 2]}
+                 ).to_csv(tmp_path / "train.csv", index=False)
+    r = runner.invoke(app, ["split", str(tmp_path), "--folds", "3", "--group", "grapheme"])
+    assert r.exit_code == 0, r.output
+    fold = pd.read_csv(tmp_path / "folds.csv")["fold"].to_numpy()
+    for k in range(30):
+        assert len(set(fold[np.arange(n) % 30 == k])) == 1
+    r = runner.invoke(app, ["split", str(tmp_path), "--group", "writer"])
+    assert_one_line_error(r.exit_code, r.output, "--group", "grapheme")
