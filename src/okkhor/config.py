@@ -74,7 +74,7 @@ class AugConfig:
 
 @dataclass
 class MixConfig:
-    kind: Literal["none", "mixup", "cutmix", "both", "dirichlet", "manifold"] = "none"
+    kind: Literal["none", "mixup", "cutmix", "both", "dirichlet", "manifold", "fmix"] = "none"
     alpha: float = 1.0
     prob: float = 1.0              # share of batches mixed
     switch: float = 0.5            # kind=both: chance of cutmix instead of mixup
