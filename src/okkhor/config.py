@@ -33,6 +33,7 @@ class ModelConfig:
     pretrained: bool = False
     dropout: float = 0.0           # dropout before the heads
     drop_path: float = 0.0         # stochastic depth, where the model supports it
+    grapheme_head: bool = False    # an auxiliary head over the label triples seen in training (seen/unseen score)
 
 
 @dataclass
@@ -55,6 +56,7 @@ class TrainConfig:
     loss_weights: list[float] = field(default_factory=list)  # per target ([]: the metric weights)
     label_smoothing: float = 0.0
     ohem: float = 1.0              # keep the hardest fraction of samples per batch (1.0: all)
+    grapheme_loss_weight: float = 0.5  # model.grapheme_head: weight of its cross-entropy beside the targets'
     patience: int = 0              # early stopping on the valid score, in epochs (0: off)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     oom_at: int = -1               # fault injection: raise an out-of-memory error at this iteration (-1: off)
@@ -283,6 +285,7 @@ def validate(cfg: Config) -> None:
     need(0.0 <= cfg.train.label_smoothing < 1.0, "train.label_smoothing", "must be in [0, 1)")
     need(0.0 < cfg.train.ohem <= 1.0, "train.ohem", "must be in (0, 1]")
     need(cfg.train.patience >= 0, "train.patience", "must be >= 0")
+    need(cfg.train.grapheme_loss_weight >= 0, "train.grapheme_loss_weight", "must be >= 0")
     need(cfg.train.oom_at == -1 or cfg.train.oom_at >= 1, "train.oom_at", "must be -1 (off) or an iteration >= 1")
     need(cfg.eval.train_clean_size >= 0, "eval.train_clean_size", "must be >= 0")
     need(cfg.eval.batch_size >= 1, "eval.batch_size", "must be >= 1")

@@ -16,7 +16,9 @@ from okkhor.data.prepare import PrepareOptions, default_cache_dir, load_cache, p
 from okkhor.errors import OkkhorError
 from okkhor.fsutil import atomic_path, write_text_atomic
 from okkhor.metrics import by_groups, per_class_recall, summary
-from okkhor.predict import Member, class_priors, decide, ensemble_probs, load_members, stream_test_probs
+from okkhor.graphemes import ABSENT, GRAPHEME, grapheme_index, seen_auroc, seen_score
+from okkhor.predict import (Member, class_priors, decide, ensemble_probs, load_members, routed_labels,
+                            stream_test_probs)
 from okkhor.scoring import group_columns
 from okkhor.targets import Targets
 
@@ -112,13 +114,15 @@ def _fold_set(member: Member, data_dir: Path, fold: int, show_progress: bool):
 
 def evaluate(ckpt: str | Path, data_dir: str | Path, fold: int | None = None, labels: str | Path | None = None,
              out: str | Path | None = None, tta: int = 1, batch_size: int = 128, prior_correction: bool = False,
-             device: str = "auto", top_pairs: int = TOP_PAIRS, show_progress: bool = True) -> Evaluation:
+             device: str = "auto", top_pairs: int = TOP_PAIRS, show_progress: bool = True, route: bool = False,
+             route_threshold: float = 0.5) -> Evaluation:
     """Predict a labelled set with one checkpoint and score it.
 
     Without `labels`: the validation fold `fold` (default: the checkpoint's data.fold) of DATA_DIR/train.csv, images
     from the prepare cache at the checkpoint's preprocessing. With `labels` (image_id + one column per target): the
     listed images, read from DATA_DIR's test parquet files. When `out` is given, writes the files of
-    `write_evaluation` there.
+    `write_evaluation` there. `route` decides as `okkhor predict --route` does. A checkpoint with a grapheme head
+    adds grapheme_head_metrics() to the metrics.
     """
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
@@ -151,13 +155,37 @@ def evaluate(ckpt: str | Path, data_dir: str | Path, fold: int | None = None, la
         raise OkkhorError(f"{source}: no images to evaluate")
     priors = class_priors([member], data_dir) if prior_correction else None
     chosen = decide(probs, priors)
+    routed = None
+    if route:
+        chosen, sure = routed_labels([member], probs, chosen, route_threshold)
+        routed = int(sure.sum())
     y_pred = np.stack([chosen[name] for name in targets.names], axis=1)
     metrics = {"checkpoint": str(ckpt), "source": source, "tta": tta, "prior_correction": prior_correction,
-               **summarize(y_true, y_pred, targets, top_pairs, groups)}
+               "routed": routed, **summarize(y_true, y_pred, targets, top_pairs, groups)}
+    if GRAPHEME in probs:
+        metrics["grapheme_head"] = grapheme_head_metrics(probs[GRAPHEME], member.graphemes, y_true, groups)
     ev = Evaluation(Path(ckpt), source, targets, ids, y_true, y_pred, probs, metrics, images, rows)
     if out is not None:
         write_evaluation(ev, out)
     return ev
+
+
+def grapheme_head_metrics(grapheme_probs: np.ndarray, classes: np.ndarray, y_true: np.ndarray,
+                          groups: dict[str, np.ndarray]) -> dict[str, Any]:
+    """How the grapheme head's seen score (maximum softmax) separates graphemes:
+
+    "seen_auroc": against the labels' `seen` column (None without one, or with one kind only);
+    "known_auroc": against whether the true triple is one of the head's classes; "known_accuracy": the head's
+    accuracy on the images whose triple it knows (None when none).
+    """
+    score = seen_score(grapheme_probs)
+    index = grapheme_index(y_true, classes)
+    known = index != ABSENT
+    hits = grapheme_probs.argmax(axis=1) == index
+    return {"classes": int(len(classes)),
+            "seen_auroc": seen_auroc(groups["seen"], score) if "seen" in groups else None,
+            "known_auroc": seen_auroc(known, score),
+            "known_accuracy": float(hits[known].mean()) if known.any() else None}
 
 
 def default_out_dir(ckpt: str | Path) -> Path:

@@ -62,7 +62,8 @@ class HierarchicalRecall(Metric):
     """Accumulates per-class counts over batches (and processes); computes the same value as `hierarchical_recall`.
 
     `output_transform` must give (logits, y): logits a sequence of [B, C_t] tensors (one per target) and y a
-    LongTensor [B, T]. `compute()` returns {"score": float, "recall_<target>": float, ...}.
+    LongTensor [B, T]. Outputs and label columns past the T targets (an auxiliary grapheme head's) are not read.
+    `compute()` returns {"score": float, "recall_<target>": float, ...}.
     """
 
     def __init__(self, targets: Targets, output_transform=lambda x: x, device: str | torch.device = "cpu"):
@@ -81,8 +82,9 @@ class HierarchicalRecall(Metric):
     @reinit__is_reduced
     def update(self, output) -> None:
         logits, y = output
-        if len(logits) != len(self.targets):
-            raise ValueError(f"expected {len(self.targets)} outputs, got {len(logits)}")
+        if len(logits) < len(self.targets) or y.shape[1] < len(self.targets):
+            raise ValueError(f"expected {len(self.targets)} outputs and label columns, got {len(logits)} and "
+                             f"{y.shape[1]}")
         y = y.to(self._device)
         for t, (out, n) in enumerate(zip(logits, self.targets.num_classes)):
             pred = out.argmax(dim=1).to(self._device) if out.ndim == 2 else out.to(self._device).long()
