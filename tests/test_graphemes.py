@@ -134,3 +134,17 @@ def test_predict_route_through_the_cli(tiny_kaggle_dir, tmp_path):
     plain = make_checkpoint(tmp_path / "plain.pt", data.root)
     assert_one_line_error(*cli("predict", plain, "--data", data.root, "--out", tmp_path / "x.csv", "--route"),
                           "no grapheme head")
+
+
+def test_export_names_the_grapheme_output(tiny_kaggle_dir, tmp_path):
+    import onnx
+
+    data = tiny_kaggle_dir()
+    ckpt = head_checkpoint(tmp_path / "h.pt", data.root, [0] * len(data.names), logit=3.0)
+    code, out = cli("export", ckpt, "--onnx", tmp_path / "m.onnx")
+    assert code == 0, out  # the export's own check compares every output, the head's included, with torch
+    graph = onnx.load(str(tmp_path / "m.onnx"))
+    assert [o.name for o in graph.graph.output] == [*data.names, "grapheme"]
+    meta = {p.key: p.value for p in graph.metadata_props}
+    model, *_ = load_for_inference(ckpt)
+    assert json.loads(meta["okkhor.grapheme_classes"]) == model.grapheme_classes.tolist()
