@@ -104,13 +104,10 @@ class Imager:
             np.float32)
 
     @staticmethod
-    @lru_cache(maxsize=64)
     def _upsampler(cells: int, size: int) -> np.ndarray:
-        """[size, cells] matrix of bicubic upsampling from `cells` control points (the linear map of cv2.resize)."""
-        import cv2
+        from okkhor.data.hand import upsampler
 
-        eye = np.eye(cells, dtype=np.float32)
-        return np.ascontiguousarray(cv2.resize(eye, (size, cells), interpolation=cv2.INTER_CUBIC).T)
+        return upsampler(cells, size)
 
     @lru_cache(maxsize=64)
     def _right(self, cells_x: int) -> np.ndarray:
@@ -152,7 +149,7 @@ class Imager:
         if hand:
             placed = renderer.placed(text)
             src = steps.compose(placed, steps.glyph_jitter(placed, rng, hs))
-            pen = hs.pen_px[0] + (hs.pen_px[1] - hs.pen_px[0]) * float(rng.random()) ** 1.3
+            pen = hs.pen_px[0] + (hs.pen_px[1] - hs.pen_px[0]) * float(rng.random())
             tremor = hs.tremor_px * float(rng.random())
         else:
             src = renderer.render(text)
