@@ -15,10 +15,10 @@ from okkhor.data.kaggle import image_parquet_files, load_targets, read_train_lab
 from okkhor.data.prepare import PrepareOptions, default_cache_dir, load_cache, prepare_split
 from okkhor.errors import OkkhorError
 from okkhor.fsutil import atomic_path, write_text_atomic
-from okkhor.metrics import by_groups, per_class_recall, summary
 from okkhor.graphemes import ABSENT, GRAPHEME, grapheme_index, seen_auroc, seen_score
-from okkhor.predict import (Member, class_priors, decide, ensemble_probs, load_members, routed_labels,
-                            stream_test_probs)
+from okkhor.metrics import by_groups, per_class_recall, summary
+from okkhor.predict import (Member, check_route, class_priors, decide, ensemble_probs, load_members,
+                            routed_labels, stream_test_probs)
 from okkhor.scoring import group_columns
 from okkhor.targets import Targets
 
@@ -130,6 +130,8 @@ def evaluate(ckpt: str | Path, data_dir: str | Path, fold: int | None = None, la
     if labels is not None and fold is not None:
         raise OkkhorError("--fold and --labels exclude each other")
     (member,) = load_members([ckpt], device)
+    if route:
+        check_route([member], route_threshold)
     targets = with_components(member.targets, data_dir, member.cfg.data.class_map)
     images = rows = None
     if labels is None:

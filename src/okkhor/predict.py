@@ -249,12 +249,18 @@ def routed_labels(members: Sequence[Member], probs: dict[str, np.ndarray], chose
                   threshold: float) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """`--route`: images the ensemble's grapheme head is sure of (max probability >= threshold) take its triple,
     the others keep `chosen` (the component heads'). Returns (labels, routed mask)."""
+    space = check_route(members, threshold)
+    return route_by_head(chosen, probs[GRAPHEME], space, members[0].targets.names, threshold)
+
+
+def check_route(members: Sequence[Member], threshold: float) -> np.ndarray:
+    """The ensemble's grapheme classes, or one error line when --route cannot work (call before the long work)."""
     space = grapheme_space(members)
-    if space is None or GRAPHEME not in probs:
+    if space is None:
         raise OkkhorError(f"--route: {members[0].path} has no grapheme head (train with model.grapheme_head=true)")
     if not 0.0 <= threshold <= 1.0:
         raise OkkhorError(f"--route-threshold {threshold}: must be in 0..1")
-    return route_by_head(chosen, probs[GRAPHEME], space, members[0].targets.names, threshold)
+    return space
 
 
 def _check_probs_path(path: str | Path) -> Path:
@@ -287,6 +293,8 @@ def predict(ckpts: Sequence[str | Path], data_dir: str | Path, out: str | Path, 
     data_dir = Path(data_dir)
     test_files(data_dir)
     members = load_members(ckpts, device)
+    if route:
+        check_route(members, route_threshold)
     targets = members[0].targets
     test = read_test_csv(data_dir / "test.csv", targets)
     priors = class_priors(members, data_dir) if prior_correction else None
