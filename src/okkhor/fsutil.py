@@ -28,7 +28,7 @@ def _nearest_existing(path: Path) -> Path:
     return path
 
 
-def check_writable(path: str | os.PathLike, what: str = "", folder: bool = False) -> Path:
+def check_writable(path: str | os.PathLike, what: str = "", folder: bool = False, hint: str = "") -> Path:
     """Fail now, in one line, when `path` could not be written later; return it as a Path.
 
     `path` is a file to write (`folder=False`) or a folder to write files into (`folder=True`); missing parent
@@ -36,23 +36,24 @@ def check_writable(path: str | os.PathLike, what: str = "", folder: bool = False
     folder, a folder output that is a file, a path under a regular file, and a place where no file can be
     created (read-only file system, no permission: found by creating and removing a temporary file, which is
     what the later write needs, so it also holds for root).
-    `what` names the output in the message, e.g. "--out".
+    `what` names the output in the message (e.g. "--out"); `hint` is added to it (e.g. "pass --out DIR").
     """
     path = Path(path)
     label = f"{what} {path}" if what else str(path)
+    tail = f"; {hint}" if hint else ""
     if not folder and path.is_dir():
-        raise OkkhorError(f"{label}: is a folder; give a file name")
+        raise OkkhorError(f"{label}: is a folder; give a file name{tail}")
     if folder and path.exists() and not path.is_dir():
-        raise OkkhorError(f"{label}: exists and is not a folder")
+        raise OkkhorError(f"{label}: exists and is not a folder{tail}")
     base = _nearest_existing(path if folder else path.parent)
     if not base.is_dir():
-        raise OkkhorError(f"{label}: cannot be written: {base} is a file, not a folder")
+        raise OkkhorError(f"{label}: cannot be written: {base} is a file, not a folder{tail}")
     try:
         fd, probe = tempfile.mkstemp(prefix=".okkhor-write-check.", dir=base)
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
-        raise OkkhorError(f"{label}: cannot be written: {_reason(exc)} ({base})") from None
+        raise OkkhorError(f"{label}: cannot be written: {_reason(exc)} ({base}){tail}") from None
     return path
 
 
