@@ -15,7 +15,7 @@ from okkhor.data.kaggle import (ImageFiles, image_parquet_files, read_test_csv,
                                 read_train_labels, write_submission)
 from okkhor.data.prepare import preprocess
 from okkhor.errors import OkkhorError
-from okkhor.fsutil import atomic_path
+from okkhor.fsutil import atomic_path, check_writable
 from okkhor.graphemes import GRAPHEME, route as route_by_head, union_classes
 from okkhor.progress import progress
 from okkhor.targets import Targets
@@ -288,11 +288,15 @@ def predict(ckpts: Sequence[str | Path], data_dir: str | Path, out: str | Path, 
     Returns a summary: {"out", "probs", "images", "rows", "checkpoints", "tta", "prior_correction", "routed"}.
     """
     check_tta(tta)
+    check_writable(out, "--out")
     if probs is not None:
-        _check_probs_path(probs)
+        check_writable(_check_probs_path(probs), "--probs")
     data_dir = Path(data_dir)
     test_files(data_dir)
     members = load_members(ckpts, device)
+    from okkhor.evaluate import check_data_targets   # evaluate builds on this module
+
+    check_data_targets(members, data_dir)
     if route:
         check_route(members, route_threshold)
     targets = members[0].targets

@@ -58,7 +58,11 @@ def command(
     that cannot be used is left out with a warning naming it.
     """
     from okkhor.data.synth import synthesize
+    from okkhor.fsutil import check_writable
 
+    check_writable(out_dir, "OUT_DIR", folder=True)
+    if preview is not None:
+        check_writable(preview, "--preview")
     s = synthesize(out_dir, n_train=train, n_test=test, seed=seed, unseen_test_fraction=unseen_test_fraction,
                    train_unseen_fraction=train_unseen_fraction, fonts=fonts, workers=workers, preview=preview,
                    rows_per_file=rows_per_file, overwrite=overwrite, holdout_fonts=holdout_fonts,
