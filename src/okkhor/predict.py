@@ -14,6 +14,7 @@ from okkhor.data.dataset import to_tensor
 from okkhor.data.kaggle import (ImageFiles, image_parquet_files, read_test_csv,
                                 read_train_labels, write_submission)
 from okkhor.data.prepare import preprocess
+from okkhor.distributed import resolve_device
 from okkhor.errors import OkkhorError
 from okkhor.fsutil import atomic_path
 from okkhor.progress import progress
@@ -49,28 +50,13 @@ class Member:
         return self.cfg.data.image_size, self.cfg.data.crop
 
 
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """'auto' -> cuda when available, else cpu; anything else as torch understands it."""
-    if isinstance(device, torch.device):
-        return device
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise OkkhorError(f"--device {device!r}: expected auto, cpu or cuda") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise OkkhorError(f"--device {device}: CUDA is not available on this machine")
-    return dev
-
-
 def load_members(ckpts: Sequence[str | Path], device: str | torch.device = "auto") -> list[Member]:
     """Load checkpoints for inference; they must predict the same targets with the same class counts."""
     from okkhor.model import load_for_inference
 
     if not ckpts:
         raise OkkhorError("no checkpoint given")
-    dev = resolve_device(device)
+    dev = resolve_device(device, key="--device")
     members: list[Member] = []
     for path in ckpts:
         model, cfg, targets, ckpt = load_for_inference(path)
