@@ -26,6 +26,7 @@ from okkhor.optim import build_optimizer
 from okkhor.model import load_for_inference
 from okkhor.targets import Targets
 from okkhor.train import EpochBatches, _train, metrics_columns, train
+from helpers import assert_one_line_error
 
 # what every checkpoint of a run holds (okkhor.train lists the objects in one place); ema and early_stopping
 # appear when the run has them
@@ -60,15 +61,6 @@ def cli(*args):
     result = runner.invoke(app, [str(a) for a in args])
     return result.exit_code, result.output
 
-
-def assert_one_line_error(code, output, *needles):
-    assert code != 0, output
-    assert "Traceback" not in output
-    lines = [line for line in output.strip().splitlines() if line.strip()]
-    assert len(lines) == 1, output
-    assert lines[0].startswith("okkhor: error: ")
-    for needle in needles:
-        assert needle in lines[0], lines[0]
 
 
 def values(run_dir: Path) -> pd.DataFrame:
