@@ -32,6 +32,7 @@ VERBS = {
     "export": "export",
     "preview": "preview",
     "memory": "memory",
+    "configs": "configs",
 }
 
 
