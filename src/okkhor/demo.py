@@ -20,7 +20,9 @@ CONFIG = "demo-cpu"  # the preset (src/okkhor/presets/demo-cpu.yaml)
 def _data(root: Path, params: dict, log) -> Path:
     """Synthesize the demo data once; reuse it while the parameters stay the same."""
     from okkhor.data.synth import synthesize
+    from okkhor.extras import require
 
+    require("synth", "the demo")
     data = root / "data"
     stamp = data / "demo-params.json"
     if stamp.is_file() and json.loads(stamp.read_text()) == params:

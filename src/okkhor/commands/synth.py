@@ -31,7 +31,8 @@ def command(
 
     Writes train.csv, train_image_data_<i>.parquet, test.csv, test_image_data_<i>.parquet, class_map.csv,
     sample_submission.csv and test_labels.csv (the answers, with `seen`, for `okkhor score`).
-    Text is shaped with HarfBuzz and rasterised with FreeType from fonts installed with Python packages.
+    Text is shaped with HarfBuzz and rasterised with FreeType from fonts installed with Python packages
+    (the `synth` extra: pip install okkhor[synth]).
 
     Examples:
       okkhor synth data/synth --train 20000 --test 2000 --seed 0
@@ -40,6 +41,9 @@ def command(
 
     An unknown --fonts name fails with the list of available names.
     """
+    from okkhor.extras import require
+
+    require("synth", "okkhor synth")
     from okkhor.data.synth import synthesize
 
     s = synthesize(out_dir, n_train=train, n_test=test, seed=seed, unseen_test_fraction=unseen_test_fraction,
