@@ -120,11 +120,11 @@ def test_import_then_prepare_and_train(folder, tmp_path):
     assert cache.shape == (n, 32, 32) and list(cache_ids) == list(ids)
     run = tmp_path / "run"
     code, output = cli("train", "--data", out, "--out", run, "--model", "test_efficientnet", "--image-size", "32",
-                       "--epochs", "2", "--batch-size", "16", "--lr", "0.01", "--set", "data.folds=3",
+                       "--epochs", "1", "--batch-size", "16", "--lr", "0.01", "--set", "data.folds=3",
                        "--set", "data.workers=0", "--set", "eval.train_clean_size=32", "--no-progress")
     assert code == 0, output
     metrics = pd.read_csv(run / "metrics.csv")
-    assert set(metrics["split"]) == {"train_clean", "valid"} and metrics["epoch"].max() == 2
+    assert set(metrics["split"]) == {"train_clean", "valid"} and metrics["epoch"].max() == 1
     assert (run / "checkpoints" / "best.pt").is_file()
 
 
