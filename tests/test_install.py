@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from okkhor.presets import presets
+
 ROOT = Path(__file__).resolve().parents[1]
 WHEELHOUSE = ROOT / "wheelhouse"
 sys.path.insert(0, str(ROOT / "tools"))
@@ -94,6 +96,7 @@ def test_wheelhouse_installs_offline_beside_only_torch(tmp_path):
     result = wheelhouse.check(WHEELHOUSE, tmp_path / "venv", spec=str(own))
     assert "synth" in result["help"] and "predict" in result["help"]
     assert "pip install okkhor[synth]" in result["synth"]
+    assert [line.split()[0] for line in result["configs"].splitlines()] == [p.name for p in presets()]
     venv_py = tmp_path / "venv" / "bin" / "python"
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     where = subprocess.run([str(venv_py), "-c", "import okkhor, torch, timm; print(okkhor.__file__, torch.__file__, "

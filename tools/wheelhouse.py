@@ -135,7 +135,8 @@ def torch_env(site: Path) -> list[str]:
 def check(wheelhouse: Path, venv: Path, spec: str = "okkhor") -> dict[str, str]:
     """Make a fresh venv at `venv` that has only torch (linked from here), install `spec` (without extras) from
     `wheelhouse` with no index, and run okkhor there: `okkhor --help` must work, and `okkhor synth` must say in
-    one line that it needs the synth extra. Returns their outputs; raises RuntimeError on a failure."""
+    one line that it needs the synth extra, and `okkhor configs` must list the presets the wheel carries. Returns
+    their outputs; raises RuntimeError on a failure."""
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     py = venv / "bin" / "python"
     site = Path(subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
@@ -156,10 +157,13 @@ def check(wheelhouse: Path, venv: Path, spec: str = "okkhor") -> dict[str, str]:
     helped = run(okkhor, "--help")
     if helped.returncode or "Usage" not in helped.stdout:
         raise RuntimeError(f"okkhor --help failed in {venv}:\n{helped.stdout}{helped.stderr}")
+    configs = run(okkhor, "configs")
+    if configs.returncode or "demo-cpu" not in configs.stdout:
+        raise RuntimeError(f"okkhor configs lists no presets in {venv}:\n{configs.stdout}{configs.stderr}")
     synth = run(okkhor, "synth", str(venv / "synth"), "--train", "1", "--test", "1")
     if synth.returncode != 2 or "pip install okkhor[synth]" not in synth.stderr:
         raise RuntimeError(f"okkhor synth without the synth extra: rc {synth.returncode}\n{synth.stderr}")
-    return {"help": helped.stdout, "synth": synth.stderr.strip()}
+    return {"help": helped.stdout, "configs": configs.stdout, "synth": synth.stderr.strip()}
 
 
 def install_line(wheelhouse: str = "/kaggle/input/okkhor-wheelhouse") -> str:
