@@ -93,8 +93,9 @@ def test_import_then_prepare_and_train(folder, tmp_path):
     assert any("zz-broken.png: cannot read image" in line for line in skipped)
     assert any("unmapped: folder not in" in line for line in skipped)
     n = len(FOLDERS) * PER_FOLDER + 1   # and the JPEG
-    assert lines[-1].startswith(f"import: {n} train images from {len(FOLDERS)} folders ({n // 2 + 1} inverted, "
-                                "1 unreadable, 1 folders not in the map)")
+    assert lines[-1].startswith(f"import: {n} train images from {len(FOLDERS)} folders (inverted {n // 2 + 1}, "
+                                "unreadable 1, folders not in the map 1), targets grapheme_root, vowel_diacritic, "
+                                "consonant_diacritic, 1 parquet file(s): ")
 
     train = pd.read_csv(out / "train.csv")
     assert list(train.columns) == ["image_id", "grapheme_root", "vowel_diacritic", "consonant_diacritic",

@@ -42,7 +42,6 @@ def command(
     s = import_image_folder(image_dir, out_dir, labels, split=split, class_map=class_map,
                             rows_per_file=rows_per_file, overwrite=overwrite,
                             warn=lambda line: typer.echo(f"skipped: {line}", err=True), show_progress=progress)
-    typer.echo(f"import: {s['images']} {split} images from {s['folders']} folders ({s['inverted']} inverted, "
-               f"{s['unreadable']} unreadable, {s['unmapped_folders']} folders not in the map) in "
-               f"{len(s['files'])} parquet files, targets {', '.join(s['targets'])}: {s['seconds']:.1f}s -> "
-               f"{s['out_dir']}")
+    typer.echo(f"import: {s['images']} {split} images from {s['folders']} folders (inverted {s['inverted']}, "
+               f"unreadable {s['unreadable']}, folders not in the map {s['unmapped_folders']}), targets "
+               f"{', '.join(s['targets'])}, {len(s['files'])} parquet file(s): {s['seconds']:.1f}s -> {s['out_dir']}")
