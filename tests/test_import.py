@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 
 from helpers import _class_map, draw_images
 from okkhor.cli import app
-from okkhor.data.imagefolder import background_level, load_image, read_label_map, to_page
+from okkhor.data.imagefolder import (IMAGE_EXTENSIONS, background_level, list_image_folder, load_image,
+                                     read_label_map, to_page)
 from okkhor.data.kaggle import IMAGE_HEIGHT, IMAGE_WIDTH, ImageFiles, image_parquet_files
 from okkhor.data.prepare import load_cache, prepare
 from okkhor.errors import OkkhorError
@@ -54,6 +55,19 @@ def folder(tmp_path_factory):
     rows = [{"folder": n, **dict(zip(names, t)), "grapheme": n} for n, t in FOLDERS.items()]
     pd.DataFrame(rows).to_csv(root / "map.csv", index=False)
     return root, images, originals
+
+
+def test_listing_follows_torchvision_image_folder(folder):
+    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+
+    _, images, _ = folder
+    assert set(IMAGE_EXTENSIONS) == set(IMG_EXTENSIONS)
+    classes, class_to_idx = find_classes(str(images))
+    mapped = [c for c in classes if c != "unmapped"]
+    ours = list_image_folder(images, mapped)
+    assert ours[0] == classes
+    expected = make_dataset(str(images), {c: i for i, c in enumerate(mapped)}, extensions=IMG_EXTENSIONS)
+    assert ours[1] == expected and len(expected) == len(FOLDERS) * PER_FOLDER + 2   # the JPEG and the broken PNG
 
 
 def test_polarity_and_scaling_onto_the_page():

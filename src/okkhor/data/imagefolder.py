@@ -3,6 +3,7 @@ written in the competition's format (dark ink on a light 137x236 page) with the 
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from itertools import islice
 from pathlib import Path
@@ -19,6 +20,7 @@ from okkhor.targets import Targets
 MARGIN = 8            # page pixels kept free around the scaled image
 DARK_BACKGROUND = 128  # a border median below this means light ink on a dark background: the image is inverted
 ROW_GROUP_ROWS = 4096  # images per parquet row group (a fixed cost per group and column: keep groups big)
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")  # torchvision's
 MAP_FOLDER = "folder"
 MAP_EXTRA = ("grapheme",)  # label-map columns carried into the label files as they are
 
@@ -111,15 +113,15 @@ def to_page(img: np.ndarray, page: tuple[int, int] = (IMAGE_HEIGHT, IMAGE_WIDTH)
 
 def list_image_folder(image_dir: Path, mapped: Sequence[str]) -> tuple[list[str], list[tuple[str, int]]]:
     """(class folders of `image_dir`, [(image path, index into `mapped`)] for the folders in `mapped`), by
-    torchvision's ImageFolder rules: sorted folders, files with an image extension, sorted."""
-    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
-
-    try:
-        folders, _ = find_classes(str(image_dir))
-    except FileNotFoundError:
-        raise OkkhorError(f"{image_dir}: no class folders (expected IMAGE_DIR/<class>/<image>)") from None
-    index = {name: i for i, name in enumerate(mapped)}
-    files = make_dataset(str(image_dir), index, extensions=IMG_EXTENSIONS, allow_empty=True) if index else []
+    torchvision's ImageFolder rules (`find_classes`, `make_dataset`: sorted folders, then the files with an image
+    extension below each, sorted, links followed); the same as torchvision's without importing torch."""
+    folders = sorted(entry.name for entry in os.scandir(image_dir) if entry.is_dir())
+    if not folders:
+        raise OkkhorError(f"{image_dir}: no class folders (expected IMAGE_DIR/<class>/<image>)")
+    files = []
+    for name, index in sorted((name, i) for i, name in enumerate(mapped)):
+        for root, _, names in sorted(os.walk(image_dir / name, followlinks=True)):
+            files += [(os.path.join(root, f), index) for f in sorted(names) if f.lower().endswith(IMAGE_EXTENSIONS)]
     return folders, files
 
 
@@ -164,7 +166,7 @@ def import_image_folder(image_dir: str | Path, out_dir: str | Path, labels: str 
     _, files = list_image_folder(image_dir, mapped)
     for folder in folders:
         if folder not in folder_labels:
-            warn(f"{image_dir / folder}: folder not in {labels}; skipped")
+            warn(f"{image_dir / folder}: folder not in {labels}")
     if not files:
         raise OkkhorError(f"{image_dir}: no images in the folders {labels} maps")
 
@@ -179,7 +181,7 @@ def import_image_folder(image_dir: str | Path, out_dir: str | Path, labels: str 
                 img = load_image(path)
                 if img is None:
                     counts["unreadable"] += 1
-                    warn(f"{path}: cannot read image; skipped")
+                    warn(f"{path}: cannot read image")
                     continue
                 page, inverted = to_page(img)
                 counts["inverted"] += inverted
