@@ -361,13 +361,3 @@ def test_batch_size_auto_takes_the_plan_from_choose_batch(monkeypatch):
     assert initial_batch_plan(load_config(None, ["train.batch_size=24", "train.accum=3"]), None, "cpu") == \
         BatchPlan(24, 3)
 
-
-def test_presets_load(tmp_path):
-    root = Path(__file__).resolve().parents[1] / "configs"
-    presets = {p.stem: load_config(p) for p in sorted(root.glob("*.yaml"))}
-    assert {"demo-cpu", "effnet-b0-128", "seresnext50-mish-mixup-128"} <= set(presets)
-    assert presets["demo-cpu"].data.image_size == 64 and presets["demo-cpu"].train.device in ("auto", "cpu")
-    smm = presets["seresnext50-mish-mixup-128"]
-    assert (smm.model.name, smm.model.act, smm.mix.kind, smm.aug.preset) == ("seresnext50_32x4d", "mish", "both",
-                                                                             "medium")
-    assert presets["effnet-b0-128"].model.name == "efficientnet_b0"
