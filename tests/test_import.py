@@ -139,7 +139,7 @@ def test_import_then_prepare_and_train(folder, tmp_path):
                        "--set", "data.workers=0", "--set", "eval.train_clean_size=32", "--no-progress")
     assert code == 0, output
     metrics = pd.read_csv(run / "metrics.csv")
-    assert set(metrics["split"]) == {"train_clean", "valid"} and metrics["epoch"].max() == 1
+    assert set(metrics["split"]) == {"train", "train_clean", "valid"} and metrics["epoch"].max() == 1
     assert (run / "checkpoints" / "best.pt").is_file()
 
 
