@@ -3,7 +3,6 @@ train accept; unreadable images and unmapped folders cost one line each."""
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import cv2
 import numpy as np
