@@ -46,6 +46,8 @@ def _module_level_imports(path: Path) -> set[str]:
     """Modules a file imports when it is imported (not the imports inside functions or classes)."""
     found: set[str] = set()
     for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            continue   # for type checkers only
         for stmt in ast.walk(node) if isinstance(node, (ast.If, ast.Try, ast.With)) else [node]:
             if isinstance(stmt, ast.Import):
                 found |= {a.name for a in stmt.names}
