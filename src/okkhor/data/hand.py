@@ -188,10 +188,10 @@ def scan_marks(image: np.ndarray, rng: np.random.Generator, style: HandStyle) ->
     import cv2
 
     u = rng.random(2)
-    if u[0] < style.artefacts:  # dust: a few dark specks and light dropouts
+    if u[0] < style.artefacts:  # dust: a few faint specks and light dropouts, too faint to pass for ink
         n = int(rng.integers(5, 40))
         ys, xs = rng.integers(0, image.shape[0], n), rng.integers(0, image.shape[1], n)
-        image[ys, xs] = np.where(rng.random(n) < 0.7, rng.integers(0, 120, n), 255).astype(np.uint8)
+        image[ys, xs] = np.where(rng.random(n) < 0.7, rng.integers(180, 230, n), 255).astype(np.uint8)
     if u[1] < style.artefacts:
         ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(20, 70))])
         image[...] = cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE)
