@@ -749,6 +749,7 @@ def synthesize(out_dir: str | Path, n_train: int, n_test: int, seed: int = 0, un
         "seconds": round(seconds, 2),
         "images_per_s": round((n_train + n_test) / seconds, 1),
         "variation": asdict(variation),
+        "hand": asdict(hand),
     }
 
 
