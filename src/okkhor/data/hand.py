@@ -23,7 +23,9 @@ class HandStyle:
     glyph_scale: float = 0.12  # +- log of each mark's own scale
     glyph_rotate_deg: float = 7.0  # +- rotation of each mark about its own centre
     slant: float = 0.35  # +- horizontal shear of the whole text (replaces the font style's shear)
-    pen_px: tuple[float, float] = (1.0, 3.6)  # pen radius in output pixels
+    distort_px: float = 5.0  # largest displacement of the smooth distortion (replaces the font style's)
+    pen_px: tuple[float, float] = (1.0, 4.5)  # pen radius in output pixels
+    pen_share: float = 0.04  # and at most this fraction of the text's height (small text, thinner pen)
     pen_vary: float = 0.35  # the radius varies along the strokes by up to this fraction (pressure)
     gaps: float = 0.8  # mean number of pen-lift gaps per image
     gap_px: tuple[float, float] = (1.0, 3.0)  # a gap's length beyond the pen's width, each side
@@ -32,11 +34,11 @@ class HandStyle:
     artefacts: float = 0.12  # chance of each paper and scan artefact: blotch, ruled line, speckle, JPEG, lighting
 
     def __post_init__(self) -> None:
-        scalars = {"glyph_shift": (self.glyph_shift, 0.0, 0.5),
-                   "glyph_scale": (self.glyph_scale, 0.0, 1.0), "glyph_rotate_deg": (self.glyph_rotate_deg, 0, 45),
-                   "slant": (self.slant, 0.0, 1.0), "pen_vary": (self.pen_vary, 0.0, 0.9),
-                   "gaps": (self.gaps, 0.0, 10.0), "tremor_px": (self.tremor_px, 0.0, 10.0),
-                   "artefacts": (self.artefacts, 0.0, 1.0)}
+        scalars = {"glyph_shift": (self.glyph_shift, 0.0, 0.5), "glyph_scale": (self.glyph_scale, 0.0, 1.0),
+                   "glyph_rotate_deg": (self.glyph_rotate_deg, 0, 45), "slant": (self.slant, 0.0, 1.0),
+                   "distort_px": (self.distort_px, 0.0, 20.0), "pen_share": (self.pen_share, 0.005, 0.2),
+                   "pen_vary": (self.pen_vary, 0.0, 0.9), "gaps": (self.gaps, 0.0, 10.0),
+                   "tremor_px": (self.tremor_px, 0.0, 10.0), "artefacts": (self.artefacts, 0.0, 1.0)}
         for name, (value, lo, hi) in scalars.items():
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
                 raise ValueError(f"HandStyle.{name} must be a number in {lo}..{hi}, got {value!r}")

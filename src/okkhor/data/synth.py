@@ -164,10 +164,12 @@ class Imager:
         m00, m01, m10, m11 = c * a, (c * shear - s) / a, s * a, (s * shear + c) / a  # rotate @ shear @ stretch
         half_w = (abs(m00) * sw + abs(m01) * sh) / 2
         half_h = (abs(m10) * sw + abs(m11) * sh) / 2
-        amp = v.distort_px * (0.3 + 0.7 * u[8])
+        amp = (hs.distort_px if hand else v.distort_px) * (0.3 + 0.7 * u[8])
         keep = pen + tremor + (amp if hand else 0.0)  # the hand's extra reach stays inside the margin
         room_w, room_h = self.width / 2 - v.margin_px - keep, self.height / 2 - v.margin_px - keep
         scale = min(room_w / half_w, room_h / half_h) * (v.fill[0] + (v.fill[1] - v.fill[0]) * u[5])
+        if hand:
+            pen = max(min(pen, hs.pen_share * 2 * half_h * scale), 0.5)
         cx = (room_w - half_w * scale) * (2 * u[6] - 1)  # ink centre, relative to the frame centre
         cy = (room_h - half_h * scale) * (2 * u[7] - 1)
         det = (m00 * m11 - m01 * m10) * scale
