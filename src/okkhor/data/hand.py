@@ -138,9 +138,14 @@ def reink(coverage: np.ndarray, rng: np.random.Generator, style: HandStyle, pen_
     a radius that varies smoothly along the strokes around `pen_px`. Returns uint8 coverage of the same shape."""
     import cv2
 
-    mask = cv2.threshold(coverage, 127, 1, cv2.THRESH_BINARY)[1]
-    if not mask.any():
+    full = cv2.threshold(coverage, 127, 1, cv2.THRESH_BINARY)[1]
+    rows, cols = np.flatnonzero(full.any(axis=1)), np.flatnonzero(full.any(axis=0))
+    if not rows.size:
         return coverage
+    # work in the box the new strokes can reach: the ink's box and the widest pen around it
+    pad = int(math.ceil(pen_px * (1 + style.pen_vary))) + 2
+    box = (slice(max(rows[0] - pad, 0), rows[-1] + pad + 1), slice(max(cols[0] - pad, 0), cols[-1] + pad + 1))
+    mask = full[box]
     ridge = centreline(mask)
     spine = np.where(ridge, 0, 255).astype(np.uint8)  # distanceTransform measures the distance to zeros
     n_gaps = int(rng.poisson(style.gaps))
@@ -154,8 +159,9 @@ def reink(coverage: np.ndarray, rng: np.random.Generator, style: HandStyle, pen_
         spine[ridge] = 0
     dist = cv2.distanceTransform(spine, cv2.DIST_L2, 3)
     radius = pen_px * (1 + style.pen_vary * smooth_field(rng, dist.shape, (3 + int(rng.integers(3)), 5)))
-    ink = np.clip(radius - dist + 0.5, 0.0, 1.0)
-    return cv2.convertScaleAbs(ink, alpha=255.0)
+    out = np.zeros_like(coverage)
+    out[box] = cv2.convertScaleAbs(np.clip(radius - dist + 0.5, 0.0, 1.0), alpha=255.0)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------- paper and scan

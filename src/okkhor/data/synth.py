@@ -89,7 +89,6 @@ class Imager:
             raise TypeError(f"hand must be a HandStyle, got {type(hand).__name__}")
         specs = [f if isinstance(f, FontSpec) else select_fonts([f])[0] for f in fonts]
         self.variation, self.hand = variation, hand
-        self.specs = specs
         self.renderers = [FontRenderer(s, em_px=em_px) for s in specs]
         self.height, self.width = h, w = IMAGE_HEIGHT, IMAGE_WIDTH
         self._x = np.arange(w, dtype=np.float32) - np.float32(w / 2)
