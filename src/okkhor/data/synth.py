@@ -147,6 +147,8 @@ class Imager:
         renderer = self.renderers[face]
         if hand:
             placed = renderer.placed(text)
+            if rng.random() < hs.headline:
+                placed = steps.split_headlines(placed)
             src = steps.compose(placed, steps.glyph_jitter(placed, rng, hs))
             pen = hs.pen_px[0] + (hs.pen_px[1] - hs.pen_px[0]) * float(rng.random())
             tremor = hs.tremor_px * float(rng.random())
