@@ -14,11 +14,11 @@ from okkhor.data.folds import read_folds
 from okkhor.data.kaggle import image_parquet_files, load_targets, read_train_labels, write_submission
 from okkhor.data.prepare import PrepareOptions, default_cache_dir, load_cache, prepare_split
 from okkhor.errors import OkkhorError
-from okkhor.fsutil import atomic_path, write_text_atomic
-from okkhor.metrics import by_groups, per_class_recall, summary
+from okkhor.fsutil import atomic_path, check_writable, write_text_atomic
 from okkhor.graphemes import ABSENT, GRAPHEME, grapheme_index, seen_auroc, seen_score
-from okkhor.predict import (Member, class_priors, decide, ensemble_probs, load_members, routed_labels,
-                            stream_test_probs)
+from okkhor.metrics import by_groups, per_class_recall, summary
+from okkhor.predict import (Member, check_route, class_priors, decide, ensemble_probs, load_members,
+                            routed_labels, stream_test_probs)
 from okkhor.scoring import group_columns
 from okkhor.targets import Targets
 
@@ -129,7 +129,12 @@ def evaluate(ckpt: str | Path, data_dir: str | Path, fold: int | None = None, la
         raise OkkhorError(f"{data_dir}: data directory not found")
     if labels is not None and fold is not None:
         raise OkkhorError("--fold and --labels exclude each other")
+    if out is not None:
+        check_writable(out, "output folder", folder=True)
     (member,) = load_members([ckpt], device)
+    check_data_targets([member], data_dir)
+    if route:
+        check_route([member], route_threshold)
     targets = with_components(member.targets, data_dir, member.cfg.data.class_map)
     images = rows = None
     if labels is None:
@@ -222,6 +227,24 @@ def write_evaluation(ev: Evaluation, out: str | Path) -> dict[str, Path]:
 def _component(targets: Targets, name: str, k: int) -> str:
     comps = targets.components.get(name, ())
     return comps[k] if k < len(comps) else str(k)
+
+
+def check_data_targets(members: list[Member], data_dir: str | Path) -> None:
+    """Refuse, in one line naming the checkpoint, a checkpoint of other targets than DATA_DIR/class_map.csv's:
+    a target the class map lacks, or one with another class count (nothing to compare without a class map)."""
+    class_map = Path(data_dir) / "class_map.csv"
+    if not class_map.is_file():
+        return
+    full = load_targets(data_dir)
+    counts = dict(zip(full.names, full.num_classes))
+    for member in members:
+        for name, n in zip(member.targets.names, member.targets.num_classes):
+            if name not in counts:
+                raise OkkhorError(f"{member.path}: predicts target {name}, which {class_map} does not have "
+                                  f"({', '.join(full.names)}); a checkpoint of other targets")
+            if counts[name] != n:
+                raise OkkhorError(f"{member.path}: predicts {name} with {n} classes but {class_map} has "
+                                  f"{counts[name]}; a checkpoint of other targets")
 
 
 def with_components(targets: Targets, data_dir: Path, class_map: str = "") -> Targets:

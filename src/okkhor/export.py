@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from okkhor.errors import OkkhorError
-from okkhor.fsutil import atomic_path
+from okkhor.fsutil import atomic_path, check_writable
 from okkhor.graphemes import GRAPHEME
 
 INPUT_NAME = "image"
@@ -54,7 +54,7 @@ def export_onnx(ckpt: str | Path, out: str | Path, opset: int = OPSET, check: bo
 
     from okkhor.model import load_for_inference
 
-    out = Path(out)
+    out = check_writable(out, "--onnx")
     model, cfg, targets, _ = load_for_inference(ckpt, map_location="cpu")
     size, names = cfg.data.image_size, tuple(targets.names)
     if INPUT_NAME in names or GRAPHEME in names:

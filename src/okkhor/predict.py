@@ -14,8 +14,9 @@ from okkhor.data.dataset import to_tensor
 from okkhor.data.kaggle import (ImageFiles, image_parquet_files, read_test_csv,
                                 read_train_labels, write_submission)
 from okkhor.data.prepare import preprocess
+from okkhor.distributed import resolve_device
 from okkhor.errors import OkkhorError
-from okkhor.fsutil import atomic_path
+from okkhor.fsutil import atomic_path, check_writable
 from okkhor.graphemes import GRAPHEME, route as route_by_head, union_classes
 from okkhor.progress import progress
 from okkhor.targets import Targets
@@ -62,28 +63,13 @@ def grapheme_space(members: Sequence[Member]) -> np.ndarray | None:
     return union_classes(sets) if sets else None
 
 
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """'auto' -> cuda when available, else cpu; anything else as torch understands it."""
-    if isinstance(device, torch.device):
-        return device
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise OkkhorError(f"--device {device!r}: expected auto, cpu or cuda") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise OkkhorError(f"--device {device}: CUDA is not available on this machine")
-    return dev
-
-
 def load_members(ckpts: Sequence[str | Path], device: str | torch.device = "auto") -> list[Member]:
     """Load checkpoints for inference; they must predict the same targets with the same class counts."""
     from okkhor.model import load_for_inference
 
     if not ckpts:
         raise OkkhorError("no checkpoint given")
-    dev = resolve_device(device)
+    dev = resolve_device(device, key="--device")
     members: list[Member] = []
     for path in ckpts:
         model, cfg, targets, ckpt = load_for_inference(path)
@@ -249,12 +235,18 @@ def routed_labels(members: Sequence[Member], probs: dict[str, np.ndarray], chose
                   threshold: float) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """`--route`: images the ensemble's grapheme head is sure of (max probability >= threshold) take its triple,
     the others keep `chosen` (the component heads'). Returns (labels, routed mask)."""
+    space = check_route(members, threshold)
+    return route_by_head(chosen, probs[GRAPHEME], space, members[0].targets.names, threshold)
+
+
+def check_route(members: Sequence[Member], threshold: float) -> np.ndarray:
+    """The ensemble's grapheme classes, or one error line when --route cannot work (call before the long work)."""
     space = grapheme_space(members)
-    if space is None or GRAPHEME not in probs:
+    if space is None:
         raise OkkhorError(f"--route: {members[0].path} has no grapheme head (train with model.grapheme_head=true)")
     if not 0.0 <= threshold <= 1.0:
         raise OkkhorError(f"--route-threshold {threshold}: must be in 0..1")
-    return route_by_head(chosen, probs[GRAPHEME], space, members[0].targets.names, threshold)
+    return space
 
 
 def _check_probs_path(path: str | Path) -> Path:
@@ -282,11 +274,17 @@ def predict(ckpts: Sequence[str | Path], data_dir: str | Path, out: str | Path, 
     Returns a summary: {"out", "probs", "images", "rows", "checkpoints", "tta", "prior_correction", "routed"}.
     """
     check_tta(tta)
+    check_writable(out, "--out")
     if probs is not None:
-        _check_probs_path(probs)
+        check_writable(_check_probs_path(probs), "--probs")
     data_dir = Path(data_dir)
     test_files(data_dir)
     members = load_members(ckpts, device)
+    from okkhor.evaluate import check_data_targets   # evaluate builds on this module
+
+    check_data_targets(members, data_dir)
+    if route:
+        check_route(members, route_threshold)
     targets = members[0].targets
     test = read_test_csv(data_dir / "test.csv", targets)
     priors = class_priors(members, data_dir) if prior_correction else None

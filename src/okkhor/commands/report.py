@@ -28,7 +28,11 @@ def command(
       okkhor report runs/r1 --data data/ --gallery 96
       okkhor report runs/r1 --data data/ --labels data/test_labels.csv
     """
-    from okkhor.report import write_report
+    from okkhor.fsutil import check_writable
+    from okkhor.report import REPORT_DIR, write_report
 
+    if run_dir.is_dir():
+        check_writable(run_dir / "report.html", "report")
+        check_writable(run_dir / REPORT_DIR, "report folder", folder=True)
     path = write_report(run_dir, data_dir=data, gallery=gallery, device=device, labels=labels)
     typer.echo(f"wrote {path}")

@@ -31,7 +31,12 @@ def command(
 
     from okkhor.data.folds import split
     from okkhor.data.kaggle import load_targets
+    from okkhor.fsutil import check_writable
 
+    if out is not None:
+        check_writable(out, "--out")
+    elif data_dir.is_dir():
+        check_writable(data_dir / "folds.csv", "folds file", hint="pass --out FILE")
     targets = load_targets(data_dir)
     path = split(data_dir, targets, folds=folds, seed=seed, out=out, group=group)
     counts = np.bincount(pd.read_csv(path)["fold"].to_numpy(), minlength=folds)
