@@ -91,7 +91,6 @@ class Imager:
             raise TypeError(f"hand must be a HandStyle, got {type(hand).__name__}")
         specs = [f if isinstance(f, FontSpec) else select_fonts([f])[0] for f in fonts]
         self.variation, self.hand = variation, hand
-        self.specs = specs
         self.renderers = [FontRenderer(s, em_px=em_px) for s in specs]
         self.height, self.width = h, w = IMAGE_HEIGHT, IMAGE_WIDTH
         self._x = np.arange(w, dtype=np.float32) - np.float32(w / 2)
@@ -150,6 +149,8 @@ class Imager:
         renderer = self.renderers[face]
         if hand:
             placed = renderer.placed(text)
+            if rng.random() < hs.headline:
+                placed = steps.split_headlines(placed)
             src = steps.compose(placed, steps.glyph_jitter(placed, rng, hs))
             pen = hs.pen_px[0] + (hs.pen_px[1] - hs.pen_px[0]) * float(rng.random())
             tremor = hs.tremor_px * float(rng.random())
@@ -166,10 +167,12 @@ class Imager:
         m00, m01, m10, m11 = c * a, (c * shear - s) / a, s * a, (s * shear + c) / a  # rotate @ shear @ stretch
         half_w = (abs(m00) * sw + abs(m01) * sh) / 2
         half_h = (abs(m10) * sw + abs(m11) * sh) / 2
-        amp = v.distort_px * (0.3 + 0.7 * u[8])
+        amp = (hs.distort_px if hand else v.distort_px) * (0.3 + 0.7 * u[8])
         keep = pen + tremor + (amp if hand else 0.0)  # the hand's extra reach stays inside the margin
         room_w, room_h = self.width / 2 - v.margin_px - keep, self.height / 2 - v.margin_px - keep
         scale = min(room_w / half_w, room_h / half_h) * (v.fill[0] + (v.fill[1] - v.fill[0]) * u[5])
+        if hand:
+            pen = max(min(pen, hs.pen_share * 2 * half_h * scale), 0.5)
         cx = (room_w - half_w * scale) * (2 * u[6] - 1)  # ink centre, relative to the frame centre
         cy = (room_h - half_h * scale) * (2 * u[7] - 1)
         det = (m00 * m11 - m01 * m10) * scale
@@ -751,6 +754,7 @@ def synthesize(out_dir: str | Path, n_train: int, n_test: int, seed: int = 0, un
         "seconds": round(seconds, 2),
         "images_per_s": round((n_train + n_test) / seconds, 1),
         "variation": asdict(variation),
+        "hand": asdict(hand),
     }
 
 
