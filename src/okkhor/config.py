@@ -33,6 +33,7 @@ class ModelConfig:
     pretrained: bool = False
     dropout: float = 0.0           # dropout before the heads
     drop_path: float = 0.0         # stochastic depth, where the model supports it
+    grapheme_head: bool = False    # an auxiliary head over the label triples seen in training (seen/unseen score)
 
 
 @dataclass
@@ -58,6 +59,7 @@ class TrainConfig:
     loss_weights: list[float] = field(default_factory=list)  # per target ([]: the metric weights)
     label_smoothing: float = 0.0
     ohem: float = 1.0              # keep the hardest fraction of samples per batch (1.0: all)
+    grapheme_loss_weight: float = 0.5  # model.grapheme_head: weight of its cross-entropy beside the targets'
     patience: int = 0              # early stopping on the valid score, in epochs (0: off)
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
@@ -76,7 +78,7 @@ class AugConfig:
 
 @dataclass
 class MixConfig:
-    kind: str = "none"             # okkhor.mixing.MIX_KINDS: none, mixup, cutmix, both, dirichlet, manifold
+    kind: str = "none"             # okkhor.mixing.MIX_KINDS: none, mixup, cutmix, fmix, both, dirichlet, manifold
     alpha: float = 1.0
     prob: float = 1.0              # share of batches mixed
     switch: float = 0.5            # kind=both: chance of cutmix instead of mixup
@@ -305,6 +307,7 @@ def validate(cfg: Config) -> None:
     need(0.0 <= cfg.train.label_smoothing < 1.0, "train.label_smoothing", "must be in [0, 1)")
     need(0.0 < cfg.train.ohem <= 1.0, "train.ohem", "must be in (0, 1]")
     need(cfg.train.patience >= 0, "train.patience", "must be >= 0")
+    need(cfg.train.grapheme_loss_weight >= 0, "train.grapheme_loss_weight", "must be >= 0")
     need(cfg.eval.train_clean_size >= 0, "eval.train_clean_size", "must be >= 0")
     need(cfg.eval.batch_size >= 1, "eval.batch_size", "must be >= 1")
     need(cfg.mix.alpha > 0, "mix.alpha", "must be > 0")

@@ -34,6 +34,7 @@ from okkhor.engine import (BatchPlan, Precision, TrainLoss, TrainStep, class_cou
                            create_trainer)
 from okkhor.errors import OkkhorError
 from okkhor.fsutil import write_text_atomic
+from okkhor.graphemes import grapheme_classes, with_grapheme_column
 from okkhor.handlers import EpochMeter, Evaluation, NonFiniteStop, RunLog, RunState, metrics_columns, summary_line
 from okkhor.optim import SCHEDULES, build_optimizer, build_scheduler, steps_per_epoch
 from okkhor.targets import Targets
@@ -174,10 +175,17 @@ def _build(cfg: Config, targets: Targets, loss_weights: list[float], precision: 
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    net = build_model(cfg.model, targets)  # before the data: a bad model, unreachable weights or plan fail fast
+    graphemes = data = None
+    if cfg.model.grapheme_head:  # the head's classes are the label triples of the training images
+        data = load_run_data(data_dir, cfg, targets, log, show_progress)
+        graphemes = grapheme_classes(data.labels[data.train_idx])
+    net = build_model(cfg.model, targets, graphemes)  # before the data: a bad model or plan fails fast
     net.to(device, memory_format=torch.channels_last if tcfg.channels_last else torch.contiguous_format)
     plan = BatchPlan(**ckpt["run"]["batch"]) if ckpt else initial_batch_plan(cfg, net, device)
-    data = load_run_data(data_dir, cfg, targets, log, show_progress)
+    data = data or load_run_data(data_dir, cfg, targets, log, show_progress)
+    # with the grapheme head its class is one more label column and its loss one more weighted term
+    labels = data.labels if graphemes is None else with_grapheme_column(data.labels, graphemes)
+    loss_weights = list(loss_weights) + ([tcfg.grapheme_loss_weight] if graphemes is not None else [])
     ema = None
     if tcfg.ema > 0:
         from timm.utils import ModelEmaV3
@@ -199,12 +207,12 @@ def _build(cfg: Config, targets: Targets, loss_weights: list[float], precision: 
         return DataLoader(dataset, shuffle=False, num_workers=cfg.data.workers, pin_memory=device.type == "cuda",
                           **kw)
 
-    train_set = GraphemeDataset(data.images, data.labels, data.train_idx,
+    train_set = GraphemeDataset(data.images, labels, data.train_idx,
                                 augment=build_augment(cfg.aug, cfg.data.image_size), seed=cfg.seed)
     batches = EpochBatches(len(train_set), plan, cfg.seed, rank_, world)
     generator = torch.Generator()
     train_loader = loader(train_set, batch_sampler=batches, generator=generator)
-    eval_loaders = {split: loader(GraphemeDataset(data.images, data.labels, shard(idx, rank_, world)),
+    eval_loaders = {split: loader(GraphemeDataset(data.images, labels, shard(idx, rank_, world)),
                                   batch_size=cfg.eval.batch_size)
                     for split, idx in (("train_clean", data.clean_idx), ("valid", data.valid_idx)) if len(idx)}
     schedule = build_scheduler(optimizer, tcfg, len(train_loader), plan.accum)
@@ -244,7 +252,7 @@ def _run(data_dir: Path, out_dir: Path, cfg: Config, resume: bool, show_progress
     trainer.add_event_handler(Events.STARTED, lambda engine: setattr(engine.state, "batch_plan", b.plan))
     meter = EpochMeter(epochs, show_progress).attach(trainer)
     eval_model = b.ema.module if b.ema is not None else b.net
-    evaluator = create_evaluator(eval_model, targets, loss_weights, precision)
+    evaluator = create_evaluator(eval_model, targets, b.loss_weights, precision)
     evaluation = Evaluation({split: (evaluator, eval_model, loader) for split, loader in b.eval_loaders.items()},
                             state, then=b.schedule.step_epoch)
     trainer.add_event_handler(Events.EPOCH_COMPLETED, evaluation)

@@ -23,8 +23,14 @@ def command(
       okkhor prepare data/ --size 64 --out /tmp/cache64
       okkhor prepare data/ --no-crop
     """
-    from okkhor.data.prepare import prepare
+    from okkhor.data.prepare import PrepareOptions, default_cache_dir, prepare
+    from okkhor.fsutil import check_writable
 
+    if out is not None:
+        check_writable(out, "--out", folder=True)
+    elif data_dir.is_dir():
+        check_writable(default_cache_dir(data_dir, PrepareOptions(size=size, crop=crop)), "cache folder",
+                       folder=True, hint="pass --out DIR")
     result = prepare(data_dir, size=size, crop=crop, out=out)
     for split, info in result.items():
         state = "reused" if info["reused"] else "written"

@@ -29,8 +29,10 @@ def command(
       okkhor preview data/ --aug none --mix dirichlet --k 3 --alpha 0.5 --out dirichlet.png
       okkhor preview data/ --aug-file my_aug.yaml --mix none --size 128 --seed 3 --out mine.png
     """
+    from okkhor.fsutil import check_writable
     from okkhor.preview import preview
 
+    check_writable(out, "--out")
     result = preview(data_dir, out, aug=aug, mix=mix, n=n, size=size, seed=seed, aug_file=aug_file, alpha=alpha,
                      k=k)
     typer.echo(f"wrote {result['path']} ({result['count']} samples, mix {result['mix']})")

@@ -53,10 +53,13 @@ def measure_here(model: Any, cfg: Config, targets: Targets, device: Any, batches
 
     own = model is None
     if own:
+        from dataclasses import replace
+
         from okkhor.model import build_model
 
         torch.manual_seed(0)
-        model = build_model(cfg.model, targets)
+        # probed without the grapheme head (it needs the training graphemes): one small layer
+        model = build_model(replace(cfg.model, grapheme_head=False), targets)
     model.to(device, memory_format=torch.channels_last if cfg.train.channels_last else torch.contiguous_format)
     saved = None if own else {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
     was_training = model.training

@@ -68,6 +68,8 @@ def _read_status(*keys: str) -> int:
 
 def _measure_cpu_here(cfg: Config, targets: Targets, batch: int) -> dict[str, int]:
     """In a fresh process: the metered steps on a model built here (its weights count in every phase)."""
+    from dataclasses import replace
+
     import torch
 
     import okkhor.engine  # noqa: F401 - every import before the baseline: only the model and the steps count
@@ -77,7 +79,8 @@ def _measure_cpu_here(cfg: Config, targets: Targets, batch: int) -> dict[str, in
     torch.set_num_threads(1)  # the same memory (no per-thread buffers of note); spinning threads are slow
     gc.collect()
     meter = RssMeter()
-    model = build_model(cfg.model, targets)
+    # probed without the grapheme head (it needs the training graphemes): one small layer
+    model = build_model(replace(cfg.model, grapheme_head=False), targets)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return train_steps(model, cfg, targets, torch.device("cpu"), batch, meter)

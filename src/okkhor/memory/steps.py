@@ -26,12 +26,18 @@ def train_steps(model: Any, cfg: Config, targets: Targets, device: Any, batch: i
     generator = torch.Generator().manual_seed(batch)
     precision = Precision(device, tcfg.amp, tcfg.channels_last)
     mixer = Mixer(cfg.mix, seed=0) if cfg.mix.kind != "none" else None
-    loss = TrainLoss(list(tcfg.loss_weights) or list(targets.weights), tcfg.label_smoothing, tcfg.ohem, mixer)
+    classes = list(targets.num_classes)
+    weights = list(tcfg.loss_weights) or list(targets.weights)
+    graphemes = getattr(model, "grapheme_classes", None)
+    if graphemes is not None:  # the auxiliary grapheme head: one more label column and loss term, as in training
+        classes.append(len(graphemes))
+        weights.append(tcfg.grapheme_loss_weight)
+    loss = TrainLoss(weights, tcfg.label_smoothing, tcfg.ohem, mixer)
     peaks: dict[str, int] = {}
     meter.reset()
     size = cfg.data.image_size
     x = precision.images(torch.rand(batch, 1, size, size, generator=generator))
-    y = torch.stack([torch.randint(0, n, (batch,), generator=generator) for n in targets.num_classes], 1).to(device)
+    y = torch.stack([torch.randint(0, n, (batch,), generator=generator) for n in classes], 1).to(device)
     optimizer = build_optimizer(model, tcfg)
     ema = None
     if tcfg.ema > 0:
