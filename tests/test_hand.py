@@ -46,6 +46,20 @@ def test_jitter_moves_marks_against_a_fixed_base_within_its_ranges(renderer):
     assert moved.max() == 255 and not np.array_equal(_crop(moved), renderer.render(TEXTS[0]))
 
 
+def test_split_headlines_cuts_the_matra_off_as_its_own_piece():
+    tee = np.zeros((40, 30), np.uint8)
+    tee[2:6] = 255  # the headline: rows 2..5 across the whole width
+    tee[6:, 12:18] = 255  # the stem
+    dot = np.full((6, 6), 255, np.uint8)  # a mark below: no headline of its own
+    pieces = hand.split_headlines([(tee, 10, 0), (dot, 44, 40)])
+    assert len(pieces) == 3
+    (body, bt, bl), (mark, mt, ml), (line, lt, ll) = pieces
+    assert (bt, bl) == (10, 0) and not body[1:7].any() and np.array_equal(body[7:], tee[7:])
+    assert mark is dot and (mt, ml) == (44, 40)
+    assert (lt, ll) == (11, 0) and np.array_equal(line, tee[1:7])
+    assert hand.split_headlines([(dot, 0, 0)])[0][0] is dot
+
+
 def _bar(rows: int = 9) -> np.ndarray:
     img = np.zeros((40, 80), np.uint8)
     img[10:10 + rows, 8:72] = 255
@@ -66,8 +80,28 @@ def test_reink_draws_the_pen_width_and_leaves_gaps():
     assert ((ink[:, 16:64] > 127).sum(axis=0) == 5).all()  # rows 12..16: within 2.5 px of the centre row
     thin = hand.reink(_bar(15), np.random.default_rng(0), steady, pen_px=1.0)
     assert ((thin[:, 20:60] > 127).sum(axis=0) == 3).all()  # the font's width is gone, the pen's is drawn
-    gapped = hand.reink(_bar(), np.random.default_rng(1), HandStyle(pen_vary=0.0, gaps=4.0, gap_px=(3.0, 3.0)), 2.0)
-    assert not (gapped[:, 12:68] > 0).any(axis=0).all() and (gapped > 127).sum() > 100
+    seed = next(k for k in range(100) if np.random.default_rng(k).poisson(1.0) == 1)  # one pen-lift
+    gapped = hand.reink(_bar(), np.random.default_rng(seed), HandStyle(pen_vary=0.0, gaps=1.0, gap_px=(3.0, 3.0)), 2.0)
+    drawn = (gapped > 127).any(axis=0)
+    assert 2 <= (~drawn[12:68]).sum() <= 2 * 3 + 2  # one gap, 2 x 3 px beyond the pen's width, within the bar
+    assert (gapped > 127).sum() >= 5 * 45
+
+
+def test_crumbs_of_centreline_go_and_dots_of_their_own_stay():
+    img = _bar()
+    img[28:34, 38:44] = 255  # a dot of its own, below the bar (like the dot of ড়)
+    mask = (img > 127).astype(np.uint8)
+    ridge = hand.centreline(mask)
+    spine = np.where(ridge, 0, 255).astype(np.uint8)
+    end = np.flatnonzero(ridge[14])[-1]
+    spine[:, end - 6:end - 2] = 255  # a gap near the bar's end leaves a crumb of 3 px
+    hand.drop_crumbs(mask, spine, shortest=8, reach=2)
+    left = spine == 0
+    assert not left[:, end - 6:].any()  # the crumb is gone
+    assert left[:20, 16:end - 6].any(axis=0).all()  # the long piece stays whole
+    assert left[28:34, 38:44].any()  # the dot keeps its centreline
+    ink = hand.reink(img, np.random.default_rng(0), HandStyle(gaps=0.0, pen_vary=0.0), pen_px=1.5)
+    assert (ink[26:36, 36:46] > 127).any() and not (ink[20:26] > 127).any()  # the dot is drawn, apart from the bar
 
 
 def test_paper_and_scan_marks_are_seeded_and_stay_in_range():

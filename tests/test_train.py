@@ -26,6 +26,7 @@ from okkhor.optim import build_optimizer
 from okkhor.model import load_for_inference
 from okkhor.targets import Targets
 from okkhor.train import EpochBatches, _train, metrics_columns, train
+from helpers import assert_one_line_error
 
 # what every checkpoint of a run holds (okkhor.train lists the objects in one place); ema and early_stopping
 # appear when the run has them
@@ -60,15 +61,6 @@ def cli(*args):
     result = runner.invoke(app, [str(a) for a in args])
     return result.exit_code, result.output
 
-
-def assert_one_line_error(code, output, *needles):
-    assert code != 0, output
-    assert "Traceback" not in output
-    lines = [line for line in output.strip().splitlines() if line.strip()]
-    assert len(lines) == 1, output
-    assert lines[0].startswith("okkhor: error: ")
-    for needle in needles:
-        assert needle in lines[0], lines[0]
 
 
 def values(run_dir: Path) -> pd.DataFrame:
@@ -369,13 +361,3 @@ def test_batch_size_auto_takes_the_plan_from_choose_batch(monkeypatch):
     assert initial_batch_plan(load_config(None, ["train.batch_size=24", "train.accum=3"]), None, "cpu") == \
         BatchPlan(24, 3)
 
-
-def test_presets_load(tmp_path):
-    root = Path(__file__).resolve().parents[1] / "configs"
-    presets = {p.stem: load_config(p) for p in sorted(root.glob("*.yaml"))}
-    assert {"demo-cpu", "effnet-b0-128", "seresnext50-mish-mixup-128"} <= set(presets)
-    assert presets["demo-cpu"].data.image_size == 64 and presets["demo-cpu"].train.device in ("auto", "cpu")
-    smm = presets["seresnext50-mish-mixup-128"]
-    assert (smm.model.name, smm.model.act, smm.mix.kind, smm.aug.preset) == ("seresnext50_32x4d", "mish", "both",
-                                                                             "medium")
-    assert presets["effnet-b0-128"].model.name == "efficientnet_b0"

@@ -22,8 +22,11 @@ class HandStyle:
     glyph_shift: float = 0.07  # +- offset of each mark or sign from the base, as a fraction of the text's height
     glyph_scale: float = 0.12  # +- log of each mark's own scale
     glyph_rotate_deg: float = 7.0  # +- rotation of each mark about its own centre
+    headline: float = 0.5  # chance that the headline (matra) is a stroke of its own, jittered like a mark
     slant: float = 0.35  # +- horizontal shear of the whole text (replaces the font style's shear)
-    pen_px: tuple[float, float] = (1.0, 3.6)  # pen radius in output pixels
+    distort_px: float = 5.0  # largest displacement of the smooth distortion (replaces the font style's)
+    pen_px: tuple[float, float] = (1.0, 4.5)  # pen radius in output pixels
+    pen_share: float = 0.04  # and at most this fraction of the text's height (small text, thinner pen)
     pen_vary: float = 0.35  # the radius varies along the strokes by up to this fraction (pressure)
     gaps: float = 0.8  # mean number of pen-lift gaps per image
     gap_px: tuple[float, float] = (1.0, 3.0)  # a gap's length beyond the pen's width, each side
@@ -32,11 +35,12 @@ class HandStyle:
     artefacts: float = 0.12  # chance of each paper and scan artefact: blotch, ruled line, speckle, JPEG, lighting
 
     def __post_init__(self) -> None:
-        scalars = {"glyph_shift": (self.glyph_shift, 0.0, 0.5),
-                   "glyph_scale": (self.glyph_scale, 0.0, 1.0), "glyph_rotate_deg": (self.glyph_rotate_deg, 0, 45),
-                   "slant": (self.slant, 0.0, 1.0), "pen_vary": (self.pen_vary, 0.0, 0.9),
-                   "gaps": (self.gaps, 0.0, 10.0), "tremor_px": (self.tremor_px, 0.0, 10.0),
-                   "artefacts": (self.artefacts, 0.0, 1.0)}
+        scalars = {"glyph_shift": (self.glyph_shift, 0.0, 0.5), "glyph_scale": (self.glyph_scale, 0.0, 1.0),
+                   "glyph_rotate_deg": (self.glyph_rotate_deg, 0, 45), "slant": (self.slant, 0.0, 1.0),
+                   "distort_px": (self.distort_px, 0.0, 20.0), "headline": (self.headline, 0.0, 1.0),
+                   "pen_share": (self.pen_share, 0.005, 0.2), "pen_vary": (self.pen_vary, 0.0, 0.9),
+                   "gaps": (self.gaps, 0.0, 10.0),
+                   "tremor_px": (self.tremor_px, 0.0, 10.0), "artefacts": (self.artefacts, 0.0, 1.0)}
         for name, (value, lo, hi) in scalars.items():
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
                 raise ValueError(f"HandStyle.{name} must be a number in {lo}..{hi}, got {value!r}")
@@ -49,6 +53,33 @@ class HandStyle:
 
 
 # ----------------------------------------------------------------------------------------------- per-glyph jitter
+
+def split_headlines(placed: Placed, top_share: float = 0.3, fill: float = 0.5) -> list[tuple[np.ndarray, int, int]]:
+    """The glyphs with each one's headline (matra) cut off as a piece of its own, appended after the glyphs.
+
+    A glyph's headline: the rows in the top `top_share` of the text whose ink spans at least `fill` of the glyph's
+    width, one pixel more above and below. Glyphs under 40% of the text's height, and glyphs without such rows
+    or with no thin band of them (the next row as full), stay whole.
+    """
+    if not len(placed):
+        return list(placed)
+    text_top = min(t for _, t, _ in placed)
+    height = max(t + b.shape[0] for b, t, _ in placed) - text_top
+    bodies, lines = [], []
+    for b, top, left in placed:
+        limit = min(int(text_top + top_share * height) - top, b.shape[0])
+        full = (b > 127).mean(axis=1) >= fill
+        rows = np.flatnonzero(full[:max(limit, 0)])
+        if b.shape[0] < 0.4 * height or not 1 <= rows.size <= 0.2 * height or full[min(rows[-1] + 1, b.shape[0] - 1)]:
+            bodies.append((b, top, left))  # a small mark, no headline, or no thin one (a solid blob)
+            continue
+        r0, r1 = max(rows[0] - 1, 0), min(rows[-1] + 2, b.shape[0])
+        body = b.copy()
+        body[r0:r1] = 0
+        bodies.append((body, top, left))
+        lines.append((np.ascontiguousarray(b[r0:r1]), top + r0, left))
+    return bodies + lines
+
 
 def glyph_jitter(placed: Placed, rng: np.random.Generator, style: HandStyle) -> np.ndarray:
     """[n, 4] per glyph: (dx, dy) in pixels, log scale, rotation in radians. The largest glyph is the base and
@@ -131,14 +162,51 @@ def smooth_field(rng: np.random.Generator, shape: tuple[int, int], cells: tuple[
     return upsampler(cells[0], shape[0]) @ grid @ upsampler(cells[1], shape[1]).T
 
 
+def drop_crumbs(mask: np.ndarray, spine: np.ndarray, shortest: float, reach: float) -> None:
+    """Erase from `spine` (0 = centreline) the pieces of centreline that, redrawn, would be dots beside a stroke:
+    shorter than about `shortest` pixels, farther than `reach` pixels from every longer piece, and sharing their
+    ink blob with one (a gap's leftovers, ridge noise at stroke ends). Dots are parts of letters (ড / ড়);
+    a dot of its own (its own ink blob) keeps its centreline."""
+    import cv2
+
+    left = spine == 0
+    joined = cv2.dilate(left.astype(np.uint8), np.ones((3, 3), np.uint8))  # pieces 1 px apart are one piece
+    m, piece, stats, _ = cv2.connectedComponentsWithStats(joined, connectivity=8)
+    small = stats[:, cv2.CC_STAT_AREA] < 3 * (shortest + 2)
+    small[0] = False
+    if not small.any() or small.all():
+        return
+    size = 2 * int(math.ceil(reach)) + 1
+    near = cv2.dilate((left & ~small[piece]).astype(np.uint8),
+                      cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))).astype(bool)
+    touching = np.zeros(m, bool)
+    touching[piece[left & near]] = True
+    crumbs = np.flatnonzero(small & ~touching)
+    if not crumbs.size:
+        return
+    _, blob = cv2.connectedComponents(mask, connectivity=8)  # the ink blobs that hold a longer piece
+    with_long = np.zeros(int(blob.max()) + 1, bool)
+    with_long[blob[left & ~small[piece]]] = True
+    blob_of = np.zeros(m, np.int64)
+    blob_of[piece[left]] = blob[left]
+    crumbs = crumbs[with_long[blob_of[crumbs]]]
+    if crumbs.size:
+        spine[left & np.isin(piece, crumbs)] = 255
+
+
 def reink(coverage: np.ndarray, rng: np.random.Generator, style: HandStyle, pen_px: float) -> np.ndarray:
     """Redraw the strokes of a uint8 coverage image with a pen: its centreline, broken by pen-lift gaps, inked to
     a radius that varies smoothly along the strokes around `pen_px`. Returns uint8 coverage of the same shape."""
     import cv2
 
-    mask = cv2.threshold(coverage, 127, 1, cv2.THRESH_BINARY)[1]
-    if not mask.any():
+    full = cv2.threshold(coverage, 127, 1, cv2.THRESH_BINARY)[1]
+    rows, cols = np.flatnonzero(full.any(axis=1)), np.flatnonzero(full.any(axis=0))
+    if not rows.size:
         return coverage
+    # work in the box the new strokes can reach: the ink's box and the widest pen around it
+    pad = int(math.ceil(pen_px * (1 + style.pen_vary))) + 2
+    box = (slice(max(rows[0] - pad, 0), rows[-1] + pad + 1), slice(max(cols[0] - pad, 0), cols[-1] + pad + 1))
+    mask = full[box]
     ridge = centreline(mask)
     spine = np.where(ridge, 0, 255).astype(np.uint8)  # distanceTransform measures the distance to zeros
     n_gaps = int(rng.poisson(style.gaps))
@@ -148,12 +216,14 @@ def reink(coverage: np.ndarray, rng: np.random.Generator, style: HandStyle, pen_
             y, x = divmod(int(where[k]), ridge.shape[1])
             radius = pen_px + style.gap_px[0] + (style.gap_px[1] - style.gap_px[0]) * rng.random()
             cv2.circle(spine, (x, y), int(round(radius)), 255, -1)
+    drop_crumbs(mask, spine, 2 * pen_px + 4, 2 * pen_px * (1 + style.pen_vary) + 1)
     if spine.min() > 0:  # every ridge pixel fell in a gap: keep the strokes
         spine[ridge] = 0
     dist = cv2.distanceTransform(spine, cv2.DIST_L2, 3)
     radius = pen_px * (1 + style.pen_vary * smooth_field(rng, dist.shape, (3 + int(rng.integers(3)), 5)))
-    ink = np.clip(radius - dist + 0.5, 0.0, 1.0)
-    return cv2.convertScaleAbs(ink, alpha=255.0)
+    out = np.zeros_like(coverage)
+    out[box] = cv2.convertScaleAbs(np.clip(radius - dist + 0.5, 0.0, 1.0), alpha=255.0)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------- paper and scan
@@ -188,10 +258,10 @@ def scan_marks(image: np.ndarray, rng: np.random.Generator, style: HandStyle) ->
     import cv2
 
     u = rng.random(2)
-    if u[0] < style.artefacts:  # dust: a few dark specks and light dropouts
+    if u[0] < style.artefacts:  # dust: a few faint specks and light dropouts, too faint to pass for ink
         n = int(rng.integers(5, 40))
         ys, xs = rng.integers(0, image.shape[0], n), rng.integers(0, image.shape[1], n)
-        image[ys, xs] = np.where(rng.random(n) < 0.7, rng.integers(0, 120, n), 255).astype(np.uint8)
+        image[ys, xs] = np.where(rng.random(n) < 0.7, rng.integers(180, 230, n), 255).astype(np.uint8)
     if u[1] < style.artefacts:
         ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(20, 70))])
         image[...] = cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE)

@@ -8,13 +8,15 @@ from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
 
 from okkhor.data.hand import HandStyle
-from okkhor.data.render import FontSpec
 from okkhor.errors import OkkhorError
+
+if TYPE_CHECKING:  # render imports HarfBuzz and FreeType (the synth extra): only where a function needs it
+    from okkhor.data.render import FontSpec
 
 MAX_ROWS_PER_FILE = 50_210  # rows of one competition parquet file
 DEFAULT_ROWS_PER_FILE = 10_042  # a fifth of that: files are the unit of parallel work
@@ -79,7 +81,7 @@ class Imager:
     def __init__(self, fonts: Sequence[str | FontSpec], variation: Variation | None = None, em_px: int = 100,
                  hand: HandStyle | None = None):
         from okkhor.data.kaggle import IMAGE_HEIGHT, IMAGE_WIDTH
-        from okkhor.data.render import FontRenderer, select_fonts
+        from okkhor.data.render import FontRenderer, FontSpec, select_fonts
 
         variation = Variation() if variation is None else variation
         if not isinstance(variation, Variation):
@@ -89,7 +91,6 @@ class Imager:
             raise TypeError(f"hand must be a HandStyle, got {type(hand).__name__}")
         specs = [f if isinstance(f, FontSpec) else select_fonts([f])[0] for f in fonts]
         self.variation, self.hand = variation, hand
-        self.specs = specs
         self.renderers = [FontRenderer(s, em_px=em_px) for s in specs]
         self.height, self.width = h, w = IMAGE_HEIGHT, IMAGE_WIDTH
         self._x = np.arange(w, dtype=np.float32) - np.float32(w / 2)
@@ -148,6 +149,8 @@ class Imager:
         renderer = self.renderers[face]
         if hand:
             placed = renderer.placed(text)
+            if rng.random() < hs.headline:
+                placed = steps.split_headlines(placed)
             src = steps.compose(placed, steps.glyph_jitter(placed, rng, hs))
             pen = hs.pen_px[0] + (hs.pen_px[1] - hs.pen_px[0]) * float(rng.random())
             tremor = hs.tremor_px * float(rng.random())
@@ -164,10 +167,12 @@ class Imager:
         m00, m01, m10, m11 = c * a, (c * shear - s) / a, s * a, (s * shear + c) / a  # rotate @ shear @ stretch
         half_w = (abs(m00) * sw + abs(m01) * sh) / 2
         half_h = (abs(m10) * sw + abs(m11) * sh) / 2
-        amp = v.distort_px * (0.3 + 0.7 * u[8])
+        amp = (hs.distort_px if hand else v.distort_px) * (0.3 + 0.7 * u[8])
         keep = pen + tremor + (amp if hand else 0.0)  # the hand's extra reach stays inside the margin
         room_w, room_h = self.width / 2 - v.margin_px - keep, self.height / 2 - v.margin_px - keep
         scale = min(room_w / half_w, room_h / half_h) * (v.fill[0] + (v.fill[1] - v.fill[0]) * u[5])
+        if hand:
+            pen = max(min(pen, hs.pen_share * 2 * half_h * scale), 0.5)
         cx = (room_w - half_w * scale) * (2 * u[6] - 1)  # ink centre, relative to the frame centre
         cy = (room_h - half_h * scale) * (2 * u[7] - 1)
         det = (m00 * m11 - m01 * m10) * scale
@@ -749,6 +754,7 @@ def synthesize(out_dir: str | Path, n_train: int, n_test: int, seed: int = 0, un
         "seconds": round(seconds, 2),
         "images_per_s": round((n_train + n_test) / seconds, 1),
         "variation": asdict(variation),
+        "hand": asdict(hand),
     }
 
 
@@ -764,7 +770,7 @@ def write_preview(path: str | Path, samples: dict[str, Sequence[Sample]], seed: 
     """
     from matplotlib.figure import Figure  # no pyplot: the caller's backend stays as it is
 
-    from okkhor.data.render import select_fonts
+    from okkhor.data.render import FontSpec, select_fonts
     from okkhor.fsutil import atomic_path
 
     path = _check_preview(path)
