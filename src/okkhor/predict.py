@@ -161,7 +161,7 @@ def stream_test_probs(members: Sequence[Member], data_dir: str | Path, tta: int 
                       show_progress: bool = True) -> tuple[list[str], dict[str, np.ndarray]]:
     """Read DATA_DIR's test parquet files batch by batch and predict them: (image ids, {target: [n, C]})."""
     check_tta(tta)
-    source = ImageFiles(test_files(data_dir))
+    source = ImageFiles(test_files(data_dir), workers=None)  # column blocks over every CPU, memory bounded
     total = source.total
     targets = members[0].targets
     probs = {name: np.zeros((total, c), dtype=np.float32) for name, c in zip(targets.names, targets.num_classes)}
