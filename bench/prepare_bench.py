@@ -40,7 +40,9 @@ def make_files(root: Path, rows: int) -> dict[str, Path]:
     if not image_parquet_files(synth, "train"):
         cmd = [sys.executable, "-m", "okkhor", "synth", str(synth), "--train", str(rows), "--test", "0",
                "--seed", str(SEED), "--overwrite"]
-        subprocess.run(cmd, check=True, env={**os.environ, "TQDM_DISABLE": "1"}, stdout=subprocess.DEVNULL)
+        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
+        if proc.returncode != 0:
+            raise SystemExit(f"synth failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
     for d in dirs.values():
         d.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(synth / "train.csv", d / "train.csv")

@@ -167,7 +167,7 @@ def stream_test_probs(members: Sequence[Member], data_dir: str | Path, tta: int 
     probs = {name: np.zeros((total, c), dtype=np.float32) for name, c in zip(targets.names, targets.num_classes)}
     ids: list[str] = []
     with progress(total=total, desc="predict", unit="img", disable=not show_progress) as bar:
-        # parquet reads pay a fixed cost per column (32,332 of them) per batch: read big, infer in batch_size
+        # the reader fills whole chunks column block by column block; preprocessing goes READ_ROWS rows at a time
         for batch_ids, raw in source.batches(max(batch_size, READ_ROWS)):
             batch = raw_probs(members, raw, tta=tta, batch_size=batch_size)
             for name in targets.names:

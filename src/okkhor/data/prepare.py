@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from okkhor.data.kaggle import ImageFiles, image_parquet_files
+from okkhor.data.kaggle import N_PIXELS, ImageFiles, image_parquet_files
 from okkhor.errors import OkkhorError
 from okkhor.fsutil import atomic_path, write_text_atomic
 from okkhor.progress import progress
@@ -22,6 +22,7 @@ CACHE_VERSION = 1
 INK_THRESHOLD = 80   # on the inverted image: pixels above this count as ink
 EDGE = 5             # pixels ignored at each border when finding the ink (scanner edges, lines)
 MARGIN = 8           # pixels added around the ink's bounding box, in source pixels
+PREPROCESS_BYTES = 64 << 20  # working memory of the preprocessing batches in flight, all threads together
 
 
 @dataclass(frozen=True)
@@ -104,11 +105,13 @@ def _ordered(pool: Executor, fn: Callable, items: Sequence, ahead: int) -> Itera
 
 
 def prepare_split(data_dir: str | Path, split: str, opts: PrepareOptions, cache_dir: Path,
-                  batch_rows: int = 1024, show_progress: bool = True, workers: int | None = None
+                  batch_rows: int | None = None, show_progress: bool = True, workers: int | None = None
                   ) -> tuple[Path, bool]:
     """Build (or reuse) the cache of one split. Returns (npy path, reused).
 
     `workers`: threads that read and preprocess (default: every CPU); the cache is the same whatever it is.
+    `batch_rows`: images per preprocessing task (default: up to 512, fewer with many workers, so that the tasks in
+    flight stay within PREPROCESS_BYTES).
     """
     files = image_parquet_files(data_dir, split)
     if not files:
@@ -123,6 +126,9 @@ def prepare_split(data_dir: str | Path, split: str, opts: PrepareOptions, cache_
             pass
     source = ImageFiles(files, workers=workers)
     total = source.total
+    ahead = 2 * source.workers  # preprocessing tasks in flight: `workers` running, as many done and waiting
+    per_image = 3 * N_PIXELS + opts.size ** 2  # the inverted image, its ink mask, and what they come from
+    batch_rows = batch_rows or max(8, min(512, PREPROCESS_BYTES // (ahead * per_image)))
     ids: list[str] = []
     # Written as a plain sequential file (header, then rows): a write memmap would keep every output page
     # resident, which counts against the memory budget on large files.
@@ -136,7 +142,7 @@ def prepare_split(data_dir: str | Path, split: str, opts: PrepareOptions, cache_
                 def work(start: int, images=images) -> np.ndarray:
                     return preprocess(images[start:start + batch_rows], opts.size, opts.crop)
 
-                for out in _ordered(pool, work, range(0, len(images), batch_rows), 2 * source.workers):
+                for out in _ordered(pool, work, range(0, len(images), batch_rows), ahead):
                     fh.write(memoryview(np.ascontiguousarray(out)).cast("B"))
                     bar.update(len(out))
                 ids.extend(chunk_ids)
