@@ -39,7 +39,7 @@ def draw_boxes(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 _CACHE: dict = {}
 
 
-LAYOUTS = {"row-groups": 5, "single": None}  # rows per row group of the tiny files; None: one row group
+LAYOUTS = {"row-groups": 6, "single": None}  # rows per row group of the tiny files; None: one row group
 
 
 def write_dataset(root, n_train=12, n_test=4, labels=None, layout="row-groups"):
@@ -172,7 +172,7 @@ def prepare_after_rewrite(root, table, layout="row-groups"):
     """Replace the train parquet of ROOT with TABLE in LAYOUT and run `okkhor prepare` on it: (exit code, output)."""
     path = root / "train_image_data_0.parquet"
     pq.write_table(table, path, row_group_size=LAYOUTS[layout] or len(table))
-    assert pq.ParquetFile(path).metadata.num_row_groups == (1 if layout == "single" else 3)
+    assert pq.ParquetFile(path).metadata.num_row_groups == (1 if layout == "single" else 2)
     return run_cli("prepare", root, "--size", 24)
 
 
@@ -281,25 +281,25 @@ def test_labels_outside_class_map(tmp_path):
 # ------------------------------------------------------------------------------------ layouts and the reader
 
 def test_writer_layouts(tmp_path):
-    """row_group_rows: 'write' = one row group per call, an int = exact sizes, None = one dictionary-encoded group."""
-    images, _ = draw_boxes(11, seed=2)
-    ids = [f"Train_{i}" for i in range(11)]
+    """row_group_rows: an int = row groups of exactly that size across calls, None = one dictionary-encoded group."""
+    images, _ = draw_boxes(8, seed=2)
+    ids = [f"Train_{i}" for i in range(8)]
     sizes = {}
-    for rows in ("write", 4, None):
+    for rows in (5, None):
         path = tmp_path / f"{rows}.parquet"
         with ImageParquetWriter(path, rows) as writer:
             columns = pixel_columns(images[:3])
             writer.write_columns(ids[:3], columns)
             columns[:] = 0  # the caller reuses its buffer: what the writer kept must not change
-            writer.write(ids[3:9], images[3:9])
-            writer.write(ids[9:], images[9:])
+            writer.write(ids[3:6], images[3:6])
+            writer.write(ids[6:], images[6:])
         meta = pq.ParquetFile(path).metadata
         sizes[rows] = [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
         assert "RLE_DICTIONARY" in meta.row_group(0).column(1).encodings
         got = list(iter_image_parquet(path))
         assert [i for batch_ids, _ in got for i in batch_ids] == ids
         np.testing.assert_array_equal(np.concatenate([b for _, b in got]), images)
-    assert sizes == {"write": [3, 6, 2], 4: [4, 4, 3], None: [11]}
+    assert sizes == {5: [5, 3], None: [8]}
     with pytest.raises(ValueError):
         ImageParquetWriter(tmp_path / "x.parquet", 0)
 
@@ -325,7 +325,7 @@ def cache_bytes(root, size=32, **kw):
 
 @pytest.mark.parametrize("buffer_rows", [None, 4])
 def test_both_layouts_give_identical_caches(tmp_path, monkeypatch, buffer_rows):
-    """The same images as row groups of 5 or as one row group; with buffer_rows=4 every file takes several passes."""
+    """The same images as row groups of 6 or as one row group; with buffer_rows=4 every file takes several passes."""
     if buffer_rows:
         monkeypatch.setattr(kaggle, "READ_BUFFER_BYTES", buffer_rows * N_PIXELS)
     caches = [cache_bytes(write_dataset(tmp_path / layout, layout=layout)) for layout in LAYOUTS]
@@ -339,14 +339,14 @@ def test_both_layouts_give_identical_caches(tmp_path, monkeypatch, buffer_rows):
 
 def test_single_row_group_of_thousands_takes_the_column_block_path(tmp_path, monkeypatch):
     """2,000 rows in one row group, read in 4 passes of 500 rows, a few hundred columns at a time and by 2 threads,
-    give the cache of the same images written in row groups of 256 and read whole, and of an independent reading."""
+    give the cache of the same images written in row groups of 500 and read whole, and of an independent reading."""
     rng = np.random.default_rng(7)
     images = rng.integers(200, 256, (2000, IMAGE_HEIGHT, IMAGE_WIDTH), dtype=np.uint8)
     boxed, _ = draw_boxes(2000, seed=8)
     images = np.minimum(images, boxed)  # dark boxes on a noisy page: every image has its own crop
     ids = [f"Train_{i}" for i in range(2000)]
     roots = {}
-    for layout, rows in (("single", None), ("row-groups", 256)):
+    for layout, rows in (("single", None), ("row-groups", 500)):
         roots[layout] = tmp_path / layout
         roots[layout].mkdir()
         write_image_parquet(roots[layout] / "train_image_data_0.parquet", ids, images, row_group_rows=rows)
