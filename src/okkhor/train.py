@@ -33,7 +33,7 @@ from okkhor.distributed import barrier, is_main, process_group, resolve_device, 
 from okkhor.engine import (BatchPlan, Precision, TrainLoss, TrainStep, class_counts, create_evaluator,
                            create_trainer)
 from okkhor.errors import OkkhorError
-from okkhor.fsutil import write_text_atomic
+from okkhor.fsutil import check_writable, write_text_atomic
 from okkhor.graphemes import grapheme_classes, with_grapheme_column
 from okkhor.handlers import EpochMeter, Evaluation, NonFiniteStop, RunLog, RunState, metrics_columns, summary_line
 from okkhor.optim import SCHEDULES, build_optimizer, build_scheduler, steps_per_epoch
@@ -144,6 +144,7 @@ def _result(epoch: int, state: dict) -> dict:
 
 def _open(data_dir: Path, out_dir: Path, cfg: Config, resume: bool):
     """Checks before any work: the run dir, the device, the targets, the checkpoint to resume (or None)."""
+    check_writable(out_dir, "--out", folder=True)
     last = out_dir / "checkpoints" / "last.pt"
     if resume and not last.is_file():
         raise OkkhorError(f"--resume: {last} not found; nothing to resume")
