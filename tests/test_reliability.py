@@ -252,6 +252,7 @@ def test_default_outputs_in_the_data_and_run_folders(ckpts, tmp_path, no_work):
     data, good, _, _ = ckpts
     copy_dir = tmp_path / "data"
     shutil.copytree(data.root, copy_dir)
+    shutil.rmtree(copy_dir / "cache", ignore_errors=True)   # made by an evaluate test
     (copy_dir / "cache").write_text("not a folder")
     assert_one_line_error(*cli("prepare", copy_dir, "--size", 32), f"cache folder {copy_dir / 'cache' / '32'}",
                           "is a file, not a folder; pass --out DIR")
