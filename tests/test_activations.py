@@ -9,6 +9,7 @@ import torch.nn as nn
 from okkhor.activations import (count_activations, create_backbone, is_se_block, resolve_act_layer,
                                 set_activation)
 from okkhor.config import ModelConfig
+from okkhor.errors import OkkhorError
 from okkhor.model import build_model
 from okkhor.targets import Targets
 
@@ -116,3 +117,18 @@ def test_build_model_with_mish():
     with torch.no_grad():
         out = model(torch.rand(2, 1, 32, 32))
     assert [o.shape for o in out] == [(2, 168), (2, 11), (2, 7)]
+
+
+def test_model_act_takes_any_timm_activation_name():
+    """model.act=hard_swish (not one of the four names the config once allowed) reaches every block."""
+    from okkhor.config import load_config
+
+    cfg = load_config(None, ["model.name=test_efficientnet", "model.act=hard_swish"])
+    model = build_model(cfg.model, Targets.make(["a", "b"], [3, 2]))
+    kinds = set(count_activations(model)) - GATES
+    assert kinds and all("HardSwish" in k or k == "Hardswish" for k in kinds), kinds
+    with torch.no_grad():
+        assert [o.shape for o in model.eval()(torch.rand(2, 1, 32, 32))] == [(2, 3), (2, 2)]
+    with pytest.raises(OkkhorError) as e:
+        load_config(None, ["model.act=hard_swishh"])
+    assert "model.act" in str(e.value) and "hard_swish" in str(e.value) and "\n" not in str(e.value)

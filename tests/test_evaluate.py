@@ -55,14 +55,23 @@ def test_evaluate_fold_matches_score_cli(tiny_kaggle_dir, tmp_path):
 
 def test_evaluate_labels_matches_score_cli(tiny_kaggle_dir, tmp_path):
     data = tiny_kaggle_dir()
+    labels = pd.read_csv(data.root / "test_labels.csv")
+    labels["seen"] = np.arange(len(labels)) % 2 == 0
+    labels["font_seen"] = np.arange(len(labels)) % 3 != 0
+    labels.to_csv(tmp_path / "labels.csv", index=False)
     ckpt = make_checkpoint(tmp_path / "c.pt", data.root, seed=4)
-    code, out = cli("evaluate", ckpt, "--data", data.root, "--labels", data.root / "test_labels.csv",
+    code, out = cli("evaluate", ckpt, "--data", data.root, "--labels", tmp_path / "labels.csv",
                     "--out", tmp_path / "ev")
     assert code == 0, out
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert metrics["images"] == len(data.test_ids)
-    result = score_json(data.root / "test_labels.csv", tmp_path / "ev" / "submission.csv")
+    result = score_json(tmp_path / "labels.csv", tmp_path / "ev" / "submission.csv")
     assert result["score"] == pytest.approx(metrics["score"], abs=1e-12)
+    # the breakdown, accuracy and exact share are the same function's in evaluate and score
+    for key in ("by_seen", "by_cell", "accuracy", "exact"):
+        assert result[key] == pytest.approx(metrics[key]) if key != "by_cell" else result[key] == metrics[key]
+    assert sum(v["images"] for v in metrics["by_cell"].values() if v) == len(data.test_ids)
+    assert "cell seen/font_unseen" in out
 
 
 def test_summary_and_confused_pairs():

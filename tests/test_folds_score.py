@@ -137,3 +137,98 @@ def test_bad_submissions(tmp_path, mutate, needle):
 def test_missing_truth_file(tmp_path):
     code, out = score("--truth", tmp_path / "nope.csv", "--submission", tmp_path / "sub.csv")
     assert_one_line_error(code, out, "nope.csv", "not found")
+
+
+def hand_recall(t, p):
+    """Macro recall written out: per class present in truth or prediction, hits / support (0 without support)."""
+    classes = sorted(set(t) | set(p))
+    return sum((sum(1 for a, b in zip(t, p) if a == b == c) / max(sum(1 for a in t if a == c), 1))
+               for c in classes) / len(classes)
+
+
+def test_by_cell_accuracy_and_exact_equal_a_hand_computation(tmp_path):
+    n = 48
+    df = write_truth(tmp_path / "labels.csv", n=n)
+    df["font"] = np.where(np.arange(n) % 3 == 0, "held-out-family", "train-family")
+    df["font_seen"] = np.arange(n) % 3 != 0
+    df.to_csv(tmp_path / "labels.csv", index=False)
+    write_sub(tmp_path / "sub.csv", df, corrupt=20)
+    sub = pd.read_csv(tmp_path / "sub.csv").set_index("row_id")["target"]
+    pred = {c: [int(sub[f"{i}_{c}"]) for i in df["image_id"]] for c in BENGALI.names}
+    code, out = score("--truth", tmp_path / "labels.csv", "--submission", tmp_path / "sub.csv", "--json")
+    assert code == 0, out
+    result = json.loads(out)
+    rows = list(range(n))
+    right = {c: [df[c][i] == pred[c][i] for i in rows] for c in BENGALI.names}
+    assert result["accuracy"]["grapheme_root"] == pytest.approx(sum(right["grapheme_root"]) / n)
+    assert result["accuracy"]["vowel_diacritic"] == 1.0
+    assert result["exact"] == pytest.approx(sum(all(right[c][i] for c in BENGALI.names) for i in rows) / n)
+    assert set(result["by_cell"]) == {"seen/font_seen", "seen/font_unseen", "unseen/font_seen",
+                                      "unseen/font_unseen"}
+    for cell, value in result["by_cell"].items():
+        seen_part, font_part = cell.split("/")
+        members = [i for i in rows if df["seen"][i] == (seen_part == "seen")
+                   and df["font_seen"][i] == (font_part == "font_seen")]
+        assert value["images"] == len(members) > 0
+        recalls = [hand_recall([df[c][i] for i in members], [pred[c][i] for i in members]) for c in BENGALI.names]
+        assert value["score"] == pytest.approx((2 * recalls[0] + recalls[1] + recalls[2]) / 4)
+        assert value["accuracy"]["grapheme_root"] == pytest.approx(
+            sum(right["grapheme_root"][i] for i in members) / len(members))
+        assert value["exact"] == pytest.approx(
+            sum(all(right[c][i] for c in BENGALI.names) for i in members) / len(members))
+    assert result["by_cell"]["seen/font_seen"]["score"] < 1.0  # the corrupted first 20 rows reach every cell
+    code, out = score("--truth", tmp_path / "labels.csv", "--submission", tmp_path / "sub.csv")
+    assert code == 0 and "cell unseen/font_unseen: score" in out and "exact (all targets right)" in out
+
+
+def test_a_cell_without_rows_is_none(tmp_path):
+    df = write_truth(tmp_path / "labels.csv", n=20)
+    df["font_seen"] = True
+    df.to_csv(tmp_path / "labels.csv", index=False)
+    write_sub(tmp_path / "sub.csv", df)
+    result = json.loads(score("--truth", tmp_path / "labels.csv", "--submission", tmp_path / "sub.csv", "--json")[1])
+    assert result["by_cell"]["seen/font_unseen"] is None and result["by_cell"]["seen/font_seen"]["score"] == 1.0
+
+
+def test_bad_font_seen_value_is_one_line(tmp_path):
+    df = write_truth(tmp_path / "labels.csv", n=8)
+    df["font_seen"] = ["maybe"] * 8
+    df.to_csv(tmp_path / "labels.csv", index=False)
+    write_sub(tmp_path / "sub.csv", df)
+    code, out = score("--truth", tmp_path / "labels.csv", "--submission", tmp_path / "sub.csv")
+    assert_one_line_error(code, out, "labels.csv", "font_seen")
+
+
+def test_grouped_folds_never_split_a_triple():
+    from okkhor.data.folds import make_group_folds
+
+    rng = np.random.default_rng(3)
+    triples = np.stack([rng.integers(0, 30, 120), rng.integers(0, 11, 120), rng.integers(0, 7, 120)], 1)
+    labels = triples[rng.integers(0, 120, 3000)]  # 3,000 images of at most 120 distinct triples
+    fold = make_group_folds(labels, BENGALI, folds=5, seed=1)
+    assert set(fold) == {0, 1, 2, 3, 4}
+    folds_of = {}
+    for row, k in zip(map(tuple, labels), fold):
+        folds_of.setdefault(row, set()).add(int(k))
+    assert all(len(ks) == 1 for ks in folds_of.values())
+    sizes = np.bincount(fold)
+    assert sizes.min() > 0.5 * sizes.max()  # groups are spread, not one fold of everything
+    assert np.array_equal(fold, make_group_folds(labels, BENGALI, folds=5, seed=1))
+    # plain stratified folds do split triples: the grouping is what keeps them whole
+    plain = make_folds(labels, BENGALI, folds=5, seed=1)
+    assert any(len({int(k) for k in plain[(labels == t).all(1)]}) > 1 for t in map(np.array, folds_of))
+
+
+def test_split_cli_group_grapheme(tmp_path):
+    n = 90
+    labels = skewed_labels(30)[np.arange(n) % 30]
+    pd.DataFrame({"image_id": [f"Train_{i}" for i in range(n)], "grapheme_root": labels[:, 0],
+                  "vowel_diacritic": labels[:, 1], "consonant_diacritic": labels[:, 2]}
+                 ).to_csv(tmp_path / "train.csv", index=False)
+    r = runner.invoke(app, ["split", str(tmp_path), "--folds", "3", "--group", "grapheme"])
+    assert r.exit_code == 0, r.output
+    fold = pd.read_csv(tmp_path / "folds.csv")["fold"].to_numpy()
+    for k in range(30):
+        assert len(set(fold[np.arange(n) % 30 == k])) == 1
+    r = runner.invoke(app, ["split", str(tmp_path), "--group", "writer"])
+    assert_one_line_error(r.exit_code, r.output, "--group", "grapheme")

@@ -98,6 +98,29 @@ def test_cutmix_label_weight_is_the_pasted_area():
     assert len(seen) > 400 and 0.15 < np.mean(seen) < 0.5   # clipping at the borders shrinks boxes below 1 - lam
 
 
+def test_fmix_label_weight_equals_its_mask_area():
+    b, h, w = 32, 16, 24
+    mixer = Mixer(MixConfig(kind="fmix", alpha=1.0), seed=3)
+    x = torch.arange(1, b + 1, dtype=torch.float32).view(b, 1, 1, 1).expand(b, 1, h, w).contiguous()
+    lams = []
+    for _ in range(5):
+        plan = mixer.plan(x.shape)
+        assert plan.kind == "fmix" and plan.mask.shape == (b, 1, h, w)
+        area = plan.mask.float().mean((1, 2, 3))
+        assert torch.allclose(area, plan.weights[:, 1]) and torch.allclose(plan.weights.sum(1), torch.ones(b))
+        out = plan.apply(x)
+        for i in range(b):
+            if plan.index[i, 1] != i:  # the pixels really taken from the partner are the label weight
+                from_partner = (out[i] == plan.index[i, 1] + 1).float().mean().item()
+                assert from_partner == pytest.approx(plan.weights[i, 1].item(), abs=1e-6)
+        lams += plan.weights[:, 0].tolist()
+        # a low-frequency mask is a few smooth blobs: most pixels share their right neighbour's value
+        m = plan.mask[:, 0]
+        assert (m[:, :, 1:] == m[:, :, :-1]).float().mean() > 0.85
+    # unlike a clipped box, the area is exactly the Beta draw (to a pixel): mean 0.5 for alpha 1
+    assert np.mean(lams) == pytest.approx(0.5, abs=0.08)
+
+
 def test_cutmix_through_the_mixer_call():
     seen = {}
 
@@ -137,7 +160,7 @@ def test_prob_and_off_epoch():
     assert torch.equal(mt.labels[:, 0], y) and torch.equal(mt.weights, torch.ones(2, 1))
 
 
-@pytest.mark.parametrize("kind", ["mixup", "cutmix", "both", "dirichlet", "manifold"])
+@pytest.mark.parametrize("kind", ["mixup", "cutmix", "both", "dirichlet", "manifold", "fmix"])
 def test_state_dict_round_trip_reproduces_the_draws(kind):
     mixer = Mixer(MixConfig(kind=kind, prob=0.8), seed=11)
     shape = (16, 1, 10, 10)

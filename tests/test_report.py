@@ -86,3 +86,20 @@ def test_data_dir_resolution_order(tmp_path):
     assert resolve_data_dir(run, None, {}) == a
     with pytest.raises(OkkhorError, match="data directory not found"):
         resolve_data_dir(run, None, {"data_dir": str(tmp_path / "gone")})
+
+
+def test_report_on_labels_with_groups_has_the_cells_table(tiny_kaggle_dir, tmp_path):
+    data = tiny_kaggle_dir(copy=True)
+    labels = pd.read_csv(data.root / "test_labels.csv")
+    labels["seen"] = [i % 2 == 0 for i in range(len(labels))]
+    labels["font_seen"] = [i % 3 != 0 for i in range(len(labels))]
+    labels.to_csv(tmp_path / "labels.csv", index=False)
+    run = fake_run(tmp_path / "run", data.root, data.names)
+    code, out = cli("report", run, "--data", data.root, "--labels", tmp_path / "labels.csv", "--gallery", 4)
+    assert code == 0, out
+    page = (run / "report.html").read_text(encoding="utf-8")
+    metrics = json.loads((run / "report" / "metrics.json").read_text())
+    assert metrics["source"] == str(tmp_path / "labels.csv")
+    assert "By group" in page
+    for cell, value in metrics["by_cell"].items():
+        assert f"<td>{cell}</td><td>{value['images']}</td><td>{value['score']:.4f}</td>" in page

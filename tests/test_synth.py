@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 from okkhor.cli import app
 from okkhor.data.kaggle import IMAGE_HEIGHT, IMAGE_WIDTH, N_PIXELS, image_parquet_files, iter_image_parquet
 from okkhor.data.render import (FontRenderer, check_shaping, grapheme_string, known_graphemes, render_grapheme,
-                                seen_triples, select_fonts)
-from okkhor.data.synth import file_rows, synthesize
+                                seen_triples, select_fonts, self_check_fonts)
+from okkhor.data.synth import Imager, file_rows, image_rng, plan_draws, sample_labels, synthesize
 from okkhor.errors import OkkhorError
 
 from test_kaggle_prepare import assert_one_line_error
@@ -46,7 +46,7 @@ def test_files_follow_the_competition_format(made):
     names = {p.name for p in out.iterdir()}
     assert names == {"train.csv", "test.csv", "test_labels.csv", "class_map.csv", "sample_submission.csv",
                      "train_image_data_0.parquet", "test_image_data_0.parquet"}
-    assert list(train.columns) == ["image_id", *TARGETS, "grapheme"]
+    assert list(train.columns) == ["image_id", *TARGETS, "grapheme", "font", "font_seen"]
     assert train["image_id"].tolist() == [f"Train_{i}" for i in range(N_TRAIN)]
     assert list(test.columns) == ["row_id", "image_id", "component"]
     assert len(test) == 3 * N_TEST
@@ -56,8 +56,8 @@ def test_files_follow_the_competition_format(made):
     assert test.groupby("image_id")["component"].nunique().eq(3).all()
     assert made["submission"]["row_id"].tolist() == test["row_id"].tolist()
     assert (made["submission"]["target"] == 0).all()
-    assert list(labels.columns) == ["image_id", *TARGETS, "grapheme", "seen"]
-    assert set((out / "test_labels.csv").read_text(encoding="utf-8").splitlines()[1].split(",")[-1:]) <= {
+    assert list(labels.columns) == ["image_id", *TARGETS, "grapheme", "seen", "font", "font_seen"]
+    assert set((out / "test_labels.csv").read_text(encoding="utf-8").splitlines()[1].split(",")[-3::2]) <= {
         "True", "False"}
     shipped = resources.files("okkhor.resources").joinpath("class_map.csv").read_bytes()
     assert (out / "class_map.csv").read_bytes() == shipped
@@ -175,3 +175,86 @@ def test_bad_arguments_and_existing_dataset_fail_in_one_line(made):
     assert_one_line_error(result.exit_code, result.output, "unseen-test-fraction")
     result = runner.invoke(app, ["synth", "--help"])
     assert result.exit_code == 0 and "Examples" in result.output
+
+
+# ----------------------------------------------------------------------------------------------- held-out fonts
+
+FAMILIES = sorted({f.family for f in select_fonts()})
+
+
+@pytest.fixture(scope="module")
+def held(tmp_path_factory):
+    """A dataset whose test holds out one family for half its images (style font: quick)."""
+    out = tmp_path_factory.mktemp("synth") / "held"
+    family = "bensen" if "bensen" in FAMILIES else FAMILIES[-1]
+    summary = synthesize(out, 40, 20, seed=3, workers=1, progress=False, holdout_fonts=family, holdout_share=0.5,
+                         style="font")
+    read = lambda name: pd.read_csv(out / name, dtype={"grapheme": str}, keep_default_na=False)  # noqa: E731
+    return dict(out=out, family=family, summary=summary, train=read("train.csv"), labels=read("test_labels.csv"))
+
+
+def test_a_held_out_family_never_draws_train_images(held):
+    train, labels, family = held["train"], held["labels"], held["family"]
+    assert family not in set(train["font"]) and train["font_seen"].astype(bool).all()
+    assert set(train["font"]) <= set(FAMILIES) and len(set(train["font"])) > 1
+    assert (labels["font"] == family).sum() == 10 and held["summary"]["test_font_unseen"] == 10
+    assert (labels["font_seen"].astype(bool) == (labels["font"] != family)).all()
+    assert held["summary"]["holdout_fonts"] == [family]
+
+
+def test_the_font_column_names_the_family_the_image_was_drawn_in(held):
+    """Each listed image equals a re-rendering in one face of its `font` family, and in no face of another."""
+    specs = select_fonts()
+    imager = Imager(specs)
+    paths = image_parquet_files(held["out"], "test")
+    _, images = next(iter_image_parquet(paths[0], batch_rows=256))
+    for i in (0, 1, 2, 3, 5, 8):
+        row = held["labels"].iloc[i]
+        drawn = {specs[f].family for f in range(len(specs))
+                 if np.array_equal(imager(row["grapheme"], image_rng(3, "test", i), f), images[i])}
+        assert drawn == {row["font"]}, (i, drawn, row["font"])
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_shipped_family_can_be_held_out(family):
+    renderers = self_check_fonts(select_fonts())
+    held_faces = [i for i, r in enumerate(renderers) if r.spec.family == family]
+    train = plan_draws("train", sample_labels("train", 200, 0.2, 0), 0, renderers, held_faces, style="font")
+    test = plan_draws("test", sample_labels("test", 60, 0.2, 0), 0, renderers, held_faces, 1.0, style="font")
+    assert {renderers[d.face].spec.family for d in train}.isdisjoint({family})
+    assert all(d.font_seen for d in train)
+    assert {renderers[d.face].spec.family for d in test} == {family} and not any(d.font_seen for d in test)
+
+
+def test_holdout_errors_are_one_line():
+    result = runner.invoke(app, ["synth", "unused", "--train", "5", "--test", "5", "--holdout-fonts", "no-such"])
+    assert_one_line_error(result.exit_code, result.output, "no-such", *FAMILIES)
+    result = runner.invoke(app, ["synth", "unused", "--train", "5", "--test", "5", "--holdout-fonts",
+                                 ",".join(FAMILIES)])
+    assert_one_line_error(result.exit_code, result.output, "every font family is held out")
+    result = runner.invoke(app, ["synth", "unused", "--train", "5", "--test", "5", "--holdout-share", "0.5"])
+    assert_one_line_error(result.exit_code, result.output, "holdout-fonts")
+    result = runner.invoke(app, ["synth", "unused", "--train", "5", "--test", "5", "--style", "pencil"])
+    assert_one_line_error(result.exit_code, result.output, "style", "mix")
+
+
+def test_fonts_dir_adds_good_files_and_rejects_bad_ones_by_name(tmp_path):
+    import shutil
+
+    spec = select_fonts()[0]
+    fonts = tmp_path / "fonts"
+    fonts.mkdir()
+    shutil.copy(spec.path, fonts / "mine.ttf")
+    (fonts / "broken.ttf").write_bytes(b"not a font at all")
+    result = runner.invoke(app, ["synth", str(tmp_path / "out"), "--train", "6", "--test", "2", "--workers", "1",
+                                 "--fonts-dir", str(fonts), "--fonts", spec.family, "--style", "font"])
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "broken.ttf" in warnings[0] and "mine.ttf" not in warnings[0]
+    summary = synthesize(tmp_path / "api", 6, 0, workers=1, progress=False, fonts_dir=fonts, fonts=[spec.name,
+                         f"{spec.name}-mine"], style="font")
+    assert summary["fonts"] == [spec.name, f"{spec.name}-mine"]
+    (fonts / "mine.ttf").unlink()
+    result = runner.invoke(app, ["synth", str(tmp_path / "none"), "--train", "6", "--test", "0",
+                                 "--fonts-dir", str(fonts)])
+    assert_one_line_error(result.exit_code, result.output, "broken.ttf", "no usable font")

@@ -22,7 +22,8 @@ from okkhor.config import TrainConfig, load_config
 from okkhor.data.folds import split
 from okkhor.data.kaggle import load_targets
 from okkhor.data.prepare import prepare
-from okkhor.engine import BatchPlan, TrainStep, build_optimizer
+from okkhor.engine import BatchPlan, TrainStep
+from okkhor.optim import build_optimizer
 from okkhor.model import load_for_inference
 from okkhor.targets import Targets
 from okkhor.train import EpochBatches, metrics_columns, train
@@ -135,18 +136,18 @@ def test_short_last_group_of_an_epoch_still_steps_with_its_mean_gradient():
 
 
 def test_schedules_count_optimizer_steps_and_bf16_runs_on_cpu():
-    from okkhor.engine import build_scheduler
+    from okkhor.optim import build_scheduler
 
     model = NoNormNet()
     onecycle = build_scheduler(build_optimizer(model, TrainConfig(epochs=3)), TrainConfig(epochs=3), 5, 2)
-    assert onecycle.total_steps == 3 * 3  # epochs * ceil(5 iterations / accum 2)
+    assert onecycle.scheduler.total_steps == 3 * 3  # epochs * ceil(5 iterations / accum 2)
     optimizer = build_optimizer(model, TrainConfig(lr=1.0))
     cosine = build_scheduler(optimizer, TrainConfig(epochs=4, lr=1.0, schedule="cosine", warmup_epochs=1), 4, 2)
     lrs = []
-    for _ in range(8):
+    for n in range(1, 9):
         lrs.append(optimizer.param_groups[0]["lr"])
         optimizer.step()
-        cosine.step()
+        cosine.step_update(n)
     assert lrs[0] < lrs[1] < lrs[2] and lrs[2] == pytest.approx(1.0) and lrs[2:] == sorted(lrs[2:], reverse=True)
     step = run_steps(NoNormNet(), toy_batches(2, 8), accum=1)
     step.amp = "bf16"
@@ -201,9 +202,12 @@ def test_run_dir_contract(two_epoch_run):
     targets = Targets.make(("grapheme_root", "vowel_diacritic", "consonant_diacritic"), (4, 3, 2))
     assert list(metrics.columns) == metrics_columns(targets)
     assert list(metrics.columns) == ["epoch", "split", *VALUE_COLUMNS, "lr", "seconds"]
-    assert list(zip(metrics["epoch"], metrics["split"])) == [(1, "train_clean"), (1, "valid"),
-                                                             (2, "train_clean"), (2, "valid")]
-    assert metrics[VALUE_COLUMNS].notna().all().all()
+    assert list(zip(metrics["epoch"], metrics["split"])) == [(1, "train"), (1, "train_clean"), (1, "valid"),
+                                                             (2, "train"), (2, "train_clean"), (2, "valid")]
+    evaluated = metrics[metrics.split != "train"]
+    assert evaluated[VALUE_COLUMNS].notna().all().all()
+    train_rows = metrics[metrics.split == "train"]  # the mean training loss of each epoch, no score
+    assert train_rows["loss"].between(0.1, 20).all() and train_rows["score"].isna().all()
     assert result["stop_reason"] == "completed" and result["epoch"] == 2
     assert result["valid"]["score"] == metrics[metrics.split == "valid"]["score"].iloc[-1]
 
@@ -235,7 +239,7 @@ def test_resume_continues_exactly_and_workers_do_not_matter(data, two_epoch_run,
     out = tmp_path / "resumed"
     cfg = load_config(None, FAST + ["data.workers=2"])
     first = train(data.root, out, cfg, show_progress=False, log=lambda m: None, stop_after=1)
-    assert first["stop_reason"] == "stop_after" and len(values(out)) == 2
+    assert first["stop_reason"] == "stop_after" and len(values(out)) == 3
     result = train(data.root, out, cfg, resume=True, show_progress=False, log=lambda m: None)
     assert result["epoch"] == 2
     pd.testing.assert_frame_equal(values(out), values(reference), check_exact=True)
@@ -245,9 +249,11 @@ def test_cli_resume_with_more_epochs_on_a_constant_schedule(data, tmp_path):
     const = FAST + ["train.schedule=constant", "train.lr=1e-3", "train.ema=0.5", "model.dropout=0.2",
                     "train.accum=2"]
     once = tmp_path / "once"
-    code, output = cli("train", "--data", data.root, "--out", once, "--no-progress",
+    code, output = cli("train", "--data", data.root, "--out", once,
                        *sum((["--set", s] for s in const + ["train.epochs=1"]), []))
     assert code == 0, output
+    # progress off a terminal: whole lines (one per epoch here), no carriage-return redraws
+    assert "\r" not in output and "epoch 1/1: 5/5 batch (100%)" in output
     assert "effective batch 32 = batch 16 x accum 2 x 1 process; 5 iterations and 3 optimizer steps" in output
     code, output = cli("train", "--data", data.root, "--out", once, "--resume", "--no-progress", "--set",
                        "train.epochs=2")
@@ -284,7 +290,7 @@ def test_nan_loss_stops_with_one_line_and_keeps_the_last_good_checkpoint(data, t
     ckpt = torch.load(out / "checkpoints" / "last.pt", weights_only=False)
     assert ckpt["trainer"]["epoch"] == 1
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
-    assert list(pd.read_csv(out / "metrics.csv")["epoch"]) == [1, 1]
+    assert list(pd.read_csv(out / "metrics.csv")["epoch"]) == [1, 1, 1]
 
 
 def test_early_stopping_on_a_flat_valid_score_with_the_bengali_map(tiny_kaggle_dir, tmp_path, monkeypatch):
@@ -315,8 +321,8 @@ def test_two_processes_with_gloo_write_one_run(data, tmp_path):
     assert proc.stdout.count("effective batch 32 = batch 16 x accum 1 x 2 processes") == 1
     assert proc.stdout.count("epoch 2/2") == 1
     metrics = pd.read_csv(out / "metrics.csv")
-    assert list(zip(metrics["epoch"], metrics["split"])) == [(1, "train_clean"), (1, "valid"),
-                                                             (2, "train_clean"), (2, "valid")]
+    assert list(zip(metrics["epoch"], metrics["split"])) == [(1, "train"), (1, "train_clean"), (1, "valid"),
+                                                             (2, "train"), (2, "train_clean"), (2, "valid")]
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
     assert len(list((out / "tb").iterdir())) == 1
     load_for_inference(out / "checkpoints" / "best.pt")

@@ -12,8 +12,12 @@ import timm.layers.squeeze_excite as _timm_se
 import torch
 import torch.nn as nn
 from timm.layers import get_act_layer
+from timm.layers.create_act import _ACT_LAYER_DEFAULT
 
-ACT_NAMES = ("default", "relu", "silu", "mish")
+from okkhor.registry import Registry
+
+# model.act: `default` keeps the model's own; every other name is one timm's get_act_layer knows
+ACTIVATIONS = Registry("model.act", {"default": None, **{name: name for name in sorted(_ACT_LAYER_DEFAULT)}})
 
 ActLike = Union[str, type, None]
 
@@ -69,7 +73,7 @@ def resolve_act_layer(act: ActLike) -> Optional[type]:
     except (KeyError, ValueError, AssertionError):
         layer = None
     if not isinstance(layer, type):
-        raise ValueError(f"unknown activation {act!r}; choose one of {', '.join(ACT_NAMES)}")
+        raise ValueError(f"unknown activation {act!r}; choose one of {', '.join(ACTIVATIONS)}")
     return layer
 
 

@@ -28,11 +28,12 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     name: str = "resnet18"         # any timm model name
-    act: Literal["default", "relu", "silu", "mish"] = "default"
+    act: str = "default"           # default (the model's own) or any timm activation name (mish, hard_swish, ...)
     act_in_se: bool = True         # also swap activations inside squeeze-excitation blocks
     pretrained: bool = False
     dropout: float = 0.0           # dropout before the heads
     drop_path: float = 0.0         # stochastic depth, where the model supports it
+    grapheme_head: bool = False    # an auxiliary head over the label triples seen in training (seen/unseen score)
 
 
 @dataclass
@@ -41,12 +42,15 @@ class TrainConfig:
     batch_size: Union[int, Literal["auto"]] = 64   # micro-batch; "auto" probes memory (needs effective_batch)
     effective_batch: int = 0       # with batch_size=auto: the batch to reach with accumulation
     accum: int = 1                 # micro-batches per optimizer step
-    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
+    optimizer: str = "adamw"       # any timm optimizer name (okkhor.optim.OPTIMIZERS: adamw, adam, sgd, lamb, ...)
     lr: float = 1e-3
     weight_decay: float = 1e-4
     momentum: float = 0.9          # sgd only
-    schedule: Literal["onecycle", "cosine", "constant"] = "onecycle"
-    warmup_epochs: float = 1.0     # cosine only: linear warmup length
+    schedule: str = "onecycle"     # okkhor.optim.SCHEDULES: onecycle, cosine, poly, step, plateau, constant
+    warmup_epochs: float = 1.0     # cosine, poly, step: linear warmup length
+    decay_rate: float = 0.1        # step, plateau: multiply the lr by this
+    decay_epochs: float = 10.0     # step: every this many epochs; plateau: after this many epochs without a gain
+    poly_power: float = 1.0        # poly: (1 - progress) ** poly_power
     amp: Literal["off", "bf16", "fp16"] = "off"
     channels_last: bool = False
     compile: bool = False          # torch.compile the model
@@ -55,6 +59,7 @@ class TrainConfig:
     loss_weights: list[float] = field(default_factory=list)  # per target ([]: the metric weights)
     label_smoothing: float = 0.0
     ohem: float = 1.0              # keep the hardest fraction of samples per batch (1.0: all)
+    grapheme_loss_weight: float = 0.5  # model.grapheme_head: weight of its cross-entropy beside the targets'
     patience: int = 0              # early stopping on the valid score, in epochs (0: off)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     oom_at: int = -1               # fault injection: raise an out-of-memory error at this iteration (-1: off)
@@ -68,13 +73,13 @@ class EvalConfig:
 
 @dataclass
 class AugConfig:
-    preset: Literal["none", "light", "medium", "heavy"] = "none"
+    preset: str = "none"           # okkhor.data.augment.AUG_PRESETS: none, light, medium, heavy
     file: str = ""                 # an albumentations pipeline saved with A.save (YAML/JSON); overrides preset
 
 
 @dataclass
 class MixConfig:
-    kind: Literal["none", "mixup", "cutmix", "both", "dirichlet", "manifold"] = "none"
+    kind: str = "none"             # okkhor.mixing.MIX_KINDS: none, mixup, cutmix, fmix, both, dirichlet, manifold
     alpha: float = 1.0
     prob: float = 1.0              # share of batches mixed
     switch: float = 0.5            # kind=both: chance of cutmix instead of mixup
@@ -259,8 +264,22 @@ def config_from_dict(data: dict) -> Config:
     return cfg
 
 
+def check_choices(cfg: Config) -> None:
+    """Named options against the registries that own their names (one line listing the valid ones)."""
+    from okkhor.activations import ACTIVATIONS
+    from okkhor.data.augment import AUG_PRESETS
+    from okkhor.mixing import MIX_KINDS
+    from okkhor.optim import OPTIMIZERS, SCHEDULES
+
+    ACTIVATIONS.check(cfg.model.act)
+    OPTIMIZERS.check(cfg.train.optimizer)
+    SCHEDULES.check(cfg.train.schedule)
+    AUG_PRESETS.check(cfg.aug.preset)
+    MIX_KINDS.check(cfg.mix.kind)
+
+
 def validate(cfg: Config) -> None:
-    """Cross-field checks that types alone cannot express."""
+    """Cross-field checks that types alone cannot express, and the named options."""
     def need(ok: bool, key: str, what: str) -> None:
         if not ok:
             raise OkkhorError(f"config: bad value for '{key}': {what}")
@@ -283,6 +302,7 @@ def validate(cfg: Config) -> None:
     need(0.0 <= cfg.train.label_smoothing < 1.0, "train.label_smoothing", "must be in [0, 1)")
     need(0.0 < cfg.train.ohem <= 1.0, "train.ohem", "must be in (0, 1]")
     need(cfg.train.patience >= 0, "train.patience", "must be >= 0")
+    need(cfg.train.grapheme_loss_weight >= 0, "train.grapheme_loss_weight", "must be >= 0")
     need(cfg.train.oom_at == -1 or cfg.train.oom_at >= 1, "train.oom_at", "must be -1 (off) or an iteration >= 1")
     need(cfg.eval.train_clean_size >= 0, "eval.train_clean_size", "must be >= 0")
     need(cfg.eval.batch_size >= 1, "eval.batch_size", "must be >= 1")
@@ -292,3 +312,8 @@ def validate(cfg: Config) -> None:
     need(cfg.mix.k >= 2, "mix.k", "must be >= 2")
     need(cfg.mix.layer >= 0, "mix.layer", "must be >= 0")
     need(cfg.mix.off_epoch >= 0, "mix.off_epoch", "must be >= 0")
+    need(0.0 < cfg.train.decay_rate <= 1.0, "train.decay_rate", "must be in (0, 1]")
+    need(cfg.train.decay_epochs >= 0, "train.decay_epochs", "must be >= 0")
+    need(cfg.train.poly_power > 0, "train.poly_power", "must be > 0")
+    need(cfg.train.warmup_epochs >= 0, "train.warmup_epochs", "must be >= 0")
+    check_choices(cfg)

@@ -1,4 +1,4 @@
-"""The training step (accumulation, AMP, clipping, EMA), optimizers, schedules and whole-set evaluation."""
+"""The training step (accumulation, AMP, clipping, EMA) and whole-set evaluation."""
 from __future__ import annotations
 
 import contextlib
@@ -11,10 +11,10 @@ import torch
 import torch.nn as nn
 from ignite.engine import Engine, Events
 
-from okkhor.config import TrainConfig
 from okkhor.errors import OkkhorError
 from okkhor.metrics import HierarchicalRecall
 from okkhor.mixing import MixedTargets, Mixer, multihead_loss
+from okkhor.optim import Schedule
 from okkhor.targets import Targets
 
 
@@ -71,63 +71,6 @@ def to_device(x: torch.Tensor, device: torch.device, channels_last: bool) -> tor
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
-def build_optimizer(model: nn.Module, tcfg: TrainConfig) -> torch.optim.Optimizer:
-    """adamw / adam / sgd; weight decay on weights of rank >= 2 only (not on biases and norm scales)."""
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (decay if p.ndim >= 2 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": tcfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    groups = [g for g in groups if g["params"]]
-    if tcfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=tcfg.lr)
-    if tcfg.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=tcfg.lr)
-    if tcfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=tcfg.lr, momentum=tcfg.momentum, nesterov=tcfg.momentum > 0)
-    raise OkkhorError(f"train.optimizer: unknown optimizer '{tcfg.optimizer}'")
-
-
-class WarmupCosine:
-    """LR factor: linear warmup over `warmup` steps, then a half cosine to 0 at `total` steps (a plain object, so
-    LambdaLR's state_dict stores its numbers instead of pickling a function)."""
-
-    def __init__(self, warmup: int, total: int):
-        if warmup < 0 or total < 1:
-            raise ValueError(f"need warmup >= 0 and total >= 1, got {warmup}, {total}")
-        self.warmup, self.total = int(warmup), int(total)
-
-    def __call__(self, step: int) -> float:
-        if step < self.warmup:
-            return (step + 1) / (self.warmup + 1)
-        progress = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-class Constant:
-    """LR factor 1 (a plain object for LambdaLR's state_dict)."""
-
-    def __call__(self, step: int) -> float:
-        return 1.0
-
-
-def steps_per_epoch(iterations: int, accum: int) -> int:
-    """Optimizer steps in an epoch of `iterations` micro-batches: a short last group still steps."""
-    return math.ceil(iterations / accum)
-
-
-def build_scheduler(optimizer: torch.optim.Optimizer, tcfg: TrainConfig, iterations_per_epoch: int,
-                    accum: int) -> torch.optim.lr_scheduler.LRScheduler:
-    """The lr schedule, stepped once per optimizer step: train.epochs * ceil(iterations per epoch / accum) steps."""
-    per_epoch = steps_per_epoch(iterations_per_epoch, accum)
-    total = max(1, tcfg.epochs * per_epoch)
-    if tcfg.schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=tcfg.lr, total_steps=total)
-    if tcfg.schedule == "cosine":
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(round(tcfg.warmup_epochs * per_epoch), total))
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, Constant())
-
-
 # runner(micro_step, x, y, iteration) -> loss: runs micro_step(x, y, weight=1.0), or the batch in weighted chunks
 Runner = Callable[[Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor], torch.Tensor, torch.Tensor, int],
                   torch.Tensor]
@@ -152,7 +95,7 @@ class TrainStep:
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, plan: Any,
                  loss_weights: Sequence[float], *, mixer: Optional[Mixer] = None,
-                 scheduler: Optional[torch.optim.lr_scheduler.LRScheduler] = None,
+                 scheduler: Optional[Schedule] = None,
                  scaler: Optional[torch.amp.GradScaler] = None, amp: str = "off",
                  device: torch.device | str = "cpu", channels_last: bool = False, clip_grad: float = 0.0,
                  ema: Optional[nn.Module] = None, ema_source: Optional[nn.Module] = None,
@@ -251,10 +194,7 @@ class TrainStep:
         self.optimizer.zero_grad(set_to_none=True)
         self.optimizer_steps += 1
         if self.scheduler is not None:
-            # OneCycleLR's last point is step total_steps - 1, where the run's last optimizer step happens
-            end = getattr(self.scheduler, "total_steps", None)
-            if end is None or self.scheduler.last_epoch < end - 1:
-                self.scheduler.step()
+            self.scheduler.step_update(self.optimizer_steps)
         if self.ema is not None:
             self.ema.update(self.ema_source, step=self.optimizer_steps)
 

@@ -15,8 +15,11 @@ from okkhor.data.kaggle import image_parquet_files, load_targets, read_train_lab
 from okkhor.data.prepare import PrepareOptions, default_cache_dir, load_cache, prepare_split
 from okkhor.errors import OkkhorError
 from okkhor.fsutil import atomic_path, check_writable, write_text_atomic
-from okkhor.metrics import hierarchical_recall, per_class_recall
-from okkhor.predict import Member, class_priors, decide, ensemble_probs, load_members, stream_test_probs
+from okkhor.graphemes import ABSENT, GRAPHEME, grapheme_index, seen_auroc, seen_score
+from okkhor.metrics import by_groups, per_class_recall, summary
+from okkhor.predict import (Member, check_route, class_priors, decide, ensemble_probs, load_members,
+                            routed_labels, stream_test_probs)
+from okkhor.scoring import group_columns
 from okkhor.targets import Targets
 
 TOP_PAIRS = 20
@@ -67,11 +70,12 @@ def _nan_to_none(values: np.ndarray) -> list[float | None]:
     return [None if math.isnan(v) else float(v) for v in values]
 
 
-def summarize(y_true: np.ndarray, y_pred: np.ndarray, targets: Targets, top_pairs: int = TOP_PAIRS) -> dict:
-    """{"images", "score", "recall": {t: r}, "per_class_recall": {t: [r | None]}, "support", "confused_pairs"}."""
-    score, recalls = hierarchical_recall(y_true, y_pred, targets)
-    out: dict[str, Any] = {"images": int(len(y_true)), "score": score, "recall": recalls,
-                           "per_class_recall": {}, "support": {}, "confused_pairs": {}}
+def summarize(y_true: np.ndarray, y_pred: np.ndarray, targets: Targets, top_pairs: int = TOP_PAIRS,
+              groups: dict[str, np.ndarray] | None = None) -> dict:
+    """metrics.summary() ({"images", "score", "recall", "accuracy", "exact"}) plus "per_class_recall": {t: [r | None]},
+    "support", "confused_pairs", and metrics.by_groups()'s "by_seen" / "by_cell" for the `groups` given."""
+    out: dict[str, Any] = {**summary(y_true, y_pred, targets), "per_class_recall": {}, "support": {},
+                           "confused_pairs": {}, **by_groups(y_true, y_pred, targets, groups or {})}
     for t, (name, n) in enumerate(zip(targets.names, targets.num_classes)):
         out["per_class_recall"][name] = _nan_to_none(per_class_recall(y_true[:, t], y_pred[:, t], n))
         out["support"][name] = np.bincount(y_true[:, t], minlength=n).astype(int).tolist()
@@ -80,7 +84,7 @@ def summarize(y_true: np.ndarray, y_pred: np.ndarray, targets: Targets, top_pair
 
 
 def _fold_set(member: Member, data_dir: Path, fold: int, show_progress: bool):
-    """(image ids, labels, cache images, rows) of the validation fold, from the prepare cache (built when missing
+    """(image ids, labels, cache images, rows, group columns) of the validation fold, from the prepare cache (built when missing
     and the train parquet files are there)."""
     targets = member.targets
     df, labels_all = read_train_labels(data_dir / "train.csv", targets)
@@ -104,19 +108,21 @@ def _fold_set(member: Member, data_dir: Path, fold: int, show_progress: bool):
     if missing:
         raise OkkhorError(f"{data_dir / 'train.csv'}: no labels for cached image {missing[0]}; rerun "
                           f"`okkhor prepare {data_dir}`")
-    y_true = labels_all[[label_row[i] for i in ids]]
-    return ids, y_true, images, rows
+    take = [label_row[i] for i in ids]
+    return ids, labels_all[take], images, rows, group_columns(df.iloc[take], data_dir / "train.csv")
 
 
 def evaluate(ckpt: str | Path, data_dir: str | Path, fold: int | None = None, labels: str | Path | None = None,
              out: str | Path | None = None, tta: int = 1, batch_size: int = 128, prior_correction: bool = False,
-             device: str = "auto", top_pairs: int = TOP_PAIRS, show_progress: bool = True) -> Evaluation:
+             device: str = "auto", top_pairs: int = TOP_PAIRS, show_progress: bool = True, route: bool = False,
+             route_threshold: float = 0.5) -> Evaluation:
     """Predict a labelled set with one checkpoint and score it.
 
     Without `labels`: the validation fold `fold` (default: the checkpoint's data.fold) of DATA_DIR/train.csv, images
     from the prepare cache at the checkpoint's preprocessing. With `labels` (image_id + one column per target): the
     listed images, read from DATA_DIR's test parquet files. When `out` is given, writes the files of
-    `write_evaluation` there.
+    `write_evaluation` there. `route` decides as `okkhor predict --route` does. A checkpoint with a grapheme head
+    adds grapheme_head_metrics() to the metrics.
     """
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
@@ -127,16 +133,19 @@ def evaluate(ckpt: str | Path, data_dir: str | Path, fold: int | None = None, la
         check_writable(out, "output folder", folder=True)
     (member,) = load_members([ckpt], device)
     check_data_targets([member], data_dir)
+    if route:
+        check_route([member], route_threshold)
     targets = with_components(member.targets, data_dir, member.cfg.data.class_map)
     images = rows = None
     if labels is None:
         fold = member.cfg.data.fold if fold is None else fold
         source = f"fold {fold}"
-        ids, y_true, images, rows = _fold_set(member, data_dir, fold, show_progress)
+        ids, y_true, images, rows, groups = _fold_set(member, data_dir, fold, show_progress)
         probs = ensemble_probs([member], {member.preprocessing: images}, tta=tta, batch_size=batch_size, rows=rows)
     else:
         source = str(labels)
         df, y_true = read_train_labels(labels, targets)
+        groups = group_columns(df, Path(labels))
         ids = df["image_id"].astype(str).tolist()
         test_ids, test_probs = stream_test_probs([member], data_dir, tta=tta, batch_size=batch_size,
                                                  show_progress=show_progress)
@@ -151,13 +160,37 @@ def evaluate(ckpt: str | Path, data_dir: str | Path, fold: int | None = None, la
         raise OkkhorError(f"{source}: no images to evaluate")
     priors = class_priors([member], data_dir) if prior_correction else None
     chosen = decide(probs, priors)
+    routed = None
+    if route:
+        chosen, sure = routed_labels([member], probs, chosen, route_threshold)
+        routed = int(sure.sum())
     y_pred = np.stack([chosen[name] for name in targets.names], axis=1)
     metrics = {"checkpoint": str(ckpt), "source": source, "tta": tta, "prior_correction": prior_correction,
-               **summarize(y_true, y_pred, targets, top_pairs)}
+               "routed": routed, **summarize(y_true, y_pred, targets, top_pairs, groups)}
+    if GRAPHEME in probs:
+        metrics["grapheme_head"] = grapheme_head_metrics(probs[GRAPHEME], member.graphemes, y_true, groups)
     ev = Evaluation(Path(ckpt), source, targets, ids, y_true, y_pred, probs, metrics, images, rows)
     if out is not None:
         write_evaluation(ev, out)
     return ev
+
+
+def grapheme_head_metrics(grapheme_probs: np.ndarray, classes: np.ndarray, y_true: np.ndarray,
+                          groups: dict[str, np.ndarray]) -> dict[str, Any]:
+    """How the grapheme head's seen score (maximum softmax) separates graphemes:
+
+    "seen_auroc": against the labels' `seen` column (None without one, or with one kind only);
+    "known_auroc": against whether the true triple is one of the head's classes; "known_accuracy": the head's
+    accuracy on the images whose triple it knows (None when none).
+    """
+    score = seen_score(grapheme_probs)
+    index = grapheme_index(y_true, classes)
+    known = index != ABSENT
+    hits = grapheme_probs.argmax(axis=1) == index
+    return {"classes": int(len(classes)),
+            "seen_auroc": seen_auroc(groups["seen"], score) if "seen" in groups else None,
+            "known_auroc": seen_auroc(known, score),
+            "known_accuracy": float(hits[known].mean()) if known.any() else None}
 
 
 def default_out_dir(ckpt: str | Path) -> Path:

@@ -10,6 +10,7 @@ import numpy as np
 
 from okkhor.errors import OkkhorError
 from okkhor.fsutil import atomic_path, check_writable
+from okkhor.graphemes import GRAPHEME
 
 INPUT_NAME = "image"
 OPSET = 17
@@ -56,8 +57,11 @@ def export_onnx(ckpt: str | Path, out: str | Path, opset: int = OPSET, check: bo
     out = check_writable(out, "--onnx")
     model, cfg, targets, _ = load_for_inference(ckpt, map_location="cpu")
     size, names = cfg.data.image_size, tuple(targets.names)
-    if INPUT_NAME in names:
-        raise OkkhorError(f"{ckpt}: a target is named '{INPUT_NAME}', the name of the ONNX input")
+    if INPUT_NAME in names or GRAPHEME in names:
+        raise OkkhorError(f"{ckpt}: a target is named '{INPUT_NAME}' or '{GRAPHEME}', a name the ONNX graph uses")
+    classes = getattr(model, "grapheme_classes", None)
+    if classes is not None:  # the auxiliary head is one more output; its triples go into the metadata
+        names = (*names, GRAPHEME)
     axes = {name: {0: "batch"} for name in (INPUT_NAME, *names)}
     with atomic_path(out, suffix=".onnx") as tmp:
         with warnings.catch_warnings():
@@ -68,6 +72,8 @@ def export_onnx(ckpt: str | Path, out: str | Path, opset: int = OPSET, check: bo
         meta = {"okkhor.targets": json.dumps(targets.to_dict()), "okkhor.image_size": str(size),
                 "okkhor.crop": json.dumps(cfg.data.crop),
                 "okkhor.input": "float32 [batch,1,S,S] in [0,1], bright ink on black (okkhor prepare preprocessing)"}
+        if classes is not None:
+            meta["okkhor.grapheme_classes"] = json.dumps(classes.tolist())
         for key, value in meta.items():
             entry = graph.metadata_props.add()
             entry.key, entry.value = key, value

@@ -272,7 +272,8 @@ def _train_steps(model, cfg: Config, targets: Targets, device, batch: int, meter
     largest of all}. The first step allocates the optimizer state; the second is a steady one."""
     import torch
 
-    from okkhor.engine import autocast, build_optimizer
+    from okkhor.engine import autocast
+    from okkhor.optim import build_optimizer
     from okkhor.mixing import MixedTargets, Mixer, multihead_loss
 
     size = cfg.data.image_size

@@ -62,7 +62,8 @@ class HierarchicalRecall(Metric):
     """Accumulates per-class counts over batches (and processes); computes the same value as `hierarchical_recall`.
 
     `output_transform` must give (logits, y): logits a sequence of [B, C_t] tensors (one per target) and y a
-    LongTensor [B, T]. `compute()` returns {"score": float, "recall_<target>": float, ...}.
+    LongTensor [B, T]. Outputs and label columns past the T targets (an auxiliary grapheme head's) are not read.
+    `compute()` returns {"score": float, "recall_<target>": float, ...}.
     """
 
     def __init__(self, targets: Targets, output_transform=lambda x: x, device: str | torch.device = "cpu"):
@@ -81,8 +82,9 @@ class HierarchicalRecall(Metric):
     @reinit__is_reduced
     def update(self, output) -> None:
         logits, y = output
-        if len(logits) != len(self.targets):
-            raise ValueError(f"expected {len(self.targets)} outputs, got {len(logits)}")
+        if len(logits) < len(self.targets) or y.shape[1] < len(self.targets):
+            raise ValueError(f"expected {len(self.targets)} outputs and label columns, got {len(logits)} and "
+                             f"{y.shape[1]}")
         y = y.to(self._device)
         for t, (out, n) in enumerate(zip(logits, self.targets.num_classes)):
             pred = out.argmax(dim=1).to(self._device) if out.ndim == 2 else out.to(self._device).long()
@@ -105,3 +107,54 @@ class HierarchicalRecall(Metric):
         result = {"score": weighted_score(recalls, self.targets.weights)}
         result.update({f"recall_{name}": r for name, r in zip(self.targets.names, recalls)})
         return result
+
+
+def accuracy(y_true: np.ndarray, y_pred: np.ndarray, targets: Targets) -> tuple[dict[str, float], float]:
+    """({target: share of images whose label is right}, share of images with every target right)."""
+    y_true = np.asarray(y_true).reshape(len(y_true), -1)
+    y_pred = np.asarray(y_pred).reshape(len(y_pred), -1)
+    if len(y_true) == 0:
+        raise ValueError("accuracy of an empty set")
+    right = y_true == y_pred
+    return {name: float(right[:, t].mean()) for t, name in enumerate(targets.names)}, float(right.all(axis=1).mean())
+
+
+def summary(y_true: np.ndarray, y_pred: np.ndarray, targets: Targets) -> dict:
+    """{"images", "score", "recall": {t: r}, "accuracy": {t: a}, "exact"} of one labelled set."""
+    score, recalls = hierarchical_recall(y_true, y_pred, targets)
+    acc, exact = accuracy(y_true, y_pred, targets)
+    return {"images": int(len(y_true)), "score": score, "recall": recalls, "accuracy": acc, "exact": exact}
+
+
+GROUP_COLUMNS = ("seen", "font_seen")  # boolean columns a labels file may carry; results break down by them
+
+
+def cell_name(parts: dict[str, bool]) -> str:
+    """'seen/font_unseen' for {"seen": True, "font_seen": False}: each column's value as <name> or un<name>."""
+    return "/".join(name if value else ("un" + name if name == "seen" else name.replace("_seen", "_unseen"))
+                    for name, value in parts.items())
+
+
+def by_groups(y_true: np.ndarray, y_pred: np.ndarray, targets: Targets, groups: dict[str, np.ndarray]) -> dict:
+    """The breakdown by the boolean group columns present (a subset of GROUP_COLUMNS, in that order).
+
+    "by_seen": {"seen", "unseen"} -> score (None for no rows), when `seen` is there; "by_cell": every combination
+    of the columns' values -> summary() of its rows (None for no rows), when any column is there.
+    """
+    out: dict = {}
+    names = [g for g in GROUP_COLUMNS if g in groups]
+    if not names:
+        return out
+    if "seen" in groups:
+        seen = np.asarray(groups["seen"], dtype=bool)
+        out["by_seen"] = {part: (hierarchical_recall(y_true[m], y_pred[m], targets)[0] if m.any() else None)
+                          for part, m in (("seen", seen), ("unseen", ~seen))}
+    cells: dict = {}
+    for values in np.ndindex(*(2,) * len(names)):
+        parts = {n: not bool(v) for n, v in zip(names, values)}  # True first
+        mask = np.ones(len(y_true), dtype=bool)
+        for n, value in parts.items():
+            mask &= np.asarray(groups[n], dtype=bool) == value
+        cells[cell_name(parts)] = summary(y_true[mask], y_pred[mask], targets) if mask.any() else None
+    out["by_cell"] = cells
+    return out

@@ -1,4 +1,4 @@
-"""Mixing for several heads (mixup, cutmix, Dirichlet k-way, manifold) and the mixed multi-head loss."""
+"""Mixing for several heads (mixup, cutmix, FMix, Dirichlet k-way, manifold) and the mixed multi-head loss."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -10,8 +10,19 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from okkhor.config import MixConfig
+from okkhor.registry import Registry
 
-MIX_KINDS = ("none", "mixup", "cutmix", "both", "dirichlet", "manifold")
+# mix.kind -> what it does; a new kind is one entry here and its branch in Mixer.plan
+MIX_KINDS = Registry("mix.kind", {
+    "none": "no mixing",
+    "mixup": "blend two images, weights ~ Beta(alpha, alpha)",
+    "cutmix": "paste a box of a second image, weights = pasted areas",
+    "fmix": "paste a low-frequency random mask (FMix) of a second image, weights = the mask's area",
+    "both": "cutmix with probability switch, else mixup",
+    "dirichlet": "blend k images, weights ~ Dirichlet(alpha)",
+    "manifold": "mixup of the features after backbone stage `layer`",
+})
+FMIX_DECAY = 3.0  # FMix's decay power: the spectrum falls as 1 / frequency**3, so masks are a few smooth blobs
 
 
 @dataclass
@@ -57,7 +68,7 @@ def multihead_loss(logits: Sequence[torch.Tensor], mt: MixedTargets, loss_weight
 class MixPlan:
     """One batch's mixing: sample b is sum_k weights[b, k] * source index[b, k] (column 0 is the sample itself).
 
-    For cutmix, `mask` [B, 1, H, W] marks where source 1 is pasted and the weights are the pasted areas.
+    For cutmix and fmix, `mask` [B, 1, H, W] marks where source 1 is pasted and the weights are the pasted areas.
     """
 
     kind: str
@@ -209,8 +220,9 @@ class Mixer:
             weights = np.stack([lam, 1.0 - lam], axis=1)
         index = torch.from_numpy(np.stack(columns, axis=1)).long()
         mask = None
-        if kind == "cutmix":
-            mask, pasted = _cutmix_boxes(rng, 1.0 - weights[:, 0], int(shape[-2]), int(shape[-1]))
+        if kind in ("cutmix", "fmix"):
+            masks = _cutmix_boxes if kind == "cutmix" else _fmix_masks
+            mask, pasted = masks(rng, 1.0 - weights[:, 0], int(shape[-2]), int(shape[-1]))
             weights = np.stack([1.0 - pasted, pasted], axis=1)
         return MixPlan(kind, index, torch.from_numpy(weights).float(), mask)
 
@@ -248,3 +260,23 @@ def _cutmix_boxes(rng: np.random.Generator, area: np.ndarray, h: int, w: int) ->
     mask = (ys >= t(y0)) & (ys < t(y1)) & (xs >= t(x0)) & (xs < t(x1))
     pasted = ((y1 - y0) * (x1 - x0)) / float(h * w)
     return mask.unsqueeze(1), pasted
+
+
+def _fmix_masks(rng: np.random.Generator, area: np.ndarray, h: int, w: int) -> tuple[torch.Tensor, np.ndarray]:
+    """FMix (Harris et al., 2020): per sample, a low-frequency random field (complex Gaussian noise scaled by
+    1 / frequency**FMIX_DECAY, inverse FFT) whose round(area * h * w) highest pixels are pasted.
+
+    Returns the paste mask [B, 1, h, w] and each mask's exact area (share of pixels), the label weight.
+    """
+    b = len(area)
+    fy = np.fft.fftfreq(h)[:, None]
+    fx = np.fft.rfftfreq(w)[None, :]
+    scale = 1.0 / np.maximum(np.sqrt(fx ** 2 + fy ** 2), 1.0 / max(h, w)) ** FMIX_DECAY
+    spectrum = scale * (rng.standard_normal((b, h, fx.shape[1])) + 1j * rng.standard_normal((b, h, fx.shape[1])))
+    field = np.fft.irfft2(spectrum, s=(h, w)).reshape(b, -1)
+    n_pasted = np.round(np.clip(area, 0.0, 1.0) * h * w).astype(np.int64)
+    order = np.argsort(-field, axis=1, kind="stable")  # highest first
+    rank = np.empty_like(order)
+    np.put_along_axis(rank, order, np.arange(h * w)[None, :].repeat(b, 0), axis=1)
+    mask = rank < n_pasted[:, None]
+    return torch.from_numpy(mask.reshape(b, 1, h, w)), mask.sum(axis=1) / float(h * w)

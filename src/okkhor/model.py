@@ -14,9 +14,14 @@ from okkhor.targets import Targets
 
 
 class GraphemeModel(nn.Module):
-    """Backbone -> pooled features -> dropout -> one linear head per target. forward returns a tuple of logits."""
+    """Backbone -> pooled features -> dropout -> one linear head per target. forward returns a tuple of logits.
 
-    def __init__(self, backbone: nn.Module, targets: Targets, dropout: float = 0.0):
+    With `graphemes` (the label triples [G, T] seen in training), an auxiliary grapheme head over them follows the
+    target heads: forward then returns T + 1 logits, the last over the G graphemes, and the triples travel with
+    the weights as the buffer `grapheme_classes`.
+    """
+
+    def __init__(self, backbone: nn.Module, targets: Targets, dropout: float = 0.0, graphemes=None):
         super().__init__()
         if not isinstance(targets, Targets):
             raise TypeError(f"targets must be a Targets, got {type(targets).__name__}")
@@ -26,10 +31,18 @@ class GraphemeModel(nn.Module):
         # the pooled output's width: some models (mobilenetv3, ...) add a head conv after num_features
         features = getattr(backbone, "head_hidden_size", None) or backbone.num_features
         self.heads = nn.ModuleList([nn.Linear(features, n) for n in targets.num_classes])
+        self.grapheme_head = None
+        if graphemes is not None:
+            classes = torch.as_tensor(graphemes, dtype=torch.int64)
+            if classes.ndim != 2 or classes.shape[1] != len(targets) or len(classes) < 1:
+                raise ValueError(f"graphemes must be [G >= 1, {len(targets)}] label rows, got {tuple(classes.shape)}")
+            self.register_buffer("grapheme_classes", classes)
+            self.grapheme_head = nn.Linear(features, len(classes))
 
     def forward_heads(self, features: torch.Tensor) -> tuple[torch.Tensor, ...]:
         features = self.dropout(features)
-        return tuple(head(features) for head in self.heads)
+        out = tuple(head(features) for head in self.heads)
+        return out if self.grapheme_head is None else out + (self.grapheme_head(features),)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return self.forward_heads(self.backbone(x))
@@ -41,8 +54,14 @@ def _pretrained_error(name: str, exc: Exception) -> OkkhorError:
                        f"cache; set model.pretrained=false to train from scratch")
 
 
-def build_model(mcfg: ModelConfig, targets: Targets) -> GraphemeModel:
-    """Build the model for a model config; an unknown timm name or unreachable weights is one clear error."""
+def build_model(mcfg: ModelConfig, targets: Targets, graphemes=None) -> GraphemeModel:
+    """Build the model for a model config; an unknown timm name or unreachable weights is one clear error.
+
+    `graphemes` ([G, T] label triples) adds the auxiliary grapheme head; it is required when
+    model.grapheme_head is true and ignored otherwise.
+    """
+    if mcfg.grapheme_head and graphemes is None:
+        raise ValueError("model.grapheme_head=true needs the training graphemes")
     import timm
 
     if not timm.is_model(mcfg.name):
@@ -58,7 +77,7 @@ def build_model(mcfg: ModelConfig, targets: Targets) -> GraphemeModel:
         if mcfg.pretrained:
             raise _pretrained_error(mcfg.name, exc) from None
         raise
-    return GraphemeModel(backbone, targets, mcfg.dropout)
+    return GraphemeModel(backbone, targets, mcfg.dropout, graphemes if mcfg.grapheme_head else None)
 
 
 def _numpy_globals() -> list:
@@ -147,13 +166,13 @@ def load_for_inference(path: str | Path, map_location: str | torch.device = "cpu
         raise OkkhorError(f"{path}: not an okkhor checkpoint (bad config or targets: "
                           f"{exc.__class__.__name__}: {exc})") from None
     mcfg = ModelConfig(**{**cfg.model.__dict__, "pretrained": False})
-    try:
-        model = build_model(mcfg, targets)
-    except OkkhorError as exc:
-        raise OkkhorError(f"{path}: {exc}") from None
     weights = ckpt.get("ema") or ckpt["model"]
     if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
         raise OkkhorError(f"{path}: not an okkhor checkpoint (its weights are not a dict of tensors)")
+    try:
+        model = build_model(mcfg, targets, weights.get("grapheme_classes"))
+    except (OkkhorError, ValueError) as exc:
+        raise OkkhorError(f"{path}: {exc}") from None
     mismatch = _weights_mismatch(model, weights)
     if mismatch:
         heads = ", ".join(f"{n} ({c})" for n, c in zip(targets.names, targets.num_classes))

@@ -16,6 +16,7 @@ from okkhor.data.kaggle import (ImageFiles, image_parquet_files, read_test_csv,
 from okkhor.data.prepare import preprocess
 from okkhor.errors import OkkhorError
 from okkhor.fsutil import atomic_path, check_writable
+from okkhor.graphemes import GRAPHEME, route as route_by_head, union_classes
 from okkhor.progress import progress
 from okkhor.targets import Targets
 
@@ -47,6 +48,18 @@ class Member:
     def preprocessing(self) -> tuple[int, bool]:
         """(image size, crop): the preprocessing this model was trained on."""
         return self.cfg.data.image_size, self.cfg.data.crop
+
+    @property
+    def graphemes(self) -> np.ndarray | None:
+        """The label triples [G, T] of the model's grapheme head, or None without one."""
+        classes = getattr(self.model, "grapheme_classes", None)
+        return None if classes is None else classes.cpu().numpy()
+
+
+def grapheme_space(members: Sequence[Member]) -> np.ndarray | None:
+    """The union of the members' grapheme-head classes, the columns of the ensemble's grapheme probabilities."""
+    sets = [m.graphemes for m in members if m.graphemes is not None]
+    return union_classes(sets) if sets else None
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -113,7 +126,8 @@ def tta_view(x: torch.Tensor, view: int) -> torch.Tensor:
 @torch.no_grad()
 def ensemble_probs(members: Sequence[Member], images: dict[tuple[int, bool], np.ndarray],
                    tta: int = 1, batch_size: int = 128, rows: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """Softmax averaged over members and TTA views: {target: float32 [n, C]}.
+    """Softmax averaged over members and TTA views: {target: float32 [n, C]}, plus {GRAPHEME: [n, G]} over
+    grapheme_space(members) (averaged over the members that have a grapheme head) when any has one.
 
     `images` maps each member's preprocessing (size, crop) to uint8 images [N, S, S] (arrays or memory maps);
     `rows` picks the rows to predict (default all), read batch by batch so memory stays bounded.
@@ -124,19 +138,28 @@ def ensemble_probs(members: Sequence[Member], images: dict[tuple[int, bool], np.
     targets = members[0].targets
     n_total = len(next(iter(images.values())))
     rows = np.arange(n_total) if rows is None else np.asarray(rows, dtype=np.int64)
+    space = grapheme_space(members)
     sums = [np.zeros((len(rows), c), dtype=np.float64) for c in targets.num_classes]
+    if space is not None:
+        sums.append(np.zeros((len(rows), len(space)), dtype=np.float64))
+        column = {tuple(row): k for k, row in enumerate(space.tolist())}
     for member in members:
         source = images[member.preprocessing]
         device = next(member.model.parameters()).device
+        columns = (slice(None),) * len(targets) + (
+            () if member.graphemes is None else (np.array([column[tuple(r)] for r in member.graphemes.tolist()]),))
         for start in range(0, len(rows), batch_size):
             chunk = rows[start:start + batch_size]
             x = to_tensor(np.asarray(source[chunk])).to(device)
             for view in range(tta):
                 logits = member.model(tta_view(x, view))
-                for t, out in enumerate(logits):
-                    sums[t][start:start + len(chunk)] += out.float().softmax(dim=1).double().cpu().numpy()
+                for t, (out, cols) in enumerate(zip(logits, columns)):
+                    sums[t][start:start + len(chunk), cols] += out.float().softmax(dim=1).double().cpu().numpy()
     scale = 1.0 / (len(members) * tta)
-    return {name: (s * scale).astype(np.float32) for name, s in zip(targets.names, sums)}
+    out = {name: (s * scale).astype(np.float32) for name, s in zip(targets.names, sums)}
+    if space is not None:
+        out[GRAPHEME] = (sums[-1] / (sum(m.graphemes is not None for m in members) * tta)).astype(np.float32)
+    return out
 
 
 def raw_probs(members: Sequence[Member], raw: np.ndarray, tta: int = 1,
@@ -163,15 +186,15 @@ def stream_test_probs(members: Sequence[Member], data_dir: str | Path, tta: int 
     check_tta(tta)
     source = ImageFiles(test_files(data_dir))
     total = source.total
-    targets = members[0].targets
-    probs = {name: np.zeros((total, c), dtype=np.float32) for name, c in zip(targets.names, targets.num_classes)}
+    probs: dict[str, np.ndarray] = {}
     ids: list[str] = []
     with progress(total=total, desc="predict", unit="img", disable=not show_progress) as bar:
         # parquet reads pay a fixed cost per column (32,332 of them) per batch: read big, infer in batch_size
         for batch_ids, raw in source.batches(max(batch_size, READ_ROWS)):
             batch = raw_probs(members, raw, tta=tta, batch_size=batch_size)
-            for name in targets.names:
-                probs[name][len(ids):len(ids) + len(batch_ids)] = batch[name]
+            for name, p in batch.items():  # the targets, and the grapheme head's when there is one
+                probs.setdefault(name, np.zeros((total, p.shape[1]), dtype=np.float32))
+                probs[name][len(ids):len(ids) + len(batch_ids)] = p
             ids.extend(batch_ids)
             bar.update(len(batch_ids))
     return ids, probs
@@ -214,10 +237,30 @@ def _train_csv_counts(targets: Targets, data_dir: str | Path | None, ckpt: Path)
 
 
 def decide(probs: dict[str, np.ndarray], priors: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
-    """Class per image and target: argmax of p, or of p / prior with prior correction (favours rare classes)."""
+    """Class per image and target: argmax of p, or of p / prior with prior correction (favours rare classes).
+    The grapheme head's probabilities, when present, are not a target and are left out."""
+    probs = {name: p for name, p in probs.items() if name != GRAPHEME}
     if priors is None:
         return {name: p.argmax(axis=1).astype(np.int64) for name, p in probs.items()}
     return {name: (p / priors[name][None, :]).argmax(axis=1).astype(np.int64) for name, p in probs.items()}
+
+
+def routed_labels(members: Sequence[Member], probs: dict[str, np.ndarray], chosen: dict[str, np.ndarray],
+                  threshold: float) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """`--route`: images the ensemble's grapheme head is sure of (max probability >= threshold) take its triple,
+    the others keep `chosen` (the component heads'). Returns (labels, routed mask)."""
+    space = check_route(members, threshold)
+    return route_by_head(chosen, probs[GRAPHEME], space, members[0].targets.names, threshold)
+
+
+def check_route(members: Sequence[Member], threshold: float) -> np.ndarray:
+    """The ensemble's grapheme classes, or one error line when --route cannot work (call before the long work)."""
+    space = grapheme_space(members)
+    if space is None:
+        raise OkkhorError(f"--route: {members[0].path} has no grapheme head (train with model.grapheme_head=true)")
+    if not 0.0 <= threshold <= 1.0:
+        raise OkkhorError(f"--route-threshold {threshold}: must be in 0..1")
+    return space
 
 
 def _check_probs_path(path: str | Path) -> Path:
@@ -237,10 +280,12 @@ def save_probs(path: str | Path, image_ids: Sequence[str], probs: dict[str, np.n
 
 def predict(ckpts: Sequence[str | Path], data_dir: str | Path, out: str | Path, tta: int = 1,
             probs: str | Path | None = None, batch_size: int = 128, prior_correction: bool = False,
-            device: str = "auto", show_progress: bool = True) -> dict[str, Any]:
+            device: str = "auto", show_progress: bool = True, route: bool = False,
+            route_threshold: float = 0.5) -> dict[str, Any]:
     """Predict DATA_DIR's test images with the averaged ensemble and write `row_id,target` in test.csv's order.
 
-    Returns a summary: {"out", "probs", "images", "rows", "checkpoints", "tta", "prior_correction"}.
+    With `route`, an image the grapheme head is sure of takes that head's triple (see routed_labels).
+    Returns a summary: {"out", "probs", "images", "rows", "checkpoints", "tta", "prior_correction", "routed"}.
     """
     check_tta(tta)
     check_writable(out, "--out")
@@ -252,6 +297,8 @@ def predict(ckpts: Sequence[str | Path], data_dir: str | Path, out: str | Path, 
     from okkhor.evaluate import check_data_targets   # evaluate builds on this module
 
     check_data_targets(members, data_dir)
+    if route:
+        check_route(members, route_threshold)
     targets = members[0].targets
     test = read_test_csv(data_dir / "test.csv", targets)
     priors = class_priors(members, data_dir) if prior_correction else None
@@ -262,6 +309,10 @@ def predict(ckpts: Sequence[str | Path], data_dir: str | Path, out: str | Path, 
         raise OkkhorError(f"{data_dir / 'test.csv'}: image {missing[0]} is in no test parquet file "
                           f"({len(set(missing))} missing)")
     labels = decide(p, priors)
+    routed = None
+    if route:
+        labels, sure = routed_labels(members, p, labels, route_threshold)
+        routed = int(sure.sum())
     rows = np.array([index[i] for i in test["image_id"].astype(str)], dtype=np.int64)
     values = np.empty(len(test), dtype=np.int64)
     for name in targets.names:
@@ -269,6 +320,8 @@ def predict(ckpts: Sequence[str | Path], data_dir: str | Path, out: str | Path, 
         values[mask] = labels[name][rows[mask]]
     write_submission(out, test["row_id"].astype(str).tolist(), values)
     if probs is not None:
-        save_probs(probs, ids, p)
+        space = grapheme_space(members)
+        save_probs(probs, ids, p if space is None else {**p, "grapheme_classes": space})
     return {"out": Path(out), "probs": Path(probs) if probs is not None else None, "images": len(ids),
-            "rows": len(test), "checkpoints": len(members), "tta": tta, "prior_correction": prior_correction}
+            "rows": len(test), "checkpoints": len(members), "tta": tta, "prior_correction": prior_correction,
+            "routed": routed}

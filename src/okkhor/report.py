@@ -300,13 +300,36 @@ def _gallery_section(ev, out: Path, rel: str, glyphs: _Glyphs, limit: int) -> st
             f"showing {len(picks)}, most confident mistakes first.</p>{note}<div class='grid'>{''.join(tiles)}</div>")
 
 
+def _cells_section(m: dict) -> str:
+    """A table of the breakdown by the labels' group columns (seen x font_seen cells), when the labels had them."""
+    cells = m.get("by_cell")
+    if not cells:
+        return ""
+    names = list(m["recall"])
+    head = "".join(f"<th>{_esc(n)} accuracy</th>" for n in names)
+    rows = []
+    for cell, v in cells.items():
+        if v is None:
+            rows.append(f"<tr><td>{_esc(cell)}</td><td>0</td><td colspan='{len(names) + 2}' class='note'>no images"
+                        f"</td></tr>")
+        else:
+            accs = "".join(f"<td>{v['accuracy'][n]:.4f}</td>" for n in names)
+            rows.append(f"<tr><td>{_esc(cell)}</td><td>{v['images']}</td><td>{v['score']:.4f}</td>{accs}"
+                        f"<td>{v['exact']:.4f}</td></tr>")
+    return (f"<h2 id='cells'>By group</h2><p class='note'>seen: the label triple is among the train graphemes; "
+            f"font_seen: drawn in a font the model trained on.</p><table><tr><th>cell</th><th>images</th>"
+            f"<th>score</th>{head}<th>exact</th></tr>{''.join(rows)}</table>")
+
+
 def write_report(run_dir: str | Path, data_dir: str | Path | None = None, gallery: int = GALLERY,
-                 batch_size: int = 128, device: str = "auto", show_progress: bool = True) -> Path:
+                 batch_size: int = 128, device: str = "auto", show_progress: bool = True,
+                 labels: str | Path | None = None) -> Path:
     """Write RUN_DIR/report.html (images in RUN_DIR/report/) and return its path.
 
     Curves come from RUN_DIR/metrics.csv; per-class recall, confusions and the gallery of mistakes from evaluating
     checkpoints/best.pt (else last.pt) on its validation fold of DATA_DIR (--data, else the checkpoint's
-    data_dir, else RUN_DIR/run.json's).
+    data_dir, else RUN_DIR/run.json's), or on the labelled test set `labels` (its images from DATA_DIR's test
+    files) when given. Labels with `seen` / `font_seen` columns add a table by group.
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -323,7 +346,8 @@ def write_report(run_dir: str | Path, data_dir: str | Path | None = None, galler
         from okkhor.model import load_checkpoint
 
         data = resolve_data_dir(run_dir, data_dir, load_checkpoint(ckpt) if data_dir is None else None)
-        ev = evaluate(ckpt, data, out=out, batch_size=batch_size, device=device, show_progress=show_progress)
+        ev = evaluate(ckpt, data, labels=labels, out=out, batch_size=batch_size, device=device,
+                      show_progress=show_progress)
     sections = [f"<h1>okkhor run report: {_esc(run_dir.resolve().name)}</h1>"
                 f"<p class='note'>{_esc(run_dir.resolve())}</p>"]
     sections.append("<h2 id='curves'>Training curves</h2>")
@@ -337,11 +361,14 @@ def write_report(run_dir: str | Path, data_dir: str | Path | None = None, galler
         glyphs = _Glyphs(out, rel)
         m = ev.metrics
         recalls = ", ".join(f"{_esc(n)} {r:.4f}" for n, r in m["recall"].items())
+        accs = ", ".join(f"{_esc(n)} {a:.4f}" for n, a in m["accuracy"].items())
         sections.append(f"<h2 id='evaluation'>Evaluation of {_esc(ckpt.relative_to(run_dir))} on {_esc(ev.source)}"
-                        f"</h2><p>score <b>{m['score']:.4f}</b> on {m['images']} images ({recalls}). "
+                        f"</h2><p>score <b>{m['score']:.4f}</b> on {m['images']} images (macro recall: {recalls}; "
+                        f"accuracy: {accs}; all targets right: {m['exact']:.4f}). "
                         f"Files: <a href='{rel}/metrics.json'>metrics.json</a>, "
                         f"<a href='{rel}/submission.csv'>submission.csv</a>, "
                         f"<a href='{rel}/truth.csv'>truth.csv</a>.</p>")
+        sections.append(_cells_section(m))
         sections.append(f"<h2 id='recall'>Recall per class (worst first)</h2>{_recall_section(ev, rel, glyphs)}")
         sections.append(f"<h2 id='confusions'>Most confused pairs</h2>{_pairs_section(ev, rel, glyphs)}")
         sections.append(f"<h2 id='mistakes'>Misclassified validation images</h2>"

@@ -7,18 +7,24 @@ import numpy as np
 
 from okkhor.data.kaggle import load_targets, read_submission, read_train_labels
 from okkhor.errors import OkkhorError
-from okkhor.metrics import hierarchical_recall
+from okkhor.metrics import GROUP_COLUMNS, by_groups, summary
+
+_BOOLEANS = {"true": True, "false": False, "1": True, "0": False}
 
 
-def _parse_seen(values, path: Path) -> np.ndarray:
-    mapping = {"true": True, "false": False, "1": True, "0": False}
-    out = []
-    for v in values:
-        key = str(v).strip().lower()
-        if key not in mapping:
-            raise OkkhorError(f"{path}: column seen has a non-boolean value {v!r}")
-        out.append(mapping[key])
-    return np.array(out, dtype=bool)
+def group_columns(df, path: Path) -> dict[str, np.ndarray]:
+    """The boolean group columns (`seen`, `font_seen`) a labels frame carries, parsed; a bad value is one error."""
+    out = {}
+    for name in GROUP_COLUMNS:
+        if name in df.columns:
+            values = []
+            for v in df[name]:
+                key = str(v).strip().lower()
+                if key not in _BOOLEANS:
+                    raise OkkhorError(f"{path}: column {name} has a non-boolean value {v!r}")
+                values.append(_BOOLEANS[key])
+            out[name] = np.array(values, dtype=bool)
+    return out
 
 
 def submission_labels(sub_path: Path, image_ids: list[str], names: tuple[str, ...]) -> np.ndarray:
@@ -37,17 +43,25 @@ def submission_labels(sub_path: Path, image_ids: list[str], names: tuple[str, ..
 
 
 def score_submission(truth: str | Path, submission: str | Path, class_map: str | Path | None = None) -> dict:
-    """{"score", "recall": {target: r}, and "by_seen": {"seen", "unseen"} when the truth has a `seen` column}."""
+    """summary() of the whole set ({"images", "score", "recall", "accuracy", "exact"}), plus by_groups()'s "by_seen"
+    and "by_cell" when the truth has `seen` / `font_seen` columns."""
     truth, submission = Path(truth), Path(submission)
     targets = load_targets(truth.parent, str(class_map or ""))
     df, y_true = read_train_labels(truth, targets)
     y_pred = submission_labels(submission, df["image_id"].astype(str).tolist(), targets.names)
-    score, recalls = hierarchical_recall(y_true, y_pred, targets)
-    result: dict = {"score": score, "recall": recalls}
-    if "seen" in df.columns:
-        seen = _parse_seen(df["seen"], truth)
-        result["by_seen"] = {
-            part: (hierarchical_recall(y_true[mask], y_pred[mask], targets)[0] if mask.any() else None)
-            for part, mask in (("seen", seen), ("unseen", ~seen))
-        }
-    return result
+    return {**summary(y_true, y_pred, targets), **by_groups(y_true, y_pred, targets, group_columns(df, truth))}
+
+
+def format_summary(result: dict) -> list[str]:
+    """Text lines of a summary() (+ by_groups()) result: score, recall and accuracy per target, exact, cells."""
+    lines = [f"score {result['score']:.5f} on {result['images']} images"]
+    for name, r in result["recall"].items():
+        lines.append(f"  recall {name}: {r:.5f}  accuracy {result['accuracy'][name]:.5f}")
+    lines.append(f"  exact (all targets right): {result['exact']:.5f}")
+    for part, value in result.get("by_seen", {}).items():
+        lines.append(f"  {part}: {value:.5f}" if value is not None else f"  {part}: (no rows)")
+    for cell, value in result.get("by_cell", {}).items():
+        lines.append(f"  cell {cell}: (no rows)" if value is None else
+                     f"  cell {cell}: score {value['score']:.5f}, exact {value['exact']:.5f} "
+                     f"on {value['images']} images")
+    return lines

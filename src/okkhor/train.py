@@ -3,8 +3,9 @@
 A run directory holds:
   config.yaml                 the resolved config (targets listed in its header comment)
   metrics.csv                 epoch,split,loss,score,recall_<target>...,lr,seconds; one row per (epoch, split),
-                              split = train_clean | valid; seconds = time since the epoch began, when the row's
-                              evaluation finished; lr = the learning rate at the end of the epoch
+                              split = train | train_clean | valid; `train` is the mean training loss of the
+                              epoch's iterations (no score); seconds = time since the epoch began, when the row's
+                              evaluation (train: the training) finished; lr = the learning rate at the end of the epoch
   checkpoints/last.pt         every epoch; checkpoints/best.pt when the valid score improves
   tb/                         TensorBoard events
 """
@@ -27,8 +28,8 @@ from torch.utils.data import DataLoader, Sampler
 from okkhor.checkpoint import copy_checkpoint, load_training_checkpoint, rng_state, save_checkpoint, set_rng_state
 from okkhor.config import Config
 from okkhor.distributed import barrier, broadcast_error, is_main, pick_device, process_group, rank, shard, world_size
-from okkhor.engine import (BatchPlan, NonFiniteLoss, TrainStep, build_optimizer, build_scheduler, check_amp,
-                           class_counts, evaluate, steps_per_epoch)
+from okkhor.engine import BatchPlan, NonFiniteLoss, TrainStep, check_amp, class_counts, evaluate
+from okkhor.optim import SCHEDULES, build_optimizer, build_scheduler, steps_per_epoch
 from okkhor.errors import OkkhorError
 from okkhor.fsutil import atomic_path, write_text_atomic
 from okkhor.oom import FaultInjector, OomRecovery
@@ -203,7 +204,7 @@ def check_resume_config(saved: dict, cfg: Config, path: Path) -> None:
         detail = ", ".join(f"{k} ({old.get(k)!r} -> {new[k]!r})" for k in changed[:6])
         raise OkkhorError(f"--resume: {path} was trained with a different config: {detail}; only "
                           f"{', '.join(RESUMABLE_KEYS)} may change")
-    if old["train.epochs"] != new["train.epochs"] and cfg.train.schedule != "constant":
+    if old["train.epochs"] != new["train.epochs"] and SCHEDULES[cfg.train.schedule].fixed_length:
         raise OkkhorError(f"--resume: train.epochs changed ({old['train.epochs']} -> {new['train.epochs']}) but "
                           f"the {cfg.train.schedule} learning-rate schedule is laid out over the run's length; "
                           "resume with the same train.epochs, or start a new run")
@@ -259,11 +260,12 @@ class RunLog:
         self._write()
 
     def add(self, epoch: int, split: str, result: dict, lr: float, seconds: float) -> None:
-        self.rows.append({"epoch": epoch, "split": split, **{k: result[k] for k in self.columns[2:-2]},
+        self.rows.append({"epoch": epoch, "split": split, **{k: result.get(k) for k in self.columns[2:-2]},
                           "lr": lr, "seconds": round(seconds, 3)})
         if self.tb is not None:
             for key in ("loss", "score", *[f"recall_{n}" for n in self.targets.names]):
-                self.tb.writer.add_scalar(f"{split}/{key}", result[key], epoch)
+                if key in result:
+                    self.tb.writer.add_scalar(f"{split}/{key}", result[key], epoch)
 
     def _write(self) -> None:
         with atomic_path(self.path) as tmp:
@@ -538,6 +540,9 @@ class _Run:
         self._close_bar()
         eval_model = self.ema.module if self.ema is not None else self.net
         lr = float(self.optimizer.param_groups[0]["lr"])
+        train_loss = self.epoch_loss_sum / max(self.epoch_iters, 1)
+        if self.main:
+            self.run_log.add(epoch, "train", {"loss": train_loss}, lr, train_seconds)
         results: dict[str, dict] = {}
         for split, loader in self.eval_loaders.items():
             results[split] = evaluate(eval_model, loader, self.targets, self.loss_weights, self.device,
@@ -548,6 +553,7 @@ class _Run:
         improved = self.best_score is None or results["valid"]["score"] > self.best_score
         if improved:
             self.best_score, self.best_epoch = results["valid"]["score"], epoch
+        self.scheduler.step_epoch(results["valid"]["score"])
         if self.early_stopping is not None:
             self.early_stopping(trainer)  # calls trainer.terminate() when patience runs out
         if trainer.should_terminate:
@@ -562,7 +568,7 @@ class _Run:
             save_checkpoint(self.last_path, self._state(trainer, processes))
             if improved:
                 copy_checkpoint(self.last_path, self.best_path)
-            self.log(summary_line(epoch, epochs, self.epoch_loss_sum / max(self.epoch_iters, 1), results, lr,
+            self.log(summary_line(epoch, epochs, train_loss, results, lr,
                                   self.epoch_images / max(train_seconds, 1e-9), time.time() - self.epoch_start,
                                   improved, self.targets))
         barrier()

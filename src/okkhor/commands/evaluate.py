@@ -21,8 +21,13 @@ def command(
     prior_correction: bool = typer.Option(False, "--prior-correction/--no-prior-correction",
                                           help="Divide probabilities by the training class frequencies."),
     device: str = typer.Option("auto", "--device", help="auto (cuda when available), cpu or cuda."),
+    route: bool = typer.Option(False, "--route/--no-route", help="Decide as `okkhor predict --route` does."),
+    route_threshold: float = typer.Option(0.5, "--route-threshold", help="With --route: the grapheme head's "
+                                                                         "probability needed to take its triple."),
 ) -> None:
-    """Score a checkpoint and write metrics.json (score, recall per target and per class, most confused pairs),
+    """Score a checkpoint and write metrics.json (score, recall and accuracy per target, exact share, recall per
+    class, most confused pairs, a breakdown by the labels' `seen` / `font_seen` columns when present, and for a
+    model with a grapheme head the AUROC of its seen score against the `seen` column),
     per-class recall and confusion plots (PNG), and truth.csv + submission.csv for `okkhor score`.
 
     Images of the validation fold come from the prepare cache at the checkpoint's preprocessing (built when
@@ -34,12 +39,20 @@ def command(
       okkhor evaluate best.pt --data data/ --labels data/test_labels.csv
     """
     from okkhor.evaluate import default_out_dir, evaluate
+    from okkhor.scoring import format_summary
 
     out = out or default_out_dir(checkpoint)
     ev = evaluate(checkpoint, data, fold=fold, labels=labels, out=out, tta=tta, batch_size=batch_size,
-                  prior_correction=prior_correction, device=device)
+                  prior_correction=prior_correction, device=device, route=route, route_threshold=route_threshold)
     m = ev.metrics
-    typer.echo(f"score {m['score']:.5f} on {m['images']} images ({ev.source})")
-    for name, r in m["recall"].items():
-        typer.echo(f"  recall {name}: {r:.5f}")
+    lines = format_summary(m)
+    typer.echo(f"{lines[0]} ({ev.source})")
+    for line in lines[1:]:
+        typer.echo(line)
+    head = m.get("grapheme_head")
+    if head:
+        auroc = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
+        typer.echo(f"  grapheme head ({head['classes']} graphemes): seen AUROC {auroc(head['seen_auroc'])}, "
+                   f"known AUROC {auroc(head['known_auroc'])}"
+                   + ("" if m["routed"] is None else f"; {m['routed']} images routed to it"))
     typer.echo(f"wrote {out}/metrics.json and plots")

@@ -21,6 +21,11 @@ def command(
                                           help="Divide probabilities by the training class frequencies before the "
                                                "argmax (favours rare classes, for macro recall)."),
     device: str = typer.Option("auto", "--device", help="auto (cuda when available), cpu or cuda."),
+    route: bool = typer.Option(False, "--route/--no-route", help="An image whose grapheme head (model."
+                                                                 "grapheme_head) is sure of a triple takes it; "
+                                                                 "the others use the component heads."),
+    route_threshold: float = typer.Option(0.5, "--route-threshold", help="With --route: the grapheme head's "
+                                                                         "probability needed to take its triple."),
 ) -> None:
     """Predict the test images and write a submission with the rows and order of test.csv.
 
@@ -31,13 +36,16 @@ def command(
       okkhor predict runs/r1/checkpoints/best.pt --data data/ --out submission.csv
       okkhor predict runs/fold*/checkpoints/best.pt --data data/ --tta 4 --probs probs.npz
       okkhor predict best.pt --data data/ --prior-correction
+      okkhor predict best.pt --data data/ --route
     """
     from okkhor.predict import predict
 
     result = predict(checkpoints, data, out, tta=tta, probs=probs, batch_size=batch_size,
-                     prior_correction=prior_correction, device=device)
+                     prior_correction=prior_correction, device=device, route=route,
+                     route_threshold=route_threshold)
+    routed = "" if result["routed"] is None else f", {result['routed']} routed to the grapheme head"
     typer.echo(f"wrote {result['out']}: {result['rows']} rows for {result['images']} images "
                f"({result['checkpoints']} checkpoint(s) x {result['tta']} view(s)"
-               f"{', prior-corrected' if prior_correction else ''})")
+               f"{', prior-corrected' if prior_correction else ''}{routed})")
     if result["probs"] is not None:
         typer.echo(f"wrote {result['probs']}")

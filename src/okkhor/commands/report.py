@@ -11,6 +11,10 @@ def command(
     run_dir: Path = typer.Argument(..., help="Run directory (config.yaml, metrics.csv, checkpoints/)."),
     data: Optional[Path] = typer.Option(None, "--data", help="Data folder (default: the checkpoint's data_dir, "
                                                              "else RUN_DIR/run.json's)."),
+    labels: Optional[Path] = typer.Option(None, "--labels", help="Evaluate on this labelled test set (image_id + "
+                                                                 "one column per target, e.g. data/test_labels.csv; "
+                                                                 "images from the test parquet files) instead of "
+                                                                 "the validation fold."),
     gallery: int = typer.Option(48, "--gallery", help="Misclassified validation images shown at most."),
     device: str = typer.Option("auto", "--device", help="auto (cuda when available), cpu or cuda."),
 ) -> None:
@@ -22,6 +26,7 @@ def command(
     Examples:
       okkhor report runs/r1
       okkhor report runs/r1 --data data/ --gallery 96
+      okkhor report runs/r1 --data data/ --labels data/test_labels.csv
     """
     from okkhor.fsutil import check_writable
     from okkhor.report import REPORT_DIR, write_report
@@ -29,5 +34,5 @@ def command(
     if run_dir.is_dir():
         check_writable(run_dir / "report.html", "report")
         check_writable(run_dir / REPORT_DIR, "report folder", folder=True)
-    path = write_report(run_dir, data_dir=data, gallery=gallery, device=device)
+    path = write_report(run_dir, data_dir=data, gallery=gallery, device=device, labels=labels)
     typer.echo(f"wrote {path}")

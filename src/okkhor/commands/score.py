@@ -17,7 +17,9 @@ def command(
 ) -> None:
     """Score a submission with hierarchical macro recall (weights 2:1:1 for the Bengali targets).
 
-    When the truth file has a boolean `seen` column, the seen and unseen rows are also scored separately.
+    Also prints plain accuracy per target and the share of images with every target right (`exact`). When the
+    truth file has boolean `seen` (label triple among the train graphemes) and/or `font_seen` (drawn in a training
+    font) columns, every combination of them is scored separately (`--json`: `by_seen` and `by_cell`).
 
     Examples:
       okkhor score --truth data/test_labels.csv --submission submission.csv
@@ -29,8 +31,7 @@ def command(
     if as_json:
         typer.echo(json.dumps(result))
         return
-    typer.echo(f"score {result['score']:.5f}")
-    for name, r in result["recall"].items():
-        typer.echo(f"  recall {name}: {r:.5f}")
-    for part, value in result.get("by_seen", {}).items():
-        typer.echo(f"  {part}: {value:.5f}" if value is not None else f"  {part}: (no rows)")
+    from okkhor.scoring import format_summary
+
+    for line in format_summary(result):
+        typer.echo(line)

@@ -26,19 +26,36 @@ def command(
         help="Images per parquet file, at most 50,210 (default: up to 10,042, and a split of 4,000 or more in at "
              "least two files); files are made in parallel."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a dataset already in OUT_DIR."),
+    holdout_fonts: Optional[str] = typer.Option(
+        None, "--holdout-fonts",
+        help="Comma-separated font families train never uses; test images are drawn in them (the `font_seen` "
+             "column is False for those)."),
+    holdout_share: Optional[float] = typer.Option(
+        None, "--holdout-share",
+        help="Share of test images drawn in the --holdout-fonts families (default 1); the rest use train fonts."),
+    fonts_dir: Optional[Path] = typer.Option(
+        None, "--fonts-dir", help="Folder of your own .ttf/.otf Bengali fonts to add to the shipped ones."),
+    style: str = typer.Option(
+        "mix", "--style",
+        help="font: font outlines, distorted; hand: per-glyph jitter, re-inked strokes with a varying pen, tremor, "
+             "paper and scan marks; mix: each image one or the other (half each)."),
 ) -> None:
     """Render handwritten-looking Bengali graphemes into train/test files shaped like the competition's.
 
     Writes train.csv, train_image_data_<i>.parquet, test.csv, test_image_data_<i>.parquet, class_map.csv,
-    sample_submission.csv and test_labels.csv (the answers, with `seen`, for `okkhor score`).
+    sample_submission.csv and test_labels.csv (the answers, with `seen`, for `okkhor score`). train.csv and
+    test_labels.csv also carry `font` (the family each image is drawn in) and `font_seen`.
     Text is shaped with HarfBuzz and rasterised with FreeType from fonts installed with Python packages.
 
     Examples:
       okkhor synth data/synth --train 20000 --test 2000 --seed 0
       okkhor synth data/synth --train 50000 --test 5000 --unseen-test-fraction 0.3 --train-unseen-fraction 0.3
       okkhor synth /tmp/tiny --train 200 --test 50 --fonts hind-siliguri,bangla-medium --preview tiny.png
+      okkhor synth data/heldout --train 20000 --test 2000 --holdout-fonts bensen --holdout-share 0.5
+      okkhor synth data/mine --train 2000 --test 200 --fonts-dir ~/fonts --style hand --preview hand.png
 
-    An unknown --fonts name fails with the list of available names.
+    An unknown --fonts name or --holdout-fonts family fails with the list of available ones. A --fonts-dir file
+    that cannot be used is left out with a warning naming it.
     """
     from okkhor.data.synth import synthesize
     from okkhor.fsutil import check_writable
@@ -48,9 +65,13 @@ def command(
         check_writable(preview, "--preview")
     s = synthesize(out_dir, n_train=train, n_test=test, seed=seed, unseen_test_fraction=unseen_test_fraction,
                    train_unseen_fraction=train_unseen_fraction, fonts=fonts, workers=workers, preview=preview,
-                   rows_per_file=rows_per_file, overwrite=overwrite)
+                   rows_per_file=rows_per_file, overwrite=overwrite, holdout_fonts=holdout_fonts,
+                   holdout_share=holdout_share, fonts_dir=fonts_dir, style=style)
     for note in s["font_notes"]:
         typer.echo(f"note: {note}", err=True)
+    for warning in s["font_warnings"]:
+        typer.echo(f"warning: {warning}", err=True)
+    held = f", {s['test_font_unseen']} in {','.join(s['holdout_fonts'])}" if s["holdout_fonts"] else ""
     typer.echo(f"synth: {s['train']} train ({s['train_unseen']} unseen) + {s['test']} test ({s['test_unseen']} "
-               f"unseen) images in {len(s['files'])} parquet files, {len(s['fonts'])} fonts, {s['workers']} "
+               f"unseen{held}) images in {len(s['files'])} parquet files, {len(s['fonts'])} fonts, {s['workers']} "
                f"workers: {s['seconds']:.1f}s, {s['images_per_s']:.0f} images/s -> {s['out_dir']}")

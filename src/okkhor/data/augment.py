@@ -14,6 +14,7 @@ from pydantic import Field
 from okkhor.config import AugConfig
 from okkhor.data.dataset import Augment
 from okkhor.errors import OkkhorError
+from okkhor.registry import Registry
 
 # the cache holds bright ink on black: everything moved in from outside the image is background (0).
 # The cache is cropped to the ink with a small margin, so scales stay near 1 and shifts small: strokes pushed
@@ -86,16 +87,17 @@ def _heavy(size: int) -> list[Transform]:
     ]
 
 
-# preset name -> builder of its transforms for a given image side; `none` has none
-AUG_PRESETS: dict[str, Callable[[int], list[Transform]]] = {"light": _light, "medium": _medium, "heavy": _heavy}
-PRESET_NAMES = ("none", *AUG_PRESETS)
+# aug.preset -> builder of its transforms for a given image side
+AUG_PRESETS: Registry = Registry("aug.preset", {"none": lambda size: [], "light": _light, "medium": _medium,
+                                                "heavy": _heavy})
+PRESET_NAMES = tuple(AUG_PRESETS)  # the names, for callers that list them
 
 
 def preset_pipeline(name: str, image_size: int) -> A.Compose:
     """The albumentations pipeline of a preset, e.g. to save with `A.save` and edit into an `aug.file`."""
-    if name not in PRESET_NAMES:
-        raise ValueError(f"unknown augmentation preset {name!r}; choose one of {', '.join(PRESET_NAMES)}")
-    return A.Compose(AUG_PRESETS[name](image_size) if name != "none" else [])
+    if name not in AUG_PRESETS:
+        raise ValueError(f"unknown augmentation preset {name!r}; choose one of {', '.join(AUG_PRESETS)}")
+    return A.Compose(AUG_PRESETS[name](image_size))
 
 
 def _nodes(transform: Transform) -> list[Transform]:

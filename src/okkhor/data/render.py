@@ -155,6 +155,26 @@ def _specs_of_file(path: Path) -> list[FontSpec]:
     return [FontSpec(f"{family}-{style}", family, path)]
 
 
+def _coverage_problem(path: Path, needed: Sequence[str]) -> str | None:
+    """Why the file cannot render every grapheme of the class map (None when it can)."""
+    face = freetype.Face(str(path))
+    missing = [c for c in needed if face.get_char_index(ord(c)) == 0]
+    if missing:
+        codes = " ".join(f"U+{ord(c):04X}" for c in missing[:8])
+        return f"no glyph for {len(missing)} code point(s) ({codes})"
+    return None
+
+
+def _file_specs(path: Path, needed: Sequence[str]) -> tuple[list[FontSpec], str | None]:
+    """The faces of one font file, or ([], why it is unusable)."""
+    try:
+        specs = _specs_of_file(path)
+    except Exception as exc:  # FreeType raises its own error types for unreadable files
+        return [], f"cannot be opened ({exc})"
+    problem = _coverage_problem(path, needed)
+    return ([], problem) if problem else (specs, None)
+
+
 @functools.lru_cache(maxsize=1)
 def discover_fonts() -> tuple[tuple[FontSpec, ...], tuple[str, ...]]:
     """All installed fonts that cover the whole Bengali inventory, and notes on the fonts dropped."""
@@ -163,17 +183,9 @@ def discover_fonts() -> tuple[tuple[FontSpec, ...], tuple[str, ...]]:
     notes: list[str] = []
     names: set[str] = set()
     for path in _package_font_files():
-        try:
-            specs = _specs_of_file(path)
-        except Exception as exc:  # FreeType raises its own error types for unreadable files
-            notes.append(f"dropped {path.name}: cannot be opened ({exc})")
-            continue
-        face = freetype.Face(str(path))
-        missing = [c for c in needed if face.get_char_index(ord(c)) == 0]
-        if missing:
-            codes = " ".join(f"U+{ord(c):04X}" for c in missing[:8])
-            notes.append(f"dropped {path.name}: no glyph for {len(missing)} code point(s) ({codes})")
-            continue
+        specs, problem = _file_specs(path, needed)
+        if problem:
+            notes.append(f"dropped {path.name}: {problem}")
         for spec in specs:
             if spec.name not in names:
                 names.add(spec.name)
@@ -181,13 +193,49 @@ def discover_fonts() -> tuple[tuple[FontSpec, ...], tuple[str, ...]]:
     return tuple(kept), tuple(notes)
 
 
-def select_fonts(names: Sequence[str] | str | None = None) -> list[FontSpec]:
-    """The usable fonts, optionally restricted by font names or family names (comma-separated string or list)."""
+def load_font_dir(folder: str | Path, taken: Iterable[str] = ()) -> tuple[list[FontSpec], list[str]]:
+    """A user's own .ttf/.otf files in `folder` (not recursive): the usable faces, and one warning per rejected file.
+
+    A file is rejected when it cannot be opened, lacks a glyph the class map needs, or fails the shaping
+    self-check. A face whose name is in `taken` (e.g. a copy of a shipped font) gets the file name appended.
+    OkkhorError when the folder is missing or no file in it is usable.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise OkkhorError(f"{folder}: fonts-dir is not a folder")
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in (".ttf", ".otf"))
+    if not files:
+        raise OkkhorError(f"{folder}: fonts-dir holds no .ttf or .otf file")
+    needed = sorted(bengali_inventory())
+    names, kept, warnings = set(taken), [], []
+    for path in files:
+        specs, problem = _file_specs(path, needed)
+        try:
+            for spec in specs:
+                check_shaping(FontRenderer(spec))
+        except OkkhorError as exc:
+            specs, problem = [], str(exc).split(": ", 1)[-1]
+        if problem:
+            warnings.append(f"{path}: font rejected: {problem}")
+        for spec in specs:
+            if spec.name in names:
+                spec = FontSpec(f"{spec.name}-{_slug(path.stem)}", spec.family, spec.path, spec.weight)
+            names.add(spec.name)
+            kept.append(spec)
+    if not kept:
+        raise OkkhorError(f"{folder}: no usable font in fonts-dir ({'; '.join(warnings)})")
+    return kept, warnings
+
+
+def select_fonts(names: Sequence[str] | str | None = None, extra: Sequence[FontSpec] = ()) -> list[FontSpec]:
+    """The usable fonts plus `extra` ones, optionally restricted by font or family names (comma-separated string
+    or list)."""
     fonts, notes = discover_fonts()
+    fonts = (*fonts, *extra)
     if not fonts:
-        extra = f" ({'; '.join(notes)})" if notes else ""
+        extra_notes = f" ({'; '.join(notes)})" if notes else ""
         raise OkkhorError("no usable Bengali font found: install fontpkg-hind-siliguri, manimgx-fonts or "
-                          f"bengali-captcha{extra}")
+                          f"bengali-captcha{extra_notes}")
     if names is None:
         return list(fonts)
     if isinstance(names, str):
@@ -312,18 +360,21 @@ class FontRenderer:
             g = self._glyphs[gid] = Glyph(bitmap, slot.bitmap_left, slot.bitmap_top)
         return g
 
+    def placed(self, text: str) -> list[tuple[np.ndarray, int, int]]:
+        """The shaped text's inked glyphs in visual order as (bitmap, top, left), in pixels with y downwards."""
+        placed = []
+        for gid, x, y in self.shape(text):
+            g = self.glyph(gid)
+            if g.bitmap.size:
+                placed.append((g.bitmap, -int(round(y / 64)) - g.top, int(round(x / 64)) + g.left))
+        return placed
+
     def render(self, text: str) -> np.ndarray:
         """Ink coverage (uint8, 255 = full ink) of the shaped text, cropped to its ink. Cached; do not modify."""
         hit = self._bitmaps.get(text)
         if hit is not None:
             return hit
-        placed = []
-        for gid, x, y in self.shape(text):
-            g = self.glyph(gid)
-            if g.bitmap.size:
-                left = int(round(x / 64)) + g.left
-                top = -int(round(y / 64)) - g.top
-                placed.append((g.bitmap, top, left))
+        placed = self.placed(text)
         if not placed:
             out = np.zeros((1, 1), np.uint8)
         else:

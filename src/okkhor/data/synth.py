@@ -12,6 +12,8 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from okkhor.data.hand import HandStyle
+from okkhor.data.render import FontSpec
 from okkhor.errors import OkkhorError
 
 MAX_ROWS_PER_FILE = 50_210  # rows of one competition parquet file
@@ -22,6 +24,8 @@ SPLIT_CODES = {"train": 0, "test": 1}
 TEST_COMPONENTS = ("consonant_diacritic", "grapheme_root", "vowel_diacritic")  # test.csv order per image
 UNSEEN_TEST_SHARE = 0.5  # share of the unseen label triples kept for test; train may use only the rest
 GRAIN_SEED = 2020
+STYLES = ("font", "hand", "mix")
+MIX_HAND_SHARE = 0.5  # share of hand-style images under style mix
 OUTPUT_NAMES = ("train.csv", "test.csv", "test_labels.csv", "class_map.csv", "sample_submission.csv")
 
 
@@ -65,25 +69,28 @@ class Variation:
 
 
 class Imager:
-    """Turns a grapheme string into one 137 x 236 uint8 image: a random font, pose, distortion, pen and paper.
+    """Turns a grapheme string into one 137 x 236 uint8 image in a given face: pose, distortion, pen and paper.
 
-    Not thread-safe: it reuses its work buffers from image to image.
+    `hand=True` draws it the way a hand differs from a font (see okkhor.data.hand): each glyph jittered, a
+    stronger slant, a fine tremor on top of the smooth distortion, the strokes re-inked with a varying pen, and
+    paper and scan artefacts. Not thread-safe: it reuses its work buffers from image to image.
     """
 
-    def __init__(self, font_names: Sequence[str], variation: Variation | None = None, em_px: int = 100):
+    def __init__(self, fonts: Sequence[str | FontSpec], variation: Variation | None = None, em_px: int = 100,
+                 hand: HandStyle | None = None):
         from okkhor.data.kaggle import IMAGE_HEIGHT, IMAGE_WIDTH
         from okkhor.data.render import FontRenderer, select_fonts
 
         variation = Variation() if variation is None else variation
         if not isinstance(variation, Variation):
             raise TypeError(f"variation must be a Variation, got {type(variation).__name__}")
-        specs = select_fonts(list(font_names))
-        self.variation = variation
+        hand = HandStyle() if hand is None else hand
+        if not isinstance(hand, HandStyle):
+            raise TypeError(f"hand must be a HandStyle, got {type(hand).__name__}")
+        specs = [f if isinstance(f, FontSpec) else select_fonts([f])[0] for f in fonts]
+        self.variation, self.hand = variation, hand
+        self.specs = specs
         self.renderers = [FontRenderer(s, em_px=em_px) for s in specs]
-        families: dict[str, list[int]] = {}
-        for i, s in enumerate(specs):
-            families.setdefault(s.family, []).append(i)
-        self.families = list(families.values())  # a family is drawn first, then a face: styles weigh equally
         self.height, self.width = h, w = IMAGE_HEIGHT, IMAGE_WIDTH
         self._x = np.arange(w, dtype=np.float32) - np.float32(w / 2)
         self._y = np.arange(h, dtype=np.float32) - np.float32(h / 2)
@@ -97,13 +104,10 @@ class Imager:
             np.float32)
 
     @staticmethod
-    @lru_cache(maxsize=64)
     def _upsampler(cells: int, size: int) -> np.ndarray:
-        """[size, cells] matrix of bicubic upsampling from `cells` control points (the linear map of cv2.resize)."""
-        import cv2
+        from okkhor.data.hand import upsampler
 
-        eye = np.eye(cells, dtype=np.float32)
-        return np.ascontiguousarray(cv2.resize(eye, (size, cells), interpolation=cv2.INTER_CUBIC).T)
+        return upsampler(cells, size)
 
     @lru_cache(maxsize=64)
     def _right(self, cells_x: int) -> np.ndarray:
@@ -133,36 +137,36 @@ class Imager:
         maps = left @ self._right(cells_x)[:, cols]
         return maps[:h], maps[h:]
 
-    def _pick_font(self, text: str, u_family: float, u_face: float):
-        """A family by u_family, a face of it by u_face; the next family instead while the face cannot form
-        the text's conjuncts (it would show a hasanta)."""
-        first = int(u_family * len(self.families))
-        for step in range(len(self.families)):
-            family = self.families[(first + step) % len(self.families)]
-            renderer = self.renderers[family[int(u_face * len(family))]]
-            if not renderer.shows_hasanta(text):
-                return renderer
-        family = self.families[first]
-        return self.renderers[family[int(u_face * len(family))]]
-
-    def __call__(self, text: str, rng: np.random.Generator, out: np.ndarray | None = None) -> np.ndarray:
+    def __call__(self, text: str, rng: np.random.Generator, face: int = 0, hand: bool = False,
+                 out: np.ndarray | None = None) -> np.ndarray:
         import cv2
 
-        v = self.variation
-        u = rng.random(20)  # every scalar choice of the image, drawn at once
-        renderer = self._pick_font(text, u[0], u[1])
-        src = renderer.render(text)
+        from okkhor.data import hand as steps
+
+        v, hs = self.variation, self.hand
+        u = rng.random(20)  # every scalar choice of the image, drawn at once (u[0], u[1] are spare)
+        renderer = self.renderers[face]
+        if hand:
+            placed = renderer.placed(text)
+            src = steps.compose(placed, steps.glyph_jitter(placed, rng, hs))
+            pen = hs.pen_px[0] + (hs.pen_px[1] - hs.pen_px[0]) * float(rng.random())
+            tremor = hs.tremor_px * float(rng.random())
+        else:
+            src = renderer.render(text)
+            pen = tremor = 0.0
         sh, sw = src.shape
 
-        # pose: stretch, shear, rotation; then the largest scale that fits, times a random fill
+        # pose: stretch, shear (slant), rotation; then the largest scale that fits, times a random fill
         a = math.exp(v.aspect * (2 * u[2] - 1))
-        shear = v.shear * (2 * u[3] - 1)
+        shear = (hs.slant if hand else v.shear) * (2 * u[3] - 1)
         theta = math.radians(v.rotate_deg * (2 * u[4] - 1))
         c, s = math.cos(theta), math.sin(theta)
         m00, m01, m10, m11 = c * a, (c * shear - s) / a, s * a, (s * shear + c) / a  # rotate @ shear @ stretch
         half_w = (abs(m00) * sw + abs(m01) * sh) / 2
         half_h = (abs(m10) * sw + abs(m11) * sh) / 2
-        room_w, room_h = self.width / 2 - v.margin_px, self.height / 2 - v.margin_px
+        amp = v.distort_px * (0.3 + 0.7 * u[8])
+        keep = pen + tremor + (amp if hand else 0.0)  # the hand's extra reach stays inside the margin
+        room_w, room_h = self.width / 2 - v.margin_px - keep, self.height / 2 - v.margin_px - keep
         scale = min(room_w / half_w, room_h / half_h) * (v.fill[0] + (v.fill[1] - v.fill[0]) * u[5])
         cx = (room_w - half_w * scale) * (2 * u[6] - 1)  # ink centre, relative to the frame centre
         cy = (room_h - half_h * scale) * (2 * u[7] - 1)
@@ -171,30 +175,37 @@ class Imager:
 
         # one remap: the inverse pose applied to the output grid displaced by a smooth random field; ink work
         # happens only in the box the ink can reach (pose, distortion, pen and blur included)
-        amp = v.distort_px * (0.3 + 0.7 * u[8])
         cells = (3 + int(u[9] * 3), 4 + int(u[10] * 4))
-        reach = amp + max(v.stroke_px[1], 0) + 4
+        reach = amp + tremor + max(v.stroke_px[1], 0) + pen + 4
         y0, y1 = self.height / 2 + cy - half_h * scale - reach, self.height / 2 + cy + half_h * scale + reach
         x0, x1 = self.width / 2 + cx - half_w * scale - reach, self.width / 2 + cx + half_w * scale + reach
         roi = (slice(max(int(y0), 0), min(int(y1) + 1, self.height)),
                slice(max(int(x0), 0), min(int(x1) + 1, self.width)))
-        mx, my = self._maps(rng.uniform(-amp, amp, size=(2, *cells)), inv, (sw / 2 - 0.5, sh / 2 - 0.5), (cx, cy),
-                            roi)
+        fields = rng.uniform(-amp, amp, size=(2, *cells)).astype(np.float32)
+        if hand:  # multi-scale: the smooth field on a grid three times finer, plus a tremor on that grid
+            fine = (3 * cells[0], 3 * cells[1])
+            fields = np.stack([cv2.resize(f, fine[::-1], interpolation=cv2.INTER_CUBIC) for f in fields])
+            fields += rng.uniform(-tremor, tremor, size=fields.shape).astype(np.float32)
+        mx, my = self._maps(fields, inv, (sw / 2 - 0.5, sh / 2 - 0.5), (cx, cy), roi)
         cov = cv2.remap(src, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
 
-        # pen: thinner or thicker strokes, softness
-        lo, hi = v.stroke_px
-        stroke = lo + min(int(u[11] * (hi - lo + 1)), hi - lo)
-        if stroke > 0:
-            cov = cv2.dilate(cov, self._kernels[stroke + 1])
-        elif stroke < 0:
-            cov = cv2.erode(cov, self._kernels[1 - stroke])
+        # pen: a hand re-inks the strokes; a font is drawn thinner or thicker; then softness
+        if hand:
+            cov = steps.reink(cov, rng, hs, pen)
+        else:
+            lo, hi = v.stroke_px
+            stroke = lo + min(int(u[11] * (hi - lo + 1)), hi - lo)
+            if stroke > 0:
+                cov = cv2.dilate(cov, self._kernels[stroke + 1])
+            elif stroke < 0:
+                cov = cv2.erode(cov, self._kernels[1 - stroke])
         sigma = v.blur_sigma[0] + (v.blur_sigma[1] - v.blur_sigma[0]) * u[12]
         if sigma > 0.3:
             cov = cv2.GaussianBlur(cov, (3, 3) if sigma < 0.6 else (5, 5), sigma)
 
         # ink on paper: page = paper + a gentle gradient; image = page + coverage * pressure * (ink - page)
-        ink = v.ink[0] + (v.ink[1] - v.ink[0]) * u[13] ** 1.5
+        ink_lo, ink_hi = hs.ink if hand else v.ink
+        ink = ink_lo + (ink_hi - ink_lo) * u[13] ** 1.5
         paper = v.background[0] + (v.background[1] - v.background[0]) * u[14]
         gx = v.background_slope * (2 * u[15] - 1) / self.width
         gy = v.background_slope * (2 * u[16] - 1) / self.height
@@ -204,6 +215,8 @@ class Imager:
         fade = rng.uniform(1 - v.pressure, 1, size=coarse_page.shape)
         gain = np.matmul(self._gain_left[roi[0]] @ (fade * (ink - coarse_page) / 255).astype(np.float32),
                          self._gain_right[:, roi[1]])  # coverage -> grey change, smooth: pressure and page shade
+        if hand:
+            steps.paper_marks(work, rng, hs)
         work[roi] += cov * gain
         noise = v.noise_sigma[0] + (v.noise_sigma[1] - v.noise_sigma[0]) * u[17]
         if noise > 0.5:
@@ -212,7 +225,10 @@ class Imager:
             cv2.scaleAdd(self._grain[oy:oy + self.height, ox:ox + self.width], noise, work, dst=work)
         if out is None:
             out = np.empty((self.height, self.width), np.uint8)
-        return cv2.convertScaleAbs(work, dst=out)  # rounds and saturates at 255 (values are >= 0 up to grain)
+        cv2.convertScaleAbs(work, dst=out)  # rounds and saturates at 255 (values are >= 0 up to grain)
+        if hand:
+            steps.scan_marks(out, rng, hs)
+        return out
 
 
 def _image_key(seed: int, split: str, index: int) -> tuple[int, int]:
@@ -357,6 +373,78 @@ def sample_labels(split: str, n: int, unseen_fraction: float, seed: int) -> list
     return [samples[i] for i in rng.permutation(n)]
 
 
+# ----------------------------------------------------------------------------------------------- drawing plan
+
+@dataclass(frozen=True)
+class Draw:
+    """How one image is drawn: its face (an index into the job's fonts), and whether in the hand style."""
+
+    face: int
+    hand: bool
+    font_seen: bool = True  # False when the face's family is held out of train
+
+
+def _families(specs: Sequence[FontSpec], faces: Sequence[int]) -> list[list[int]]:
+    """The faces grouped by family, families in order of first appearance."""
+    groups: dict[str, list[int]] = {}
+    for i in faces:
+        groups.setdefault(specs[i].family, []).append(i)
+    return list(groups.values())
+
+
+def pick_face(renderers: Sequence, families: Sequence[Sequence[int]], text: str, u_family: float,
+              u_face: float) -> int:
+    """A family by u_family, a face of it by u_face; the next family instead while the face cannot form the
+    text's conjuncts (it would show a hasanta)."""
+    first = int(u_family * len(families))
+    for step in range(len(families)):
+        family = families[(first + step) % len(families)]
+        face = family[int(u_face * len(family))]
+        if not renderers[face].shows_hasanta(text):
+            return face
+    family = families[first]
+    return family[int(u_face * len(family))]
+
+
+def holdout_faces(specs: Sequence[FontSpec], families: Sequence[str] | str | None) -> list[int]:
+    """Indices of the faces whose family is held out; OkkhorError naming the families when one is unknown."""
+    if families is None:
+        return []
+    if isinstance(families, str):
+        families = [f for f in (p.strip() for p in families.split(",")) if f]
+    wanted = [f.strip().lower() for f in families]
+    known = list(dict.fromkeys(s.family for s in specs))
+    unknown = [f for f in wanted if f not in known]
+    if unknown or not wanted:
+        raise OkkhorError(f"holdout-fonts: unknown font family {', '.join(unknown) or '(none given)'}; families: "
+                          f"{', '.join(known)}")
+    return [i for i, s in enumerate(specs) if s.family in wanted]
+
+
+def plan_draws(split: str, samples: Sequence[Sample], seed: int, renderers: Sequence, held: Sequence[int] = (),
+               holdout_share: float = 1.0, style: str = "mix") -> list[Draw]:
+    """Face and style of each of a split's images, a function of (seed, split, texts, fonts, options) only.
+
+    Train images never use a held-out face; test images do for a share `holdout_share` of them (exactly
+    round(share * n), spread by the seed), and use the other faces otherwise.
+    """
+    n = len(samples)
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(SPLIT_CODES[split], 2 << 30)))
+    u = rng.random((n, 3))
+    in_held = np.zeros(n, bool)
+    if split == "test" and len(held):
+        in_held[rng.permutation(n)[:int(round(n * holdout_share))]] = True
+    specs = [r.spec for r in renderers]
+    held_set = set(held)
+    pools = {True: _families(specs, held),
+             False: _families(specs, [i for i in range(len(specs)) if i not in held_set])}
+    if not pools[False] and not in_held.all():
+        raise OkkhorError(f"holdout-fonts: every font family is held out, none is left for {split} images")
+    hand = u[:, 2] < MIX_HAND_SHARE if style == "mix" else np.full(n, style == "hand")
+    return [Draw(pick_face(renderers, pools[bool(h)], s.grapheme, a, b), bool(k), not h)
+            for s, (a, b, _), h, k in zip(samples, u, in_held, hand)]
+
+
 # ----------------------------------------------------------------------------------------------- writing
 
 def _even_chunks(n: int, most: int, least_parts: int = 1) -> list[int]:
@@ -387,14 +475,16 @@ class FileTask:
     split: str
     start: int
     texts: tuple[str, ...]
+    draws: tuple[Draw, ...]
     path: str
 
 
 @dataclass(frozen=True)
 class _Job:
     seed: int
-    fonts: tuple[str, ...]
+    fonts: tuple[FontSpec, ...]
     variation: Variation = field(default_factory=Variation)
+    hand: HandStyle = field(default_factory=HandStyle)
 
 
 _STATE: dict = {}
@@ -412,14 +502,15 @@ def _single_threaded() -> None:
 def _init_worker(job: _Job, counter) -> None:
     _STATE.clear()
     _single_threaded()
-    _STATE.update(imager=Imager(job.fonts, job.variation), job=job, counter=counter)
+    _STATE.update(imager=Imager(job.fonts, job.variation, hand=job.hand), job=job, counter=counter)
 
 
-def _make_images(imager: Imager, seed: int, split: str, start: int, texts: Sequence[str]) -> np.ndarray:
+def _make_images(imager: Imager, seed: int, split: str, start: int, texts: Sequence[str],
+                 draws: Sequence[Draw]) -> np.ndarray:
     rngs = _STATE.setdefault("rngs", _ImageRngs())
     out = np.empty((len(texts), imager.height, imager.width), np.uint8)
-    for i, text in enumerate(texts):
-        imager(text, rngs(seed, split, start + i), out=out[i])
+    for i, (text, d) in enumerate(zip(texts, draws)):
+        imager(text, rngs(seed, split, start + i), d.face, d.hand, out=out[i])
     return out
 
 
@@ -434,8 +525,9 @@ def _write_file(task: FileTask) -> tuple[str, int]:
         for rows in _even_chunks(len(task.texts), ROW_GROUP_ROWS):
             columns = np.empty((N_PIXELS, rows), np.uint8)
             for b in range(0, rows, block):
-                texts = task.texts[done + b:done + min(rows, b + block)]
-                images = _make_images(imager, job.seed, task.split, task.start + done + b, texts)
+                part = slice(done + b, done + min(rows, b + block))
+                texts = task.texts[part]
+                images = _make_images(imager, job.seed, task.split, task.start + done + b, texts, task.draws[part])
                 pixel_columns(images, out=columns[:, b:b + len(texts)])
                 if counter is not None:
                     with counter.get_lock():
@@ -452,24 +544,28 @@ def _write_csv(path: Path, frame) -> None:
         frame.to_csv(tmp, index=False, encoding="utf-8")
 
 
-def _write_label_files(out_dir: Path, train: list[Sample], test: list[Sample]) -> None:
+def _write_label_files(out_dir: Path, train: list[Sample], test: list[Sample], draws: dict[str, list[Draw]],
+                       fonts: Sequence[FontSpec]) -> None:
     import pandas as pd
 
     from okkhor.fsutil import atomic_path
 
-    def labels(split: str, samples: list[Sample]) -> "pd.DataFrame":
-        return pd.DataFrame({
-            "image_id": [f"{split}_{i}" for i in range(len(samples))],
+    def labels(split: str, samples: list[Sample], seen: bool = False) -> "pd.DataFrame":
+        columns = {
+            "image_id": [f"{split.capitalize()}_{i}" for i in range(len(samples))],
             "grapheme_root": [s.root for s in samples],
             "vowel_diacritic": [s.vowel for s in samples],
             "consonant_diacritic": [s.consonant for s in samples],
             "grapheme": [s.grapheme for s in samples],
-        })
+        }
+        if seen:
+            columns["seen"] = [s.seen for s in samples]
+        columns["font"] = [fonts[d.face].family for d in draws[split]]
+        columns["font_seen"] = [d.font_seen for d in draws[split]]
+        return pd.DataFrame(columns)
 
-    _write_csv(out_dir / "train.csv", labels("Train", train))
-    test_labels = labels("Test", test)
-    test_labels["seen"] = [s.seen for s in test]
-    _write_csv(out_dir / "test_labels.csv", test_labels)
+    _write_csv(out_dir / "train.csv", labels("train", train))
+    _write_csv(out_dir / "test_labels.csv", labels("test", test, seen=True))
     ids = [f"Test_{i}" for i in range(len(test)) for _ in TEST_COMPONENTS]
     components = list(TEST_COMPONENTS) * len(test)
     row_ids = [f"{i}_{c}" for i, c in zip(ids, components)]
@@ -555,18 +651,32 @@ def _check_preview(path: str | Path) -> Path:
     return path
 
 
+def _check_style(style: str) -> str:
+    if style not in STYLES:
+        raise OkkhorError(f"style must be one of {', '.join(STYLES)}, got {style!r}")
+    return style
+
+
 def synthesize(out_dir: str | Path, n_train: int, n_test: int, seed: int = 0, unseen_test_fraction: float = 0.0,
                train_unseen_fraction: float = 0.0, fonts: Sequence[str] | str | None = None,
                workers: int | None = None, preview: str | Path | None = None,
                rows_per_file: int | None = None, overwrite: bool = False,
-               variation: Variation | None = None, progress: bool = True) -> dict:
+               variation: Variation | None = None, progress: bool = True,
+               holdout_fonts: Sequence[str] | str | None = None, holdout_share: float | None = None,
+               fonts_dir: str | Path | None = None, style: str = "mix", hand: HandStyle | None = None) -> dict:
     """Write a synthetic dataset in the competition's format into `out_dir` and return a summary.
 
     Files: train.csv, train_image_data_<i>.parquet, test.csv, test_image_data_<i>.parquet, class_map.csv,
-    sample_submission.csv and test_labels.csv (labels, grapheme and `seen` for local scoring). The same seed
-    gives byte-identical files whatever `workers` is. Unseen triples of test never occur in train.
+    sample_submission.csv and test_labels.csv (labels, grapheme and `seen` for local scoring); train.csv and
+    test_labels.csv also name each image's font family (`font`) and whether train uses it (`font_seen`). The
+    same seed gives byte-identical files whatever `workers` is. Unseen triples of test never occur in train.
+
+    `holdout_fonts`: font families train never uses; test images are drawn in them (all of them, or a share
+    `holdout_share`, the rest in the train families). `fonts_dir`: a folder of the user's own .ttf/.otf files,
+    added to the shipped fonts (files that are unusable are left out, each with a warning in the summary).
+    `style`: `font` (a font's outline, distorted), `hand` (see Imager) or `mix` (each image's own choice).
     """
-    from okkhor.data.render import discover_fonts, select_fonts, self_check_fonts
+    from okkhor.data.render import discover_fonts, load_font_dir, select_fonts, self_check_fonts
 
     start = time.perf_counter()
     n_train = _check_count("train", n_train)
@@ -577,10 +687,16 @@ def synthesize(out_dir: str | Path, n_train: int, n_test: int, seed: int = 0, un
     preview = None if preview is None else _check_preview(preview)
     unseen_test_fraction = _check_fraction("unseen-test-fraction", unseen_test_fraction)
     train_unseen_fraction = _check_fraction("train-unseen-fraction", train_unseen_fraction)
+    if holdout_share is not None:
+        holdout_share = _check_fraction("holdout-share", holdout_share)
+        if holdout_fonts is None:
+            raise OkkhorError("holdout-share needs holdout-fonts (the families to hold out)")
+    style = _check_style(style)
     if rows_per_file is not None:
         rows_per_file = _check_count("rows-per-file", rows_per_file, 1, MAX_ROWS_PER_FILE)
     workers = (os.cpu_count() or 1) if workers is None else _check_count("workers", workers, 1)
     variation = Variation() if variation is None else variation
+    hand = HandStyle() if hand is None else hand
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise OkkhorError(f"{out_dir}: exists and is not a folder")
@@ -588,34 +704,47 @@ def synthesize(out_dir: str | Path, n_train: int, n_test: int, seed: int = 0, un
     if existing and not overwrite:
         raise OkkhorError(f"{out_dir}: already holds a dataset ({existing[0].name}); pass --overwrite to replace it")
 
-    specs = select_fonts(fonts)
-    self_check_fonts(specs)
-    job = _Job(seed, tuple(s.name for s in specs), variation)
+    user_fonts, font_warnings = ([], []) if fonts_dir is None else load_font_dir(
+        fonts_dir, taken=[f.name for f in discover_fonts()[0]])
+    specs = select_fonts(fonts, extra=user_fonts)
+    held = holdout_faces(specs, holdout_fonts)
+    renderers = self_check_fonts(specs)
+    job = _Job(seed, tuple(specs), variation, hand)
 
-    train = sample_labels("train", n_train, train_unseen_fraction, seed)
-    test = sample_labels("test", n_test, unseen_test_fraction, seed)
+    samples = {"train": sample_labels("train", n_train, train_unseen_fraction, seed),
+               "test": sample_labels("test", n_test, unseen_test_fraction, seed)}
+    share = 1.0 if holdout_share is None else holdout_share
+    draws = {split: plan_draws(split, items, seed, renderers, held, share, style)
+             for split, items in samples.items()}
     tasks: list[FileTask] = []
-    for split, samples in (("train", train), ("test", test)):
+    for split, items in samples.items():
         begin = 0
-        for index, rows in enumerate(file_rows(len(samples), rows_per_file)):
-            texts = tuple(s.grapheme for s in samples[begin:begin + rows])
-            tasks.append(FileTask(split, begin, texts, str(out_dir / f"{split}_image_data_{index}.parquet")))
+        for index, rows in enumerate(file_rows(len(items), rows_per_file)):
+            texts = tuple(s.grapheme for s in items[begin:begin + rows])
+            tasks.append(FileTask(split, begin, texts, tuple(draws[split][begin:begin + rows]),
+                                  str(out_dir / f"{split}_image_data_{index}.parquet")))
             begin += rows
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in existing:  # only our own file names, and only with overwrite
         stale.unlink()
     _run_tasks(tasks, job, workers, n_train + n_test, progress)
-    _write_label_files(out_dir, train, test)
+    _write_label_files(out_dir, samples["train"], samples["test"], draws, specs)
     seconds = time.perf_counter() - start
     if preview is not None:
-        write_preview(preview, {"train": train, "test": test}, seed, fonts=job.fonts, variation=variation)
+        write_preview(preview, samples, seed, fonts=specs, variation=variation, draws=draws, hand=hand)
     return {
         "out_dir": str(out_dir),
         "train": n_train, "test": n_test,
-        "train_unseen": sum(not s.seen for s in train), "test_unseen": sum(not s.seen for s in test),
+        "train_unseen": sum(not s.seen for s in samples["train"]),
+        "test_unseen": sum(not s.seen for s in samples["test"]),
+        "test_font_unseen": sum(not d.font_seen for d in draws["test"]),
+        "holdout_fonts": list(dict.fromkeys(specs[i].family for i in held)),
+        "style": style,
+        "hand_images": sum(d.hand for split in draws.values() for d in split),
         "files": [Path(t.path).name for t in tasks],
-        "fonts": list(job.fonts),
+        "fonts": [f.name for f in specs],
         "font_notes": list(discover_fonts()[1]),
+        "font_warnings": font_warnings,
         "workers": min(workers, len(tasks)),
         "seconds": round(seconds, 2),
         "images_per_s": round((n_train + n_test) / seconds, 1),
@@ -624,11 +753,14 @@ def synthesize(out_dir: str | Path, n_train: int, n_test: int, seed: int = 0, un
 
 
 def write_preview(path: str | Path, samples: dict[str, Sequence[Sample]], seed: int,
-                  fonts: Sequence[str] | None = None, variation: Variation | None = None, rows: int = 5,
-                  cols: int = 6) -> Path:
+                  fonts: Sequence[str | FontSpec] | None = None, variation: Variation | None = None, rows: int = 5,
+                  cols: int = 6, draws: dict[str, Sequence[Draw]] | None = None,
+                  hand: HandStyle | None = None) -> Path:
     """A PNG grid of dataset images (re-rendered from their seeds, so identical to the files), titled with labels.
 
-    Titles give root/vowel/consonant as integers (matplotlib cannot shape Bengali), the image id, and 'unseen'.
+    Titles give root/vowel/consonant as integers (matplotlib cannot shape Bengali), the image id, 'U' for an
+    unseen triple, then the font family ('new' when held out of train) and 'hand' for the hand style.
+    Without `draws`, every image is drawn in style mix from all the fonts.
     """
     from matplotlib.figure import Figure  # no pyplot: the caller's backend stays as it is
 
@@ -641,18 +773,23 @@ def write_preview(path: str | Path, samples: dict[str, Sequence[Sample]], seed: 
     for k, (split, n) in enumerate(splits):  # an even share of the grid per split, spread over its images
         share = rows * cols // len(splits) + (1 if k < rows * cols % len(splits) else 0)
         picks += [(split, int(i)) for i in np.unique(np.linspace(0, n - 1, min(share, n)).astype(int))]
-    imager = Imager([f.name for f in select_fonts(fonts)], variation)
-    fig = Figure(figsize=(cols * 2.2, rows * 1.55))
+    specs = [f if isinstance(f, FontSpec) else select_fonts([f])[0] for f in fonts] if fonts else select_fonts()
+    imager = Imager(specs, variation, hand=hand)
+    if draws is None:
+        draws = {split: plan_draws(split, items, seed, imager.renderers) for split, items in samples.items()}
+    fig = Figure(figsize=(cols * 2.2, rows * 1.75))
     axes = fig.subplots(rows, cols)
     for k, ax in enumerate(np.asarray(axes).ravel()):
         ax.axis("off")
         if k < len(picks):
             split, i = picks[k]
-            s = samples[split][i]
-            ax.imshow(imager(s.grapheme, image_rng(seed, split, i)), cmap="gray", vmin=0, vmax=255)
-            ax.set_title(f"{split.capitalize()}_{i}: {s.root}/{s.vowel}/{s.consonant}" + ("" if s.seen else " U"),
-                         fontsize=7, color="black" if s.seen else "firebrick")
-    fig.suptitle("okkhor synth - labels root/vowel/consonant, U = unseen label triple", fontsize=9)
+            s, d = samples[split][i], draws[split][i]
+            ax.imshow(imager(s.grapheme, image_rng(seed, split, i), d.face, d.hand), cmap="gray", vmin=0, vmax=255)
+            font = specs[d.face].family + ("" if d.font_seen else " (new)") + (" hand" if d.hand else "")
+            ax.set_title(f"{split.capitalize()}_{i}: {s.root}/{s.vowel}/{s.consonant}" + ("" if s.seen else " U")
+                         + f"\n{font}", fontsize=7, color="black" if s.seen else "firebrick")
+    fig.suptitle("okkhor synth - labels root/vowel/consonant, U = unseen label triple; font family, hand style",
+                 fontsize=9)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=90)
@@ -660,10 +797,12 @@ def write_preview(path: str | Path, samples: dict[str, Sequence[Sample]], seed: 
 
 
 def iter_samples(split: str, n: int, seed: int = 0, unseen_fraction: float = 0.0,
-                 fonts: Sequence[str] | None = None) -> Iterator[tuple[Sample, np.ndarray]]:
+                 fonts: Sequence[str] | None = None, style: str = "mix") -> Iterator[tuple[Sample, np.ndarray]]:
     """(labels, image) pairs made in this process, for notebooks and tests; same images as `synthesize`."""
     from okkhor.data.render import select_fonts
 
-    imager = Imager([f.name for f in select_fonts(fonts)])
-    for i, sample in enumerate(sample_labels(split, n, unseen_fraction, seed)):
-        yield sample, imager(sample.grapheme, image_rng(seed, split, i))
+    imager = Imager(select_fonts(fonts))
+    samples = sample_labels(split, n, unseen_fraction, seed)
+    for i, (sample, d) in enumerate(zip(samples, plan_draws(split, samples, seed, imager.renderers,
+                                                            style=_check_style(style)))):
+        yield sample, imager(sample.grapheme, image_rng(seed, split, i), d.face, d.hand)
