@@ -43,9 +43,10 @@ def short(text: str) -> str:
 
 
 def output_lines(output: str) -> list[str]:
-    """The lines of an output without progress-bar redraws (the text after a bar's last redraw stays)."""
+    """The lines of an output without progress: bar redraws (the text after the last stays) and the lines
+    printed off a terminal (`predict: 8/8 img (100%) [...]`)."""
     lines = [ln.rsplit("]", 1)[-1] if "%|" in ln else ln for ln in re.split(r"[\r\n]+", output.strip())]
-    return [ln for ln in lines if ln.strip()]
+    return [ln for ln in lines if ln.strip() and not re.match(r"[\w ]+: \d+/\d+ \w+ \(\d+%\) \[", ln)]
 
 
 def cli_case(area: str, fault: str, *args, env: dict | None = None) -> None:
