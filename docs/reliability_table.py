@@ -165,6 +165,11 @@ def main() -> None:
         sub.to_csv(tmp / f"sub{k}.csv", index=False)
         cli_case("data", f"submission with {fault}", "score", "--truth", data / "test_labels.csv", "--submission",
                  tmp / f"sub{k}.csv")
+    bad_truth = truth.assign(font_seen="maybe")
+    bad_truth.to_csv(tmp / "labels_font.csv", index=False)
+    good_sub.to_csv(tmp / "sub_ok.csv", index=False)
+    cli_case("data", "truth with a non-boolean font_seen", "score", "--truth", tmp / "labels_font.csv",
+             "--submission", tmp / "sub_ok.csv")
     cli_case("data", "truth file missing", "score", "--truth", tmp / "nope.csv", "--submission", tmp / "sub0.csv")
 
     # ------------------------------------------------------------------ CLI arguments
@@ -175,6 +180,22 @@ def main() -> None:
     cli_case("cli", "synth into a dataset", "synth", data, "--train", 5, "--test", 0)
     cli_case("cli", "synth fraction > 1", "synth", tmp / "s", "--train", 5, "--test", 1, "--unseen-test-fraction", 2)
     cli_case("cli", "synth unknown font", "synth", tmp / "s", "--train", 5, "--test", 0, "--fonts", "no-such-font")
+    from okkhor.data.render import select_fonts
+    families = sorted({f.family for f in select_fonts()})
+    cli_case("cli", "synth unknown --holdout-fonts", "synth", tmp / "s", "--train", 5, "--test", 5,
+             "--holdout-fonts", "no-such")
+    cli_case("cli", "synth holds out every family", "synth", tmp / "s", "--train", 5, "--test", 5,
+             "--holdout-fonts", ",".join(families))
+    cli_case("cli", "synth --holdout-share without --holdout-fonts", "synth", tmp / "s", "--train", 5, "--test", 5,
+             "--holdout-share", 0.5)
+    cli_case("cli", "synth unknown --style", "synth", tmp / "s", "--train", 5, "--test", 5, "--style", "pencil")
+    (tmp / "fonts").mkdir()
+    (tmp / "fonts" / "broken.ttf").write_bytes(b"not a font at all")
+    cli_case("cli", "synth --fonts-dir with only a broken font", "synth", tmp / "s", "--train", 6, "--test", 0,
+             "--fonts-dir", tmp / "fonts")
+    cli_case("cli", "split unknown --group", "split", data, "--group", "writer")
+    cli_case("cli", "predict --route without a grapheme head", "predict", ckpt, "--data", data, "--out", "s.csv",
+             "--route")
     cli_case("cli", "preview unknown --aug", "preview", data, "--out", "x.png", "--aug", "wild")
     cli_case("cli", "preview --n 0", "preview", data, "--out", "x.png", "--n", 0)
     cli_case("cli", "memory --budget lots", "memory", "--model", "resnet18", "--image-size", 32, "--device", "cpu",
@@ -187,7 +208,7 @@ def main() -> None:
     cli_case("config", "unknown --set key", "train", "--data", data, "--out", tmp / "r", "--set", "train.lrr=1")
     cli_case("config", "--set value of the wrong type", "train", "--data", data, "--out", tmp / "r", "--set",
              "train.epochs=abc")
-    for override in ("train.amp=fp8", "data.fold=7", "mix.alpha=-1", "train.oom_at=0", "train.batch_size=auto"):
+    for override in ("model.act=hard_swishh", "train.optimizer=adamx", "train.schedule=cosin", "train.amp=fp8", "data.fold=7", "mix.alpha=-1", "train.oom_at=0", "train.batch_size=auto"):
         cli_case("config", f"bad value {override}", "train", "--data", data, "--out", tmp / "r", "--set", override)
     cli_case("config", "fp16 on CPU", "train", "--data", data, "--out", tmp / "r", "--set", "train.amp=fp16",
              "--set", "train.device=cpu")
