@@ -279,8 +279,9 @@ def _can_mount_tmpfs(where: Path) -> bool:
 
 
 def test_read_only_file_system(ckpts, tmp_path):
-    """A real read-only mount (tmpfs, ro) in a private mount namespace: split and predict refuse it at once."""
-    data, good, _, _ = ckpts
+    """A real read-only mount (tmpfs, ro) in a private mount namespace: split and prepare refuse it at once (the
+    verbs that load torch share the same check, tested with a monkeypatched EROFS in test_check_writable)."""
+    data, _, _, _ = ckpts
     ro = tmp_path / "ro"
     ro.mkdir()
     if not _can_mount_tmpfs(ro):
@@ -289,13 +290,13 @@ def test_read_only_file_system(ckpts, tmp_path):
     okkhor = f"{sys.executable} -m okkhor"
     script = (f"mount -t tmpfs -o ro none {ro} && "
               f"{okkhor} split {data.root} --out {ro}/folds.csv; echo rc=$?; "
-              f"{okkhor} predict {good} --data {data.root} --out {ro}/sub/s.csv; echo rc=$?")
+              f"{okkhor} prepare {data.root} --out {ro}/cache/32; echo rc=$?")
     proc = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, env=env,
                           timeout=300)
     assert proc.stdout.split() == ["rc=2", "rc=2"], proc.stdout + proc.stderr
     assert proc.stderr.strip().splitlines() == [
         f"okkhor: error: --out {ro}/folds.csv: cannot be written: Read-only file system ({ro})",
-        f"okkhor: error: --out {ro}/sub/s.csv: cannot be written: Read-only file system ({ro})"]
+        f"okkhor: error: --out {ro}/cache/32: cannot be written: Read-only file system ({ro})"]
 
 
 def test_check_writable(tmp_path, monkeypatch):
