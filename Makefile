@@ -3,27 +3,42 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.okkhor-installed
+# pyproject.toml takes a torch range (the one of a Kaggle image works); development pins the tested torch
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+WHEELHOUSE := wheelhouse
+WHEELHOUSE_STAMP := $(WHEELHOUSE)/.okkhor-wheelhouse
 export NO_ALBUMENTATIONS_UPDATE := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench wheelhouse clean
 
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,export]'
+	$(PY) -m pip install --quiet -e '.[dev,export,synth]' $(TORCH_PINS)
 	touch $(STAMP)
 
 demo: setup
 	$(PY) -m okkhor.demo
 
-test: setup
+# the wheelhouse lets tests/test_install.py check an offline install (it is skipped without one)
+test: setup $(WHEELHOUSE_STAMP)
 	$(PY) -m pytest tests
 
 bench: setup
 	$(PY) bench/run.py
 
+# every wheel okkhor needs but torch, torchvision and their CUDA libraries, checked by an offline install into a
+# fresh venv that has only torch; prints the install line for a Kaggle kernel
+wheelhouse: setup
+	$(PY) tools/wheelhouse.py --out $(WHEELHOUSE) --check
+	touch $(WHEELHOUSE_STAMP)
+
+$(WHEELHOUSE_STAMP): $(STAMP) pyproject.toml
+	$(PY) tools/wheelhouse.py --out $(WHEELHOUSE)
+	touch $@
+
 clean:
-	rm -rf $(VENV) demo build *.egg-info src/*.egg-info
+	rm -rf $(VENV) demo build wheelhouse *.egg-info src/*.egg-info

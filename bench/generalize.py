@@ -1,8 +1,8 @@
 """One row of the generalisation ablation: synth (from a config's `# synth:` line) with a held-out font family,
 train, predict, and score on held-out fonts, training fonts and the real handwriting set (evaluation only).
 
-    python bench/generalize.py --config configs/generalize-cpu.yaml --holdout bensen --name base
-    python bench/generalize.py --config configs/demo-cpu.yaml --holdout bensen --name demo --set train.epochs=3
+    python bench/generalize.py --config generalize-cpu --holdout bensen --name base
+    python bench/generalize.py --config demo-cpu --holdout bensen --name demo --set train.epochs=3
 
 Results are appended to bench/generalization.json (one object per run) and printed as a markdown row. The real
 set (../shared/handwriting-dev beside the checkout) is only predicted and scored, never trained on.
@@ -52,7 +52,7 @@ def score(truth: Path, sub: Path, log: Path) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", type=Path, required=True)
+    ap.add_argument("--config", required=True, help="a preset's name (okkhor configs) or a YAML file")
     ap.add_argument("--holdout", required=True, help="font family held out of training")
     ap.add_argument("--share", type=float, default=0.5, help="share of test images in the held-out family")
     ap.add_argument("--name", required=True, help="row name")
@@ -61,7 +61,9 @@ def main() -> int:
     ap.add_argument("--route", action="store_true", help="also score predict --route")
     ap.add_argument("--work", type=Path, default=ROOT / "runs" / "generalize")
     args = ap.parse_args()
+    from okkhor.presets import find_config
 
+    args.config = find_config(args.config)
     synth = synth_line(args.config)
     extra = shlex.split(args.synth_extra) + ["--holdout-fonts", args.holdout, "--holdout-share", str(args.share)]
     key = "-".join([args.holdout, hashlib.sha1(shlex.join(synth + extra).encode()).hexdigest()[:8]])

@@ -128,3 +128,22 @@ def copy_tiny_kaggle(src: TinyKaggle, dst: str | Path) -> TinyKaggle:
     shutil.copytree(src.root, dst, dirs_exist_ok=True)
     return TinyKaggle(dst, src.names, src.num_classes, src.train_ids, src.train_labels, src.test_ids,
                       src.test_labels)
+
+
+def _is_progress(line: str) -> bool:
+    """A progress line: tqdm's bar ("... 40%|####  | ...") or okkhor.progress.LineProgress's ("desc: 8/8 img (100%) [")."""
+    import re
+
+    return "%|" in line or re.match(r"^[\w .-]+: \d+(/\d+)? \S+ \(\d+%\) \[", line.strip()) is not None
+
+
+def assert_one_line_error(code: int, output: str, *needles: str) -> None:
+    """Exit code non-zero, no traceback, and one `okkhor: error: ...` line holding every needle (progress lines of
+    the work done before the error may precede it)."""
+    assert code != 0, output
+    assert "Traceback" not in output
+    lines = [line for line in output.strip().splitlines() if line.strip() and not _is_progress(line)]
+    assert len(lines) == 1, output
+    assert lines[0].startswith("okkhor: error: "), lines[0]
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])

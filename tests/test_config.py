@@ -33,7 +33,8 @@ def test_unknown_key_lists_valid_keys():
     ("mix.alpha=-1", "mix.alpha"),
     ("data.fold=7", "data.fold"),
     ("train.batch_size=auto", "train.effective_batch"),
-    ("train.oom_at=0", "train.oom_at"),
+    ("train.oom_at=3", "unknown config key 'train.oom_at'"),  # a test hook, not a config key
+    ("train.schedule=cosin", "onecycle, cosine, poly, step, plateau, constant"),
 ])
 def test_bad_values(override, needle):
     with pytest.raises(OkkhorError) as e:

@@ -177,6 +177,10 @@ def test_by_cell_accuracy_and_exact_equal_a_hand_computation(tmp_path):
         assert value["exact"] == pytest.approx(
             sum(all(right[c][i] for c in BENGALI.names) for i in members) / len(members))
     assert result["by_cell"]["seen/font_seen"]["score"] < 1.0  # the corrupted first 20 rows reach every cell
+    for value, part in ((True, "font_seen"), (False, "font_unseen")):
+        members = [i for i in rows if df["font_seen"][i] == value]
+        recalls = [hand_recall([df[c][i] for i in members], [pred[c][i] for i in members]) for c in BENGALI.names]
+        assert result["by_font_seen"][part] == pytest.approx((2 * recalls[0] + recalls[1] + recalls[2]) / 4)
     code, out = score("--truth", tmp_path / "labels.csv", "--submission", tmp_path / "sub.csv")
     assert code == 0 and "cell unseen/font_unseen: score" in out and "exact (all targets right)" in out
 

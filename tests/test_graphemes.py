@@ -148,3 +148,31 @@ def test_export_names_the_grapheme_output(tiny_kaggle_dir, tmp_path):
     meta = {p.key: p.value for p in graph.metadata_props}
     model, *_ = load_for_inference(ckpt)
     assert json.loads(meta["okkhor.grapheme_classes"]) == model.grapheme_classes.tolist()
+
+
+def test_training_with_the_grapheme_head(tiny_kaggle_dir, tmp_path):
+    """A tiny run: the head's classes are the training fold's triples, its loss falls, and evaluate reports it."""
+    from okkhor.config import load_config
+    from okkhor.data.folds import read_folds
+    from okkhor.train import train
+
+    data = tiny_kaggle_dir(copy=True, n_train=64, n_test=16)
+    cfg = load_config(None, ["data.image_size=32", "model.name=test_resnet", "train.epochs=3", "train.batch_size=16",
+                             "data.workers=0", "data.folds=4", "eval.train_clean_size=32", "train.lr=3e-3",
+                             "model.grapheme_head=true", "train.grapheme_loss_weight=1.0"])
+    run = tmp_path / "run"
+    train(data.root, run, cfg, show_progress=False, log=lambda message: None)
+    ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    labels = pd.read_csv(data.root / "train.csv")
+    folds = read_folds(data.root / "folds.csv", labels["image_id"].astype(str).tolist())
+    train_triples = np.unique(labels.loc[folds != 0, list(data.names)].to_numpy(), axis=0)
+    assert ckpt["model"]["grapheme_classes"].tolist() == train_triples.tolist()
+    assert ckpt["model"]["grapheme_head.weight"].shape[0] == len(train_triples)
+    metrics = pd.read_csv(run / "metrics.csv")
+    train_loss = metrics.loc[metrics["split"] == "train", "loss"].to_numpy()
+    assert train_loss[-1] < train_loss[0]
+    code, out = cli("evaluate", run / "checkpoints" / "last.pt", "--data", data.root, "--labels",
+                    data.root / "test_labels.csv", "--out", tmp_path / "ev")
+    assert code == 0, out
+    head = json.loads((tmp_path / "ev" / "metrics.json").read_text())["grapheme_head"]
+    assert head["classes"] == len(train_triples)

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from okkhor.cli import app
 from okkhor.data.kaggle import IMAGE_HEIGHT, IMAGE_WIDTH, N_PIXELS, iter_image_parquet, write_image_parquet
 from okkhor.data.prepare import crop_square, ink_bbox, load_cache, prepare, preprocess
+from helpers import assert_one_line_error
 
 runner = CliRunner()
 
@@ -70,15 +71,6 @@ def run_cli(*args):
     result = runner.invoke(app, list(map(str, args)))
     return result.exit_code, result.output
 
-
-def assert_one_line_error(code, output, *needles):
-    assert code != 0
-    assert "Traceback" not in output
-    # progress-bar lines (tqdm: "... 40%|####  | ...") may precede the error; everything else is the one line
-    lines = [l for l in output.strip().splitlines() if l.strip() and "%|" not in l]
-    assert len(lines) == 1, output
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
 
 
 def test_parquet_roundtrip_and_batches(tmp_path):

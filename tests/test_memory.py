@@ -33,7 +33,7 @@ class FakeServer:
 @pytest.fixture
 def fake_server(monkeypatch):
     server = FakeServer()
-    monkeypatch.setattr(memory, "_ForkServer", lambda: server)
+    monkeypatch.setattr("okkhor.memory.server.ForkServer", lambda: server)
     return server
 
 
@@ -158,6 +158,9 @@ def test_in_process_probe_restores_the_model_and_stops_at_out_of_memory():
     """The CUDA path's bookkeeping, run on the CPU: real training steps, then weights and RNG put back."""
     import torch
 
+    from okkhor.memory.cuda import measure_here
+    from okkhor.memory.steps import train_steps
+
     from okkhor.model import build_model
     from okkhor.targets import Targets
 
@@ -172,9 +175,9 @@ def test_in_process_probe_restores_the_model_and_stops_at_out_of_memory():
         seen.append(batch)
         if batch == 8:
             return None  # ran out of memory
-        return memory._train_steps(model, cfg, targets, device, batch, CountingMeter())
+        return train_steps(model, cfg, targets, device, batch, CountingMeter())
 
-    measured, failed = memory._measure_here(model, cfg, targets, torch.device("cpu"), [2, 4, 8, 16], None, measure)
+    measured, failed = measure_here(model, cfg, targets, torch.device("cpu"), [2, 4, 8, 16], None, measure)
     assert seen == [2, 4, 8] and failed == 8 and [b for b, _ in measured] == [2, 4]
     assert measured[0][1] == {"backward": 3 * MB, "optimizer": 4 * MB, "peak": 4 * MB}  # second step's phases
     assert not model.training and all(p.grad is None for p in model.parameters())

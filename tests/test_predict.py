@@ -19,6 +19,7 @@ from okkhor.data.kaggle import iter_image_parquet, load_targets
 from okkhor.data.prepare import preprocess
 from okkhor.model import build_model
 from okkhor.predict import (MAX_TTA, check_tta, class_priors, decide, load_members, tta_view)
+from helpers import assert_one_line_error
 
 runner = CliRunner()
 
@@ -27,14 +28,6 @@ def cli(*args) -> tuple[int, str]:
     result = runner.invoke(app, [str(a) for a in args])
     return result.exit_code, result.output
 
-
-def assert_one_line_error(code: int, output: str, *needles: str) -> None:
-    assert code != 0, output
-    assert "Traceback" not in output
-    lines = [line for line in output.strip().splitlines() if line.strip() and "%|" not in line]
-    assert len(lines) == 1, output
-    for needle in needles:
-        assert needle in lines[0], lines[0]
 
 
 def make_checkpoint(path: Path, data_dir: Path, seed: int = 0, image_size: int = 32, crop: bool = True,

@@ -64,7 +64,7 @@ def test_report_of_a_real_tiny_run(tiny_kaggle_dir, tmp_path):
     metrics = json.loads((run / "report" / "metrics.json").read_text())
     assert f"{metrics['score']:.4f}" in page
     best = torch.load(run / "checkpoints" / "best.pt", weights_only=False)
-    assert metrics["score"] == pytest.approx(best["best_score"], abs=1e-9)
+    assert metrics["score"] == pytest.approx(best["run"]["best_score"], abs=1e-9)
 
 
 def test_report_without_data_dir_is_one_clear_error(tiny_kaggle_dir, tmp_path):

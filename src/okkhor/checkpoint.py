@@ -1,63 +1,161 @@
-"""Training checkpoints: everything an exact resume needs, written to a temporary file and renamed."""
+"""Training checkpoints through ignite: `Checkpoint` with an atomic `DiskSaver` writes last.pt every epoch and
+best.pt when the valid score improves; `Checkpoint.load_objects` resumes. Everything stored is plain (tensors,
+dicts, lists, numbers, strings), so `torch.load(path, weights_only=True)` reads it."""
 from __future__ import annotations
 
 import random
-import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
+from ignite.engine import Engine
+from ignite.handlers import Checkpoint, DiskSaver
 
-from okkhor.fsutil import atomic_path
+from okkhor.errors import OkkhorError
 from okkhor.model import load_checkpoint
 
-# what every checkpoint written by `okkhor train` holds (see save_checkpoint)
-CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "scaler", "ema", "trainer", "mixer", "rng", "config",
-                   "targets", "best_score", "early_stopping", "train_class_counts", "batch", "metrics", "finished",
-                   "stop_reason")
+# what every checkpoint holds besides its stateful objects: read by inference without building a trainer
+META_KEYS = ("config", "targets", "train_class_counts")
 
 
 def rng_state() -> dict[str, Any]:
-    """The global random states: python, numpy, torch CPU and (where present) every CUDA device."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """The global random states as plain values: python, numpy, torch CPU and (where used) every CUDA device."""
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": [version, list(internal), gauss],
+             "numpy": {"kind": kind, "keys": keys.tolist(), "pos": int(pos), "has_gauss": int(has_gauss),
+                       "cached_gaussian": float(cached)},
+             "torch": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    np.random.set_state((n["kind"], np.asarray(n["keys"], dtype=np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
     torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available():
-        cuda = [s.cpu() for s in state["cuda"]][:torch.cuda.device_count()]
-        torch.cuda.set_rng_state_all(cuda)
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]][:torch.cuda.device_count()])
 
 
-def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
-    """torch.save `state` to a temporary file beside `path`, then rename it onto `path`."""
-    missing = [k for k in CHECKPOINT_KEYS if k not in state]
-    if missing:
-        raise ValueError(f"checkpoint state lacks {', '.join(missing)}")
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-    return Path(path)
+class GlobalRng:
+    """The global random generators as a checkpointed object."""
+
+    def state_dict(self) -> dict:
+        return rng_state()
+
+    def load_state_dict(self, state: dict) -> None:
+        set_rng_state(state)
 
 
-def copy_checkpoint(src: str | Path, dst: str | Path) -> Path:
-    """Copy a checkpoint file atomically (best.pt from last.pt without serialising again)."""
-    with atomic_path(dst) as tmp:
-        shutil.copyfile(src, tmp)
-    return Path(dst)
+class PerProcess:
+    """Every process's state of `obj` (rank order), gathered when saved; each process loads its own (rank 0's when
+    the number of processes changed)."""
+
+    def __init__(self, obj: Any):
+        self.obj = obj
+
+    def state_dict(self) -> dict:
+        import ignite.distributed as idist
+
+        mine = self.obj.state_dict()
+        return {"ranks": [mine] if idist.get_world_size() == 1 else list(idist.all_gather(mine))}
+
+    def load_state_dict(self, state: dict) -> None:
+        import ignite.distributed as idist
+
+        ranks = state["ranks"]
+        self.obj.load_state_dict(ranks[idist.get_rank()] if len(ranks) == idist.get_world_size() else ranks[0])
+
+
+class Fixed:
+    """A value stored as is (the config, the targets); loading leaves it alone."""
+
+    def __init__(self, value: Any):
+        self.value = value
+
+    def state_dict(self) -> Any:
+        return self.value
+
+    def load_state_dict(self, state: Any) -> None:
+        pass
+
+
+class TrainerState:
+    """The trainer Engine's position (epoch, iteration, epoch length) and the step's optimizer-step count.
+
+    Loading puts the engine at the end of the stored epoch with the current epoch length and `max_epochs`: the
+    batch plan (and so the epoch length) may have changed during the run, and train.epochs on resume.
+    """
+
+    def __init__(self, trainer: Engine, step: Any, epoch_length: Callable[[], int], max_epochs: int):
+        self.trainer, self.step, self.epoch_length, self.max_epochs = trainer, step, epoch_length, max_epochs
+
+    def state_dict(self) -> dict:
+        s = self.trainer.state
+        return {"epoch": s.epoch, "iteration": s.iteration, "epoch_length": s.epoch_length, **self.step.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step.load_state_dict(state)
+        self.trainer.load_state_dict({"epoch": int(state["epoch"]), "max_epochs": self.max_epochs,
+                                      "epoch_length": self.epoch_length()})
+
+
+class _FixedNameSaver(DiskSaver):
+    """DiskSaver(atomic=True) for files with fixed names: the next save replaces the file in one rename, so the
+    old one is never removed first (ignite removes a same-named file before saving it again)."""
+
+    def remove(self, filename: str) -> None:
+        pass
+
+
+class RunCheckpoints:
+    """last.pt (every epoch) and best.pt (when `score_function` improves) of `to_save` in DIRNAME, through ignite's
+    Checkpoint; `to_save` holds the stateful objects to resume (`to_load`) and the META_KEYS values."""
+
+    def __init__(self, dirname: Path, to_load: Mapping[str, Any], meta: Mapping[str, Any],
+                 score_function: Callable[[Engine], float]):
+        missing = [k for k in META_KEYS if k not in meta]
+        if missing:
+            raise ValueError(f"checkpoint meta lacks {', '.join(missing)}")
+        self.dirname, self.to_load = Path(dirname), dict(to_load)
+        to_save = {**self.to_load, **{k: Fixed(v) for k, v in meta.items()}}
+        saver = _FixedNameSaver(str(dirname), atomic=True, create_dir=True, require_empty=False)
+        self.best = Checkpoint(to_save, saver, filename_pattern="best.{ext}", score_function=score_function,
+                               n_saved=1)
+        self.last = Checkpoint(to_save, saver, filename_pattern="last.{ext}", n_saved=1,
+                               global_step_transform=lambda engine, event: engine.state.epoch)
+
+    @property
+    def last_path(self) -> Path:
+        return self.dirname / "last.pt"
+
+    def __call__(self, trainer: Engine) -> None:
+        """Save best.pt when the score improved, then last.pt (which then records the new best)."""
+        self.best(trainer)
+        self.last(trainer)
+
+    def resume(self, ckpt: Mapping[str, Any], best_score: Any = None) -> None:
+        """Load every stateful object from `ckpt` (Checkpoint.load_objects); tell best.pt's checkpointer the score
+        to beat."""
+        missing = [k for k in self.to_load if k not in ckpt]
+        if missing:
+            raise OkkhorError(f"{self.last_path}: cannot resume from this checkpoint (no {', '.join(missing)}; "
+                              "written by another okkhor version?)")
+        Checkpoint.load_objects(to_load=self.to_load, checkpoint=dict(ckpt))
+        if best_score is not None:
+            self.best.load_state_dict({"_saved": [(best_score, "best.pt")]})
 
 
 def load_training_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A checkpoint for resuming; one clear error when it is missing, broken or lacks resume state."""
-    from okkhor.errors import OkkhorError
-
+    """A checkpoint for resuming; one clear error when it is missing, broken or lacks the run state."""
     ckpt = load_checkpoint(path, map_location="cpu")
-    missing = [k for k in CHECKPOINT_KEYS if k not in ckpt]
+    missing = [k for k in (*META_KEYS, "run", "trainer") if k not in ckpt]
     if missing:
         raise OkkhorError(f"{path}: cannot resume from this checkpoint (no {', '.join(missing)})")
     return ckpt

@@ -12,7 +12,8 @@ from okkhor.errors import OkkhorError
 app = typer.Typer(
     name="okkhor",
     help="Train and ship handwritten-grapheme recognisers (Bengali.AI format).\n\n"
-         "Data path: synth | Kaggle files -> prepare -> split -> train -> predict / evaluate / score -> report.",
+         "Data path: synth | import | Kaggle files -> prepare -> split -> train -> predict / evaluate / score "
+         "-> report.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -22,9 +23,11 @@ app = typer.Typer(
 # verb -> module under okkhor.commands defining `command`
 VERBS = {
     "synth": "synth",
+    "import": "import_",
     "prepare": "prepare",
     "split": "split",
     "train": "train",
+    "configs": "configs",
     "predict": "predict",
     "evaluate": "evaluate",
     "score": "score",

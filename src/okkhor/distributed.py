@@ -1,8 +1,9 @@
-"""Processes for multi-process training: device choice, torchrun's process group, rank-0 output, unpadded shards."""
+"""Devices and processes: the one device resolver, torchrun's process group, rank-0 output, unpadded shards."""
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 from typing import Iterator
 
 import numpy as np
@@ -19,23 +20,27 @@ def launched_world_size() -> int:
         return 1
 
 
-def pick_device(name: str) -> torch.device:
-    """`train.device` (auto/cpu/cuda) -> a torch device; with several processes, the process's local GPU."""
-    if name == "cuda" and not torch.cuda.is_available():
-        raise OkkhorError("train.device=cuda: no CUDA device is available; use train.device=cpu or auto")
+def resolve_device(name: str | torch.device = "auto", key: str = "train.device") -> torch.device:
+    """auto, cpu, cuda or cuda:N (`key` names the option in errors) -> a torch device: auto is cuda when one is
+    available; cuda is the process's local GPU (LOCAL_RANK under torchrun, else 0), made the current device."""
+    if isinstance(name, torch.device):
+        return name
+    if not isinstance(name, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", name):
+        raise OkkhorError(f"{key} {name!r}: expected auto, cpu or cuda")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise OkkhorError(f"{key}={name}: no CUDA device is available; use {key}=cpu or auto")
     if name == "cpu" or not torch.cuda.is_available():
         return torch.device("cpu")
-    index = int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count()
-    torch.cuda.set_device(index)
-    return torch.device("cuda", index)
+    index = int(name.split(":")[1]) if ":" in name else int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device("cuda", index % torch.cuda.device_count())
+    torch.cuda.set_device(device)
+    return device
 
 
 @contextlib.contextmanager
 def process_group(device_name: str) -> Iterator[None]:
-    """Join the process group described by torchrun's environment (gloo on CPU, nccl on GPUs), for the block.
-
-    Does nothing when there is one process or a group already exists (e.g. under idist.Parallel).
-    """
+    """Join the process group described by torchrun's environment (gloo on CPU, nccl on GPUs) for the block,
+    through ignite's `idist.Parallel`. Does nothing when there is one process or a group already exists."""
     import ignite.distributed as idist
 
     if launched_world_size() == 1 or idist.get_world_size() > 1:
@@ -43,12 +48,9 @@ def process_group(device_name: str) -> Iterator[None]:
         return
     use_cuda = device_name != "cpu" and torch.cuda.is_available()
     if use_cuda:
-        pick_device(device_name)
-    idist.initialize("nccl" if use_cuda else "gloo")
-    try:
+        resolve_device(device_name)
+    with idist.Parallel(backend="nccl" if use_cuda else "gloo"):
         yield
-    finally:
-        idist.finalize()
 
 
 def rank() -> int:

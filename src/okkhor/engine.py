@@ -1,15 +1,18 @@
-"""The training step (accumulation, AMP, clipping, EMA) and whole-set evaluation."""
+"""The trainer's pieces: the training step (accumulation, precision, clipping, EMA), `create_trainer`, and an
+evaluator Engine with the hierarchical recall and the loss attached."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
-from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
 import torch.nn as nn
 from ignite.engine import Engine, Events
+from timm.utils import unwrap_model
 
 from okkhor.errors import OkkhorError
 from okkhor.metrics import HierarchicalRecall
@@ -28,7 +31,7 @@ class BatchPlan:
 
     The training step reads `accum` at the start of every accumulation group; the epoch's batches are cut with
     the `batch_size` that holds when the epoch starts. A trainer exposes its plan as `engine.state.batch_plan`;
-    checkpoints store it under "batch" and a resumed run continues with the stored values.
+    checkpoints store it with the run state and a resumed run continues with the stored values.
     """
 
     batch_size: int
@@ -53,22 +56,61 @@ class BatchPlan:
         self.__post_init__()
 
 
-def autocast(device: torch.device, amp: str):
-    """The autocast context for `train.amp` (off: a no-op)."""
-    if amp == "off":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
-
-
-def check_amp(device: torch.device, amp: str) -> None:
+def check_amp(device: torch.device, amp: str, option: str = "train.amp", off: str = "off") -> None:
+    """fp16 autocast needs CUDA: one line naming `option` otherwise."""
     if amp == "fp16" and device.type != "cuda":
-        raise OkkhorError(f"train.amp=fp16 needs a CUDA device (this run uses {device.type}); "
-                          "use train.amp=bf16 or train.amp=off")
+        raise OkkhorError(f"{option}=fp16 needs a CUDA device (this run uses {device.type}); "
+                          f"use {option}=bf16 or {option}={off}")
 
 
-def to_device(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
-    x = x.to(device, non_blocking=True)
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+@dataclass
+class Precision:
+    """Where and in what number format a step runs: device, `train.amp` (off/bf16/fp16), channels_last, and the
+    gradient scaler (enabled for fp16 only)."""
+
+    device: Union[torch.device, str] = "cpu"
+    amp: str = "off"
+    channels_last: bool = False
+    scaler: Optional[torch.amp.GradScaler] = None
+
+    def __post_init__(self) -> None:
+        if self.amp not in ("off", "bf16", "fp16"):
+            raise ValueError(f"amp must be off, bf16 or fp16, got {self.amp!r}")
+        self.device = torch.device(self.device)
+        check_amp(self.device, self.amp)
+        if self.scaler is None:
+            self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == "fp16")
+
+    def autocast(self):
+        if self.amp == "off":
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type,
+                              dtype=torch.bfloat16 if self.amp == "bf16" else torch.float16)
+
+    def images(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device, non_blocking=True)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+
+@dataclass
+class TrainLoss:
+    """The training loss: mixing (a Mixer, or None) and the weighted multi-head cross-entropy with label smoothing
+    and OHEM. `loss(model, x, y, epoch)` returns the batch's mean loss."""
+
+    weights: Sequence[float]
+    label_smoothing: float = 0.0
+    ohem: float = 1.0
+    mixer: Optional[Mixer] = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self.weights = [float(w) for w in self.weights]
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, epoch: int) -> torch.Tensor:
+        if self.mixer is not None:
+            logits, mixed = self.mixer(model, x, y, epoch)
+        else:
+            logits, mixed = model(x), MixedTargets.unmixed(y)
+        return multihead_loss(logits, mixed, self.weights, self.label_smoothing, self.ohem)
 
 
 # runner(micro_step, x, y, iteration) -> loss: runs micro_step(x, y, weight=1.0), or the batch in weighted chunks
@@ -82,24 +124,21 @@ def run_whole(micro_step, x: torch.Tensor, y: torch.Tensor, iteration: int) -> t
 
 
 class TrainStep:
-    """The trainer's process function: one micro-batch forward (through the mixer) and backward.
+    """The trainer's process function: one micro-batch forward (through the loss's mixer) and backward.
 
     The loss of each micro-batch is divided by the length of its accumulation group (`plan.accum` iterations,
     counted in engine iterations) and the optimizer steps when the group is complete. The last group of an epoch
     may be shorter (the epoch's iterations need not divide by accum): it steps anyway at the epoch's last
     iteration, its losses divided by its own length, so every optimizer step follows a mean gradient.
 
-    `runner` decides how a micro-batch is run: `run_whole`, or e.g. okkhor.oom.OomRecovery, which redoes a batch
-    that ran out of memory in weighted chunks through `micro_step(x, y, weight)`.
+    `loss` is a TrainLoss (or the loss weights alone); `precision` a Precision. After each optimizer step the
+    schedule steps, and the EMA (timm ModelEmaV3) follows the unwrapped model. `runner` decides how a micro-batch
+    is run: `run_whole`, or e.g. okkhor.oom.OomRecovery, which redoes a batch that ran out of memory in chunks.
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, plan: Any,
-                 loss_weights: Sequence[float], *, mixer: Optional[Mixer] = None,
-                 scheduler: Optional[Schedule] = None,
-                 scaler: Optional[torch.amp.GradScaler] = None, amp: str = "off",
-                 device: torch.device | str = "cpu", channels_last: bool = False, clip_grad: float = 0.0,
-                 ema: Optional[nn.Module] = None, ema_source: Optional[nn.Module] = None,
-                 label_smoothing: float = 0.0, ohem: float = 1.0, world_size: int = 1,
+                 loss: Union[TrainLoss, Sequence[float]], *, precision: Optional[Precision] = None,
+                 scheduler: Optional[Schedule] = None, clip_grad: float = 0.0, ema: Optional[nn.Module] = None,
                  runner: Runner = run_whole):
         for name in ("batch_size", "accum"):
             if not isinstance(getattr(plan, name, None), int):
@@ -108,19 +147,16 @@ class TrainStep:
             raise ValueError(f"clip_grad must be >= 0, got {clip_grad}")
         if not callable(runner):
             raise TypeError(f"runner must be callable, got {type(runner).__name__}")
-        self.device = torch.device(device)
-        check_amp(self.device, amp)
+        import ignite.distributed as idist
+
         self.model, self.optimizer, self.plan = model, optimizer, plan
-        self.loss_weights = [float(w) for w in loss_weights]
-        self.mixer, self.scheduler = mixer, scheduler
-        self.scaler = scaler if scaler is not None else torch.amp.GradScaler(self.device.type, enabled=False)
-        self.amp, self.channels_last, self.clip_grad = amp, channels_last, clip_grad
-        self.ema, self.ema_source = ema, ema_source if ema_source is not None else model
-        self.label_smoothing, self.ohem, self.world_size = label_smoothing, ohem, world_size
-        self.runner = runner
+        self.loss = loss if isinstance(loss, TrainLoss) else TrainLoss(loss)
+        self.precision = precision if precision is not None else Precision()
+        self.scheduler, self.clip_grad, self.ema, self.runner = scheduler, clip_grad, ema, runner
+        self.world_size = idist.get_world_size()
         self.optimizer_steps = 0
         self._epoch_iteration = 0
-        self._group_len = 0
+        self._group_len = 1
         self._group_left = 0
         self._epoch = 0
 
@@ -131,18 +167,18 @@ class TrainStep:
 
     def _start_epoch(self, engine: Engine) -> None:
         self._epoch_iteration = 0
-        self._group_len = self._group_left = 0
+        self._group_len, self._group_left = 1, 0
 
     def _finish_epoch(self, engine: Engine) -> None:
         if self._group_left:  # the data ran out before the epoch length said: do not carry gradients over
-            self._optimizer_step()
+            self.optimizer_step()
             self._group_left = 0
 
     def __call__(self, engine: Engine, batch: Any) -> dict[str, float]:
         self.model.train()
         x, y = batch
-        x = to_device(x, self.device, self.channels_last)
-        y = y.to(self.device, non_blocking=True)
+        x = self.precision.images(x)
+        y = y.to(self.precision.device, non_blocking=True)
         self._epoch_iteration += 1
         self._epoch = engine.state.epoch
         if self._group_left == 0:
@@ -154,7 +190,7 @@ class TrainStep:
             loss = self.runner(self.micro_step, x, y, engine.state.iteration)
         self._group_left -= 1
         if self._group_left == 0:
-            self._optimizer_step()
+            self.optimizer_step()
         return {"loss": float(loss), "images": int(x.shape[0]) * self.world_size,
                 "lr": float(self.optimizer.param_groups[0]["lr"])}
 
@@ -163,17 +199,13 @@ class TrainStep:
 
         A NaN or infinite loss raises NonFiniteLoss before the backward, so no bad gradient reaches the weights.
         """
-        with autocast(self.device, self.amp):
-            if self.mixer is not None:
-                logits, mixed = self.mixer(self.model, x, y, self._epoch)
-            else:
-                logits, mixed = self.model(x), MixedTargets.unmixed(y)
-            loss = multihead_loss(logits, mixed, self.loss_weights, self.label_smoothing, self.ohem)
+        with self.precision.autocast():
+            loss = self.loss(self.model, x, y, self._epoch)
         value = self._global_mean(loss.detach())
         if not math.isfinite(value):
             raise NonFiniteLoss(f"train: the loss became {value} at epoch {self._epoch}, iteration "
                                 f"{self._epoch_iteration} of the epoch")
-        self.scaler.scale(loss * (weight / self._group_len)).backward()
+        self.precision.scaler.scale(loss * (weight / self._group_len)).backward()
         return loss.detach()
 
     def _global_mean(self, loss: torch.Tensor) -> float:
@@ -184,19 +216,21 @@ class TrainStep:
             loss = idist.all_reduce(loss.float().clone()) / self.world_size
         return float(loss)
 
-    def _optimizer_step(self) -> None:
+    def optimizer_step(self) -> None:
+        """Clip (when asked), step the optimizer through the scaler, zero the gradients, step schedule and EMA."""
+        scaler = self.precision.scaler
         if self.clip_grad > 0:
-            self.scaler.unscale_(self.optimizer)
+            scaler.unscale_(self.optimizer)
             params = [p for g in self.optimizer.param_groups for p in g["params"]]
             torch.nn.utils.clip_grad_norm_(params, self.clip_grad)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        scaler.step(self.optimizer)
+        scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.optimizer_steps += 1
         if self.scheduler is not None:
             self.scheduler.step_update(self.optimizer_steps)
         if self.ema is not None:
-            self.ema.update(self.ema_source, step=self.optimizer_steps)
+            self.ema.update(unwrap_model(self.model), step=self.optimizer_steps)
 
     def state_dict(self) -> dict:
         return {"optimizer_steps": self.optimizer_steps}
@@ -205,36 +239,55 @@ class TrainStep:
         self.optimizer_steps = int(state["optimizer_steps"])
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, loader: Any, targets: Targets, loss_weights: Sequence[float],
-             device: torch.device, amp: str = "off", channels_last: bool = False) -> dict[str, float]:
-    """Loss (mean over every sample) and hierarchical recall over a whole set, summed across processes.
+def _quiet(engine: Engine, name: str) -> Engine:
+    # errors reach the user through OkkhorError / the CLI; keep ignite from logging them a second time
+    engine.logger = logging.getLogger(name)
+    engine.logger.addHandler(logging.NullHandler())
+    engine.logger.propagate = False
+    return engine
 
-    Each process passes its own disjoint share of the set (no padding), so every sample counts exactly once.
-    """
-    import ignite.distributed as idist
 
+def create_trainer(step: TrainStep, *extra: Any) -> Engine:
+    """An Engine running `step`, with the step's epoch handlers and those of `extra` objects (e.g. OomRecovery)
+    attached, in that order."""
+    trainer = _quiet(Engine(step), "okkhor.trainer")
+    step.attach(trainer)
+    for handler in extra:
+        handler.attach(trainer)
+    return trainer
+
+
+def create_evaluator(model: nn.Module, targets: Targets, loss_weights: Sequence[float],
+                     precision: Precision) -> Engine:
+    """An Engine that runs `model` in eval mode over a loader, with `HierarchicalRecall` (score, recall_<target>)
+    and the mean multi-head loss attached; each process passes its own share, metrics are summed across them."""
+    from ignite.metrics import Loss
+
+    weights = [float(w) for w in loss_weights]
+
+    @torch.no_grad()
+    def step(engine: Engine, batch: Any):
+        x, y = batch
+        with precision.autocast():
+            logits = model(precision.images(x))
+        return tuple(out.float() for out in logits), y.to(precision.device, non_blocking=True)
+
+    evaluator = _quiet(Engine(step), "okkhor.evaluator")
+    HierarchicalRecall(targets, device=precision.device).attach(evaluator, "recall")
+    Loss(lambda logits, y: multihead_loss(logits, MixedTargets.unmixed(y), weights),
+         device=precision.device).attach(evaluator, "loss")
+    return evaluator
+
+
+def evaluate(evaluator: Engine, model: nn.Module, loader: Any) -> dict[str, float]:
+    """Run `evaluator` (from create_evaluator, on `model`) over a whole set: {"loss", "score", "recall_<t>"...}."""
     was_training = model.training
     model.eval()
-    metric = HierarchicalRecall(targets, device=device)
-    metric.reset()
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    count = torch.zeros((), dtype=torch.float64, device=device)
-    for x, y in loader:
-        x = to_device(x, device, channels_last)
-        y = y.to(device, non_blocking=True)
-        with autocast(device, amp):
-            logits = model(x)
-        logits = tuple(out.float() for out in logits)
-        loss_sum += multihead_loss(logits, MixedTargets.unmixed(y), loss_weights).double() * len(y)
-        count += len(y)
-        metric.update((logits, y))
-    loss_sum, count = idist.all_reduce(loss_sum), idist.all_reduce(count)
-    if count.item() == 0:
-        raise OkkhorError("evaluate: the set is empty")
-    result = {"loss": float(loss_sum / count), **metric.compute()}
-    model.train(was_training)
-    return result
+    try:
+        metrics = evaluator.run(loader).metrics
+    finally:
+        model.train(was_training)
+    return {"loss": float(metrics["loss"]), **metrics["recall"]}
 
 
 def class_counts(labels: np.ndarray, targets: Targets) -> dict[str, list[int]]:

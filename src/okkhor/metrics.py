@@ -138,23 +138,24 @@ def cell_name(parts: dict[str, bool]) -> str:
 def by_groups(y_true: np.ndarray, y_pred: np.ndarray, targets: Targets, groups: dict[str, np.ndarray]) -> dict:
     """The breakdown by the boolean group columns present (a subset of GROUP_COLUMNS, in that order).
 
-    "by_seen": {"seen", "unseen"} -> score (None for no rows), when `seen` is there; "by_cell": every combination
-    of the columns' values -> summary() of its rows (None for no rows), when any column is there.
+    "by_<column>" for each column: {"<column>", "un..."} -> score of those rows (None for no rows), e.g.
+    "by_seen": {"seen", "unseen"} and "by_font_seen": {"font_seen", "font_unseen"}; "by_cell": every combination
+    of the columns' values -> summary() of its rows (None for no rows).
     """
     out: dict = {}
     names = [g for g in GROUP_COLUMNS if g in groups]
+    masks = {n: np.asarray(groups[n], dtype=bool) for n in names}
+    score = lambda m: hierarchical_recall(y_true[m], y_pred[m], targets)[0] if m.any() else None  # noqa: E731
+    for n in names:
+        out[f"by_{n}"] = {cell_name({n: value}): score(masks[n] == value) for value in (True, False)}
     if not names:
         return out
-    if "seen" in groups:
-        seen = np.asarray(groups["seen"], dtype=bool)
-        out["by_seen"] = {part: (hierarchical_recall(y_true[m], y_pred[m], targets)[0] if m.any() else None)
-                          for part, m in (("seen", seen), ("unseen", ~seen))}
     cells: dict = {}
     for values in np.ndindex(*(2,) * len(names)):
         parts = {n: not bool(v) for n, v in zip(names, values)}  # True first
         mask = np.ones(len(y_true), dtype=bool)
         for n, value in parts.items():
-            mask &= np.asarray(groups[n], dtype=bool) == value
+            mask &= masks[n] == value
         cells[cell_name(parts)] = summary(y_true[mask], y_pred[mask], targets) if mask.any() else None
     out["by_cell"] = cells
     return out

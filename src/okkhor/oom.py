@@ -38,8 +38,8 @@ def free_memory(model: Any = None) -> None:
 class FaultInjector:
     """Raises torch.OutOfMemoryError once, when called with iteration `at` (the engine's 1-based iteration).
 
-    `at=-1` never raises. Used for `train.oom_at`: the error comes before the micro-batch's forward, exactly where
-    a real one would leave the gradients untouched.
+    `at=-1` never raises. Tests reach the trainer's through `okkhor.train._train(oom_at=N)`; the error comes
+    before the micro-batch's forward, exactly where a real one would leave the gradients untouched.
     """
 
     def __init__(self, at: int = -1):
@@ -55,7 +55,7 @@ class FaultInjector:
             self.fired = True
             import torch
 
-            raise torch.OutOfMemoryError(f"out of memory (injected by train.oom_at={self.at})")
+            raise torch.OutOfMemoryError(f"out of memory (injected at iteration {self.at})")
 
 
 class OomRecovery:

@@ -14,6 +14,7 @@ from okkhor.data.dataset import to_tensor
 from okkhor.data.kaggle import (ImageFiles, image_parquet_files, read_test_csv,
                                 read_train_labels, write_submission)
 from okkhor.data.prepare import preprocess
+from okkhor.distributed import resolve_device
 from okkhor.errors import OkkhorError
 from okkhor.fsutil import atomic_path, check_writable
 from okkhor.graphemes import GRAPHEME, route as route_by_head, union_classes
@@ -62,28 +63,13 @@ def grapheme_space(members: Sequence[Member]) -> np.ndarray | None:
     return union_classes(sets) if sets else None
 
 
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """'auto' -> cuda when available, else cpu; anything else as torch understands it."""
-    if isinstance(device, torch.device):
-        return device
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise OkkhorError(f"--device {device!r}: expected auto, cpu or cuda") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise OkkhorError(f"--device {device}: CUDA is not available on this machine")
-    return dev
-
-
 def load_members(ckpts: Sequence[str | Path], device: str | torch.device = "auto") -> list[Member]:
     """Load checkpoints for inference; they must predict the same targets with the same class counts."""
     from okkhor.model import load_for_inference
 
     if not ckpts:
         raise OkkhorError("no checkpoint given")
-    dev = resolve_device(device)
+    dev = resolve_device(device, key="--device")
     members: list[Member] = []
     for path in ckpts:
         model, cfg, targets, ckpt = load_for_inference(path)

@@ -58,8 +58,9 @@ def format_summary(result: dict) -> list[str]:
     for name, r in result["recall"].items():
         lines.append(f"  recall {name}: {r:.5f}  accuracy {result['accuracy'][name]:.5f}")
     lines.append(f"  exact (all targets right): {result['exact']:.5f}")
-    for part, value in result.get("by_seen", {}).items():
-        lines.append(f"  {part}: {value:.5f}" if value is not None else f"  {part}: (no rows)")
+    for column in ("by_seen", "by_font_seen"):
+        for part, value in result.get(column, {}).items():
+            lines.append(f"  {part}: {value:.5f}" if value is not None else f"  {part}: (no rows)")
     for cell, value in result.get("by_cell", {}).items():
         lines.append(f"  cell {cell}: (no rows)" if value is None else
                      f"  cell {cell}: score {value['score']:.5f}, exact {value['exact']:.5f} "

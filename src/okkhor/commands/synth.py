@@ -45,7 +45,8 @@ def command(
     Writes train.csv, train_image_data_<i>.parquet, test.csv, test_image_data_<i>.parquet, class_map.csv,
     sample_submission.csv and test_labels.csv (the answers, with `seen`, for `okkhor score`). train.csv and
     test_labels.csv also carry `font` (the family each image is drawn in) and `font_seen`.
-    Text is shaped with HarfBuzz and rasterised with FreeType from fonts installed with Python packages.
+    Text is shaped with HarfBuzz and rasterised with FreeType from fonts installed with Python packages
+    (the `synth` extra: pip install okkhor[synth]).
 
     Examples:
       okkhor synth data/synth --train 20000 --test 2000 --seed 0
@@ -57,6 +58,9 @@ def command(
     An unknown --fonts name or --holdout-fonts family fails with the list of available ones. A --fonts-dir file
     that cannot be used is left out with a warning naming it.
     """
+    from okkhor.extras import require
+
+    require("synth", "okkhor synth")
     from okkhor.data.synth import synthesize
     from okkhor.fsutil import check_writable
 

@@ -6,15 +6,27 @@ from typing import List, Optional
 
 import typer
 
+from okkhor.commands.flags import option, short_overrides
+
 
 def command(
-    data: Path = typer.Option(..., "--data", help="Data dir: train.csv, train_image_data_*.parquet (or a prepared "
-                                                  "cache), class_map.csv; folds.csv is made when missing."),
-    out: Path = typer.Option(..., "--out", help="Run dir: config.yaml, metrics.csv, checkpoints/, tb/."),
-    config: Optional[Path] = typer.Option(None, "--config", help="YAML config (e.g. configs/demo-cpu.yaml); with "
-                                                                 "--resume the default is RUN_DIR/config.yaml."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Data dir: train.csv, train_image_data_*.parquet (or a "
+                                                            "prepared cache), class_map.csv; folds.csv is made when "
+                                                            "missing."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Run dir: config.yaml, metrics.csv, checkpoints/, tb/."),
+    config: Optional[str] = typer.Option(None, "--config", help="A preset's name (okkhor configs lists them) or a "
+                                                                "YAML file; with --resume the default is "
+                                                                "RUN_DIR/config.yaml."),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="Override one config key: key=value "
                                                                  "(repeatable), e.g. --set train.lr=3e-4."),
+    model: Optional[str] = option("model"),
+    epochs: Optional[str] = option("epochs"),
+    lr: Optional[str] = option("lr"),
+    batch_size: Optional[str] = option("batch_size"),
+    image_size: Optional[str] = option("image_size"),
+    fold: Optional[str] = option("fold"),
+    amp: Optional[str] = option("amp"),
+    print_config: bool = typer.Option(False, "--print-config", help="Print the resolved config (YAML) and exit."),
     resume: bool = typer.Option(False, "--resume", help="Continue exactly from RUN_DIR/checkpoints/last.pt."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar per epoch."),
 ) -> None:
@@ -25,15 +37,26 @@ def command(
     Several processes: torchrun --nproc_per_node=2 -m okkhor train ... (gloo on CPU, nccl on GPUs).
 
     Examples:
-      okkhor train --data demo/data --out runs/demo --config configs/demo-cpu.yaml
-      okkhor train --data data --out runs/b0 --config configs/effnet-b0-128.yaml --set data.fold=1
+      okkhor train --data demo/data --out runs/demo --config demo-cpu
+      okkhor train --data data --out runs/b0 --config effnet-b0-128 --fold 1
       okkhor train --data data --out runs/b0 --resume
-      okkhor train --data data --out runs/quick --set model.name=resnet18 --set train.epochs=2 --set data.limit=2000
+      okkhor train --data data --out runs/quick --model resnet18 --epochs 2 --set data.limit=2000
+      okkhor train --config demo-cpu --epochs 3 --print-config
     """
     from okkhor.config import load_config
+    from okkhor.presets import find_config
+
+    if config is None and resume and out is not None and (out / "config.yaml").is_file():
+        config = str(out / "config.yaml")
+    short = short_overrides(model=model, epochs=epochs, lr=lr, batch_size=batch_size, image_size=image_size,
+                            fold=fold, amp=amp)
+    cfg = load_config(find_config(config) if config else None, short + (set_ or []))
+    if print_config:
+        typer.echo(cfg.to_yaml(), nl=False)
+        return
+    for name, value in (("--data", data), ("--out", out)):
+        if value is None:
+            raise typer.BadParameter("required (only --print-config runs without it)", param_hint=f"'{name}'")
     from okkhor.train import train
 
-    if config is None and resume and (out / "config.yaml").is_file():
-        config = out / "config.yaml"
-    cfg = load_config(config, set_ or [])
     train(data, out, cfg, resume=resume, show_progress=progress, log=typer.echo)

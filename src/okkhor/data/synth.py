@@ -8,13 +8,15 @@ from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
 
 from okkhor.data.hand import HandStyle
-from okkhor.data.render import FontSpec
 from okkhor.errors import OkkhorError
+
+if TYPE_CHECKING:  # render imports HarfBuzz and FreeType (the synth extra): only where a function needs it
+    from okkhor.data.render import FontSpec
 
 MAX_ROWS_PER_FILE = 50_210  # rows of one competition parquet file
 DEFAULT_ROWS_PER_FILE = 10_042  # a fifth of that: files are the unit of parallel work
@@ -79,7 +81,7 @@ class Imager:
     def __init__(self, fonts: Sequence[str | FontSpec], variation: Variation | None = None, em_px: int = 100,
                  hand: HandStyle | None = None):
         from okkhor.data.kaggle import IMAGE_HEIGHT, IMAGE_WIDTH
-        from okkhor.data.render import FontRenderer, select_fonts
+        from okkhor.data.render import FontRenderer, FontSpec, select_fonts
 
         variation = Variation() if variation is None else variation
         if not isinstance(variation, Variation):
@@ -764,7 +766,7 @@ def write_preview(path: str | Path, samples: dict[str, Sequence[Sample]], seed: 
     """
     from matplotlib.figure import Figure  # no pyplot: the caller's backend stays as it is
 
-    from okkhor.data.render import select_fonts
+    from okkhor.data.render import FontSpec, select_fonts
     from okkhor.fsutil import atomic_path
 
     path = _check_preview(path)
