@@ -186,8 +186,9 @@ def test_epoch_batches_are_seeded_by_epoch_and_shard_without_overlap():
     shards = [EpochBatches(10, plan, seed=7, rank_=r, world=2) for r in range(2)]
     for s in shards:
         s.set_epoch(1)
-    seen = [i for s in shards for b in s for i in b]
+    seen = [i for s in shards for b in s for i, epoch in b]
     assert sorted(seen) == list(range(10)) and len(shards[0]) == len(shards[1])
+    assert {epoch for s in shards for b in s for _, epoch in b} == {1}  # the epoch travels with every index
 
 
 # ------------------------------------------------------------------------------------------- the run directory

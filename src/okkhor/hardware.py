@@ -55,8 +55,10 @@ def bf16_support(device: torch.device | str) -> Bf16Support:
         ok = torch.cuda.is_bf16_supported(including_emulation=False) if _takes_emulation() else major >= 8
         return Bf16Support(bool(ok), f"CUDA compute capability {major}.{minor}"
                                      f"{' has' if ok else ' lacks'} bf16 tensor cores")
-    found = [f for f in CPU_BF16_FLAGS if f in cpu_flags()]
-    if not found:  # torch's own query where /proc/cpuinfo says nothing (or is missing)
+    flags = cpu_flags()
+    if flags:
+        found = [f for f in CPU_BF16_FLAGS if f in flags]
+    else:  # no /proc/cpuinfo: torch's own query
         checks = {"amx_bf16": "_is_amx_tile_supported", "avx512_bf16": "_is_avx512_bf16_supported"}
         found = [flag for flag, fn in checks.items() if getattr(torch.cpu, fn, lambda: False)()]
     if found:
