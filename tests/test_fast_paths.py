@@ -95,7 +95,7 @@ def test_cutmix_and_fmix_masks_are_built_on_the_batch_device_with_host_known_are
         mask, pasted = masks(np.random.default_rng(0), area, 16, 12, torch.device("cpu"))
         assert mask.shape == (4, 1, 16, 12) and mask.dtype == torch.bool
         np.testing.assert_allclose(mask.float().mean(dim=(1, 2, 3)).numpy(), pasted, atol=1e-7)
-        assert pasted[2] == 0.0 and pasted[3] == 1.0
+        assert pasted[2] == 0.0 and (masks is _cutmix_boxes or pasted[3] == 1.0)  # a full box may be clipped
 
 
 def test_recall_counts_by_scatter_match_the_reference_function():

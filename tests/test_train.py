@@ -245,6 +245,17 @@ def test_resume_continues_exactly_and_workers_do_not_matter(data, two_epoch_run,
     pd.testing.assert_frame_equal(values(out), values(reference), check_exact=True)
 
 
+def test_persistent_workers_give_the_same_run_as_no_workers(data, two_epoch_run, tmp_path):
+    """Two epochs straight with 2 persistent workers (uint8 batches, the epoch in the sampler's indices): the same
+    values as the workers=0 reference."""
+    reference, _ = two_epoch_run
+    out = tmp_path / "workers"
+    cfg = load_config(None, FAST + ["data.workers=2", "data.prefetch_factor=1"])
+    assert cfg.data.persistent_workers
+    train(data.root, out, cfg, show_progress=False, log=lambda m: None)
+    pd.testing.assert_frame_equal(values(out), values(reference), check_exact=True)
+
+
 def test_cli_resume_with_more_epochs_on_a_constant_schedule(data, tmp_path):
     const = FAST + ["train.schedule=constant", "train.lr=1e-3", "train.ema=0.5", "model.dropout=0.2",
                     "train.accum=2"]
