@@ -43,7 +43,8 @@ __all__ = ["train", "EpochBatches", "load_run_data", "metrics_columns", "RESUMAB
 
 # config keys a resumed run may change; everything else must match the checkpoint
 RESUMABLE_KEYS = ("train.epochs", "train.patience", "train.device", "train.compile", "train.batch_size",
-                  "train.accum", "train.effective_batch", "data.workers", "eval.batch_size")
+                  "train.accum", "train.effective_batch", "data.workers", "data.persistent_workers",
+                  "data.prefetch_factor", "eval.batch_size")
 
 
 # ---------------------------------------------------------------------------------------------------- config
@@ -60,11 +61,14 @@ def resolve_targets(data_dir: str | Path, cfg: Config) -> tuple[Targets, list[fl
     return targets, weights
 
 
-def resolved_config(cfg: Config, targets: Targets, loss_weights: list[float]) -> Config:
-    """The config with the target list and loss weights spelled out."""
+def resolved_config(cfg: Config, targets: Targets, loss_weights: list[float],
+                    precision: Precision | None = None) -> Config:
+    """The config with the target list and loss weights spelled out, and `auto` precision settings resolved."""
     out = copy.deepcopy(cfg)
     out.data.targets = list(targets.names)
     out.train.loss_weights = [float(w) for w in loss_weights]
+    if precision is not None:
+        out.train.amp, out.train.channels_last = precision.amp, bool(precision.channels_last)
     return out
 
 
@@ -81,8 +85,9 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
 def check_resume_config(saved: dict, cfg: Config, path: Path) -> None:
     """Fail when the config differs from the checkpoint's in anything but RESUMABLE_KEYS (or, for a shaped lr
     schedule, in train.epochs)."""
-    old, new = _flatten(saved), _flatten(cfg.to_dict())
-    changed = [k for k in new if old.get(k) != new[k] and k not in RESUMABLE_KEYS]
+    # a key newer than the checkpoint counts as unchanged when it holds its default
+    old, new, default = _flatten(saved), _flatten(cfg.to_dict()), _flatten(Config().to_dict())
+    changed = [k for k in new if old.get(k, default.get(k)) != new[k] and k not in RESUMABLE_KEYS]
     if changed:
         detail = ", ".join(f"{k} ({old.get(k)!r} -> {new[k]!r})" for k in changed[:6])
         raise OkkhorError(f"--resume: {path} was trained with a different config: {detail}; only "
@@ -152,10 +157,15 @@ def _open(data_dir: Path, out_dir: Path, cfg: Config, resume: bool):
         raise OkkhorError(f"{out_dir}: already holds a run ({last}); pass --resume to continue it "
                           "or choose another --out")
     device = resolve_device(cfg.train.device)
-    precision = Precision(device, cfg.train.amp, cfg.train.channels_last)
     targets, loss_weights = resolve_targets(data_dir, cfg)
-    cfg = resolved_config(cfg, targets, loss_weights)
     ckpt = load_training_checkpoint(last) if resume else None
+    amp, channels_last = cfg.train.amp, cfg.train.channels_last
+    if ckpt is not None:  # `auto` resumes with what the run chose (resolved in its stored config)
+        saved = ckpt["config"]["train"]
+        amp = saved.get("amp", amp) if amp == "auto" else amp
+        channels_last = saved.get("channels_last", channels_last) if channels_last == "auto" else channels_last
+    precision = Precision(device, amp, channels_last)
+    cfg = resolved_config(cfg, targets, loss_weights, precision)
     if ckpt is not None:
         check_resume_config(ckpt["config"], cfg, last)
         if ckpt["targets"] != targets.to_dict():
@@ -172,7 +182,10 @@ def _build(cfg: Config, targets: Targets, loss_weights: list[float], precision: 
     from okkhor.model import build_model
     from okkhor.oom import FaultInjector, OomRecovery
 
+    from okkhor.hardware import set_backend_flags
+
     tcfg, device, rank_, world = cfg.train, precision.device, rank(), world_size()
+    backend_flags = set_backend_flags(device, tcfg.deterministic)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
@@ -181,7 +194,7 @@ def _build(cfg: Config, targets: Targets, loss_weights: list[float], precision: 
         data = load_run_data(data_dir, cfg, targets, log, show_progress)
         graphemes = grapheme_classes(data.labels[data.train_idx])
     net = build_model(cfg.model, targets, graphemes)  # before the data: a bad model or plan fails fast
-    net.to(device, memory_format=torch.channels_last if tcfg.channels_last else torch.contiguous_format)
+    net.to(device, memory_format=torch.channels_last if precision.channels_last else torch.contiguous_format)
     plan = BatchPlan(**ckpt["run"]["batch"]) if ckpt else initial_batch_plan(cfg, net, device)
     data = data or load_run_data(data_dir, cfg, targets, log, show_progress)
     # with the grapheme head its class is one more label column and its loss one more weighted term
@@ -204,7 +217,10 @@ def _build(cfg: Config, targets: Targets, loss_weights: list[float], precision: 
     optimizer = build_optimizer(net, tcfg)
 
     def loader(dataset, **kw) -> DataLoader:
+        # workers send uint8 batches (pinned for CUDA); the device scales them (Precision.images)
         kw.setdefault("generator", torch.Generator().manual_seed(0))
+        if cfg.data.workers:
+            kw.update(persistent_workers=cfg.data.persistent_workers, prefetch_factor=cfg.data.prefetch_factor)
         return DataLoader(dataset, shuffle=False, num_workers=cfg.data.workers, pin_memory=device.type == "cuda",
                           **kw)
 
@@ -246,8 +262,7 @@ def _run(data_dir: Path, out_dir: Path, cfg: Config, resume: bool, show_progress
     @trainer.on(Events.EPOCH_STARTED)
     def seed_epoch(engine) -> None:  # every epoch's order and augmentation follow from (seed, epoch) alone
         epoch = engine.state.epoch
-        b.train_set.set_epoch(epoch)
-        b.batches.set_epoch(epoch)
+        b.batches.set_epoch(epoch)  # the epoch travels to the workers with each index: (position, epoch)
         b.generator.manual_seed(cfg.seed * 100003 + epoch)
         engine.state.epoch_length = len(b.train_loader)  # the plan may have changed between epochs
 
@@ -320,6 +335,8 @@ def _announce(log, cfg: Config, b: SimpleNamespace, ckpt) -> None:
     log(f"train: {start}{len(data.train_idx)} training images, {len(data.valid_idx)} valid, "
         f"{len(data.clean_idx)} train_clean; {cfg.model.name} at {cfg.data.image_size} px on "
         f"{b.device.type} (amp {cfg.train.amp}{', channels_last' if cfg.train.channels_last else ''})")
+    log(f"train: precision {'fp32' if b.precision.amp == 'off' else b.precision.amp} ({b.precision.amp_reason})"
+        f"{'; ' + b.backend_flags if b.backend_flags else ''}")
     log(f"train: effective batch {plan.effective(world)} = batch {plan.batch_size} x accum {plan.accum} x {world} "
         f"process{'es' if world > 1 else ''}; {iters} iterations and {steps_per_epoch(iters, plan.accum)} optimizer "
         "steps per epoch")
