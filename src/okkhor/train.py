@@ -241,7 +241,7 @@ def _build(cfg: Config, targets: Targets, loss_weights: list[float], precision: 
     return SimpleNamespace(net=net, ema=ema, plan=plan, data=data, optimizer=optimizer, schedule=schedule,
                            mixer=mixer, oom=oom, step=step, train_set=train_set, batches=batches, generator=generator,
                            train_loader=train_loader, eval_loaders=eval_loaders, loss_weights=loss_weights,
-                           device=device, world=world)
+                           device=device, world=world, precision=precision, backend_flags=backend_flags)
 
 
 def _run(data_dir: Path, out_dir: Path, cfg: Config, resume: bool, show_progress: bool, log, hooks) -> dict:
