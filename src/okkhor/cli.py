@@ -27,6 +27,7 @@ VERBS = {
     "prepare": "prepare",
     "split": "split",
     "train": "train",
+    "cv": "cv",
     "configs": "configs",
     "predict": "predict",
     "evaluate": "evaluate",

@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from okkhor.commands.flags import option, short_overrides
+from okkhor.commands.flags import option, resolve_config
 
 
 def command(
@@ -43,14 +43,10 @@ def command(
       okkhor train --data data --out runs/quick --model resnet18 --epochs 2 --set data.limit=2000
       okkhor train --config demo-cpu --epochs 3 --print-config
     """
-    from okkhor.config import load_config
-    from okkhor.presets import find_config
-
     if config is None and resume and out is not None and (out / "config.yaml").is_file():
         config = str(out / "config.yaml")
-    short = short_overrides(model=model, epochs=epochs, lr=lr, batch_size=batch_size, image_size=image_size,
-                            fold=fold, amp=amp)
-    cfg = load_config(find_config(config) if config else None, short + (set_ or []))
+    cfg = resolve_config(config, set_, model=model, epochs=epochs, lr=lr, batch_size=batch_size,
+                         image_size=image_size, fold=fold, amp=amp)
     if print_config:
         typer.echo(cfg.to_yaml(), nl=False)
         return
