@@ -118,23 +118,26 @@ class _TestHooks:
 
 
 def train(data_dir: str | Path, out_dir: str | Path, cfg: Config, resume: bool = False, *,
-          show_progress: bool = True, log: Callable[[str], None] = print) -> dict:
+          show_progress: bool = True, log: Callable[[str], None] = print, init: str | Path | None = None) -> dict:
     """Train a model on DATA_DIR's training fold and write the run directory OUT_DIR; returns the final metrics.
 
     resume: continue exactly from OUT_DIR/checkpoints/last.pt (the config must match the checkpoint's, except
-      RESUMABLE_KEYS). Under torchrun, every process calls this; the first one alone writes files and prints.
+      RESUMABLE_KEYS). init: start a new run from this checkpoint's weights (okkhor.finetune.init_from).
+    Under torchrun, every process calls this; the first one alone writes files and prints.
     Returns {"epoch", "best_score", "best_epoch", "stop_reason", "valid": {...}, "train_clean": {...}}.
     """
-    return _train(data_dir, out_dir, cfg, resume, show_progress=show_progress, log=log)
+    return _train(data_dir, out_dir, cfg, resume, show_progress=show_progress, log=log, init=init)
 
 
 def _train(data_dir: str | Path, out_dir: str | Path, cfg: Config, resume: bool = False, *,
-           show_progress: bool = True, log: Callable[[str], None] = print, **hooks: int) -> dict:
+           show_progress: bool = True, log: Callable[[str], None] = print, init: str | Path | None = None,
+           **hooks: int) -> dict:
     """`train` with _TestHooks (stop_after=, oom_at=) for tests."""
     with process_group(cfg.train.device):
         main = is_main()
         log = log if main else (lambda message: None)
-        return _run(Path(data_dir), Path(out_dir), cfg, resume, show_progress and main, log, _TestHooks(**hooks))
+        return _run(Path(data_dir), Path(out_dir), cfg, resume, show_progress and main, log, _TestHooks(**hooks),
+                    Path(init) if init is not None else None)
 
 
 def _result(epoch: int, state: dict) -> dict:
@@ -142,9 +145,11 @@ def _result(epoch: int, state: dict) -> dict:
             "stop_reason": state["stop_reason"], **state["metrics"]}
 
 
-def _open(data_dir: Path, out_dir: Path, cfg: Config, resume: bool):
+def _open(data_dir: Path, out_dir: Path, cfg: Config, resume: bool, init: Path | None = None):
     """Checks before any work: the run dir, the device, the targets, the checkpoint to resume (or None)."""
     last = out_dir / "checkpoints" / "last.pt"
+    if resume and init is not None:
+        raise OkkhorError("--init and --resume exclude each other (a resumed run continues from its last.pt)")
     if resume and not last.is_file():
         raise OkkhorError(f"--resume: {last} not found; nothing to resume")
     if not resume and last.is_file():
@@ -163,7 +168,7 @@ def _open(data_dir: Path, out_dir: Path, cfg: Config, resume: bool):
 
 
 def _build(cfg: Config, targets: Targets, loss_weights: list[float], precision: Precision, ckpt, data_dir: Path,
-           log, show_progress: bool, hooks: _TestHooks) -> SimpleNamespace:
+           log, show_progress: bool, hooks: _TestHooks, init: Path | None = None) -> SimpleNamespace:
     """Model, data, optimizer, schedule, mixer, EMA, OOM recovery and the training step of a run."""
     from okkhor.data.augment import build_augment
     from okkhor.data.dataset import GraphemeDataset
@@ -180,6 +185,10 @@ def _build(cfg: Config, targets: Targets, loss_weights: list[float], precision: 
         data = load_run_data(data_dir, cfg, targets, log, show_progress)
         graphemes = grapheme_classes(data.labels[data.train_idx])
     net = build_model(cfg.model, targets, graphemes)  # before the data: a bad model or plan fails fast
+    if init is not None:
+        from okkhor.finetune import init_from
+
+        init_from(net, init, cfg.model.name, targets, log)
     net.to(device, memory_format=torch.channels_last if tcfg.channels_last else torch.contiguous_format)
     plan = BatchPlan(**ckpt["run"]["batch"]) if ckpt else initial_batch_plan(cfg, net, device)
     data = data or load_run_data(data_dir, cfg, targets, log, show_progress)
@@ -224,10 +233,11 @@ def _build(cfg: Config, targets: Targets, loss_weights: list[float], precision: 
     return SimpleNamespace(**locals())
 
 
-def _run(data_dir: Path, out_dir: Path, cfg: Config, resume: bool, show_progress: bool, log, hooks) -> dict:
+def _run(data_dir: Path, out_dir: Path, cfg: Config, resume: bool, show_progress: bool, log, hooks,
+         init: Path | None = None) -> dict:
     from ignite.handlers import EarlyStopping
 
-    cfg, targets, loss_weights, precision, ckpt = _open(data_dir, out_dir, cfg, resume)
+    cfg, targets, loss_weights, precision, ckpt = _open(data_dir, out_dir, cfg, resume, init)
     epochs = cfg.train.epochs
     if ckpt is not None:
         done = ckpt["trainer"]["epoch"]
@@ -235,7 +245,7 @@ def _run(data_dir: Path, out_dir: Path, cfg: Config, resume: bool, show_progress
             log(f"train: {out_dir / 'checkpoints' / 'last.pt'} has finished ({ckpt['run']['stop_reason']} after "
                 f"epoch {done}); nothing to do (with a schedule not laid out over train.epochs, raise it to train on)")
             return _result(done, ckpt["run"])
-    b = _build(cfg, targets, loss_weights, precision, ckpt, data_dir, log, show_progress, hooks)
+    b = _build(cfg, targets, loss_weights, precision, ckpt, data_dir, log, show_progress, hooks, init)
     trainer = create_trainer(b.step, b.oom)
     state = RunState(b.plan, epochs, hooks.stop_after)
 
@@ -287,7 +297,8 @@ def _run(data_dir: Path, out_dir: Path, cfg: Config, resume: bool, show_progress
         if run_log is not None:
             out_dir.mkdir(parents=True, exist_ok=True)
             write_config(out_dir, cfg, targets)
-            write_text_atomic(out_dir / "run.json", json.dumps({"data_dir": str(data_dir.resolve())}, indent=1))
+            run_info = {"data_dir": str(data_dir.resolve()), **({"init": str(init.resolve())} if init else {})}
+            write_text_atomic(out_dir / "run.json", json.dumps(run_info, indent=1))
             run_log.keep_rows_up_to(ckpt["trainer"]["epoch"] if ckpt else 0)
             run_log.open_tensorboard(trainer, b.optimizer)
         _announce(log, cfg, b, ckpt)
