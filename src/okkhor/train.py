@@ -275,8 +275,12 @@ def _run(data_dir: Path, out_dir: Path, cfg: Config, resume: bool, show_progress
                "early_stopping": early_stopping, "rng": PerProcess(GlobalRng())}
     meta = {"config": cfg.to_dict(), "targets": targets.to_dict(),
             "train_class_counts": class_counts(b.data.labels[b.data.train_idx], targets)}
+    swa = _swa(cfg, b, out_dir, meta, log) if cfg.train.swa_epochs else None
+    if swa is not None:
+        trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda engine: swa.update(engine.state.epoch))
+        to_load["swa"] = swa
     checkpoints = RunCheckpoints(out_dir / "checkpoints", {k: v for k, v in to_load.items() if v is not None}, meta,
-                                 state.valid_score)
+                                 state.valid_score, keep_top=cfg.train.keep_top)
     run_log = RunLog(out_dir, targets) if is_main() else None
 
     @trainer.on(Events.EPOCH_COMPLETED)
@@ -307,11 +311,23 @@ def _run(data_dir: Path, out_dir: Path, cfg: Config, resume: bool, show_progress
         meter.completed()
         if run_log is not None:
             run_log.close()
+    if swa is not None and is_main():
+        swa.finish(trainer.state.epoch)
     result = _result(trainer.state.epoch, state.state_dict())
     if state.best_score is not None:
         log(f"train: best valid score {state.best_score:.4f} at epoch {state.best_epoch} ({state.stop_reason} "
             f"after epoch {trainer.state.epoch}); checkpoints in {checkpoints.dirname}")
     return result
+
+
+def _swa(cfg: Config, b: SimpleNamespace, out_dir: Path, meta: dict, log):
+    """train.swa_epochs: the running weight average of the last epochs (okkhor.average.Swa)."""
+    from okkhor.average import Swa
+    from okkhor.data.dataset import GraphemeDataset
+
+    bn_loader = b.loader(GraphemeDataset(b.data.images, None, b.data.train_idx), batch_size=cfg.eval.batch_size)
+    return Swa(b.net, cfg.train.epochs, cfg.train.swa_epochs, bn_loader, out_dir / "checkpoints" / "swa.pt", meta,
+               b.device, log)
 
 
 def write_config(out_dir: Path, cfg: Config, targets: Targets) -> None:
