@@ -90,6 +90,12 @@ class MixConfig:
 
 
 @dataclass
+class LogConfig:
+    wandb: str = ""                # a Weights & Biases project to log to ("": off; needs the wandb package)
+    mlflow: str = ""               # an MLflow tracking URI, e.g. file:./mlruns ("": off; needs the mlflow package)
+
+
+@dataclass
 class Config:
     seed: int = 42
     data: DataConfig = field(default_factory=DataConfig)
@@ -98,6 +104,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     aug: AugConfig = field(default_factory=AugConfig)
     mix: MixConfig = field(default_factory=MixConfig)
+    log: LogConfig = field(default_factory=LogConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -36,6 +36,7 @@ from okkhor.errors import OkkhorError
 from okkhor.fsutil import check_writable, write_text_atomic
 from okkhor.graphemes import grapheme_classes, with_grapheme_column
 from okkhor.handlers import EpochMeter, Evaluation, NonFiniteStop, RunLog, RunState, metrics_columns, summary_line
+from okkhor.loggers import open_trackers
 from okkhor.optim import SCHEDULES, build_optimizer, build_scheduler, steps_per_epoch
 from okkhor.targets import Targets
 
@@ -43,7 +44,8 @@ __all__ = ["train", "EpochBatches", "load_run_data", "metrics_columns", "RESUMAB
 
 # config keys a resumed run may change; everything else must match the checkpoint
 RESUMABLE_KEYS = ("train.epochs", "train.patience", "train.device", "train.compile", "train.batch_size",
-                  "train.accum", "train.effective_batch", "data.workers", "eval.batch_size")
+                  "train.accum", "train.effective_batch", "data.workers", "eval.batch_size", "log.wandb",
+                  "log.mlflow")
 
 
 # ---------------------------------------------------------------------------------------------------- config
@@ -234,7 +236,7 @@ def _build(cfg: Config, targets: Targets, loss_weights: list[float], precision: 
     return SimpleNamespace(net=net, ema=ema, plan=plan, data=data, optimizer=optimizer, schedule=schedule,
                            mixer=mixer, oom=oom, step=step, train_set=train_set, batches=batches, generator=generator,
                            train_loader=train_loader, eval_loaders=eval_loaders, loss_weights=loss_weights,
-                           device=device, world=world)
+                           device=device, world=world, loader=loader)
 
 
 def _run(data_dir: Path, out_dir: Path, cfg: Config, resume: bool, show_progress: bool, log, hooks,
@@ -301,6 +303,7 @@ def _run(data_dir: Path, out_dir: Path, cfg: Config, resume: bool, show_progress
     trainer.add_event_handler(Events.EXCEPTION_RAISED, NonFiniteStop(checkpoints.last_path))
     if ckpt is not None:
         checkpoints.resume(ckpt, ckpt["run"]["best_score"])
+    trackers: list = []   # W&B / MLflow (okkhor.loggers), when the config names them
     try:
         if run_log is not None:
             out_dir.mkdir(parents=True, exist_ok=True)
@@ -309,12 +312,15 @@ def _run(data_dir: Path, out_dir: Path, cfg: Config, resume: bool, show_progress
             write_text_atomic(out_dir / "run.json", json.dumps(run_info, indent=1))
             run_log.keep_rows_up_to(ckpt["trainer"]["epoch"] if ckpt else 0)
             run_log.open_tensorboard(trainer, b.optimizer)
+            trackers = open_trackers(cfg, trainer, b.optimizer, lambda: state.results, log)
         _announce(log, cfg, b, ckpt)
         trainer.run(b.train_loader, max_epochs=None if ckpt else epochs)
     finally:
         meter.completed()
         if run_log is not None:
             run_log.close()
+        for tracker in trackers:
+            tracker.close()
     if swa is not None and is_main():
         swa.finish(trainer.state.epoch)
     result = _result(trainer.state.epoch, state.state_dict())
