@@ -21,16 +21,6 @@ def _epoch_values(results: Callable[[], dict[str, dict]]) -> Callable[[Any], dic
     return transform
 
 
-def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in d.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
-    return out
-
-
 def open_trackers(cfg: Config, trainer: Engine, optimizer: Any, results: Callable[[], dict[str, dict]],
                   log: Callable[[str], None] = print) -> list:
     """ignite loggers for the trackers the config names (attached: the training loss and lr every EVERY
@@ -55,7 +45,9 @@ def open_trackers(cfg: Config, trainer: Engine, optimizer: Any, results: Callabl
             logger = MLflowLogger(tracking_uri=target)
             import mlflow
 
-            mlflow.log_params(_flat(cfg.to_dict()))
+            from okkhor.train import _flatten   # imported here: okkhor.train imports this module
+
+            mlflow.log_params(_flatten(cfg.to_dict()))
         logger.attach_output_handler(trainer, event_name=Events.ITERATION_COMPLETED(every=EVERY), tag="train",
                                      output_transform=lambda out: {"loss": out["loss"]})
         logger.attach_opt_params_handler(trainer, event_name=Events.ITERATION_COMPLETED(every=EVERY),
