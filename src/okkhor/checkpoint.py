@@ -114,17 +114,44 @@ class _FixedNameSaver(DiskSaver):
         pass
 
 
+class _Kept:
+    """The list of top-N checkpoints an ignite Checkpoint keeps, as a checkpointed object (restored on resume)."""
+
+    def __init__(self, checkpoint: Checkpoint):
+        self.checkpoint = checkpoint
+
+    def state_dict(self) -> dict:
+        return {"saved": [[float(priority), str(name)] for priority, name in self.checkpoint._saved]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.checkpoint.load_state_dict({"_saved": [tuple(item) for item in state["saved"]]})
+
+
+TOP_PATTERN = "top-epoch{global_step}-score{score}.{ext}"   # ignite writes the score with 4 decimals
+
+
 class RunCheckpoints:
     """last.pt (every epoch) and best.pt (when `score_function` improves) of `to_save` in DIRNAME, through ignite's
-    Checkpoint; `to_save` holds the stateful objects to resume (`to_load`) and the META_KEYS values."""
+    Checkpoint; `to_save` holds the stateful objects to resume (`to_load`) and the META_KEYS values.
+
+    keep_top N > 1 also keeps the N best epochs as top-epoch<E>-score<S>.pt (ignite's n_saved removes the rest).
+    """
 
     def __init__(self, dirname: Path, to_load: Mapping[str, Any], meta: Mapping[str, Any],
-                 score_function: Callable[[Engine], float]):
+                 score_function: Callable[[Engine], float], keep_top: int = 1):
         missing = [k for k in META_KEYS if k not in meta]
         if missing:
             raise ValueError(f"checkpoint meta lacks {', '.join(missing)}")
         self.dirname, self.to_load = Path(dirname), dict(to_load)
+        self.top = None
+        if keep_top > 1:
+            self.top = Checkpoint({}, DiskSaver(str(dirname), atomic=True, create_dir=True, require_empty=False),
+                                  filename_pattern=TOP_PATTERN, score_function=score_function, n_saved=keep_top,
+                                  global_step_transform=lambda engine, event: engine.state.epoch)
+            self.to_load["top"] = _Kept(self.top)
         to_save = {**self.to_load, **{k: Fixed(v) for k, v in meta.items()}}
+        if self.top is not None:
+            self.top.to_save = to_save
         saver = _FixedNameSaver(str(dirname), atomic=True, create_dir=True, require_empty=False)
         self.best = Checkpoint(to_save, saver, filename_pattern="best.{ext}", score_function=score_function,
                                n_saved=1)
@@ -138,6 +165,8 @@ class RunCheckpoints:
     def __call__(self, trainer: Engine) -> None:
         """Save best.pt when the score improved, then last.pt (which then records the new best)."""
         self.best(trainer)
+        if self.top is not None:
+            self.top(trainer)
         self.last(trainer)
 
     def resume(self, ckpt: Mapping[str, Any], best_score: Any = None) -> None:

@@ -64,6 +64,8 @@ class TrainConfig:
     ohem: float = 1.0              # keep the hardest fraction of samples per batch (1.0: all)
     grapheme_loss_weight: float = 0.5  # model.grapheme_head: weight of its cross-entropy beside the targets'
     patience: int = 0              # early stopping on the valid score, in epochs (0: off)
+    keep_top: int = 1              # also keep the N best checkpoints by valid score (checkpoints/top-*.pt; 1: off)
+    swa_epochs: int = 0            # average the weights of the last K epochs (SWA) into checkpoints/swa.pt (0: off)
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
@@ -91,6 +93,12 @@ class MixConfig:
 
 
 @dataclass
+class LogConfig:
+    wandb: str = ""                # a Weights & Biases project to log to ("": off; needs the wandb package)
+    mlflow: str = ""               # an MLflow tracking URI, e.g. file:./mlruns ("": off; needs the mlflow package)
+
+
+@dataclass
 class Config:
     seed: int = 42
     data: DataConfig = field(default_factory=DataConfig)
@@ -99,6 +107,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     aug: AugConfig = field(default_factory=AugConfig)
     mix: MixConfig = field(default_factory=MixConfig)
+    log: LogConfig = field(default_factory=LogConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -311,6 +320,8 @@ def validate(cfg: Config) -> None:
     need(0.0 <= cfg.train.label_smoothing < 1.0, "train.label_smoothing", "must be in [0, 1)")
     need(0.0 < cfg.train.ohem <= 1.0, "train.ohem", "must be in (0, 1]")
     need(cfg.train.patience >= 0, "train.patience", "must be >= 0")
+    need(cfg.train.keep_top >= 1, "train.keep_top", "must be >= 1 (1: only best.pt)")
+    need(0 <= cfg.train.swa_epochs <= cfg.train.epochs, "train.swa_epochs", "must be in 0..train.epochs")
     need(cfg.train.grapheme_loss_weight >= 0, "train.grapheme_loss_weight", "must be >= 0")
     need(cfg.eval.train_clean_size >= 0, "eval.train_clean_size", "must be >= 0")
     need(cfg.eval.batch_size >= 1, "eval.batch_size", "must be >= 1")

@@ -36,6 +36,7 @@ from okkhor.errors import OkkhorError
 from okkhor.fsutil import check_writable, write_text_atomic
 from okkhor.graphemes import grapheme_classes, with_grapheme_column
 from okkhor.handlers import EpochMeter, Evaluation, NonFiniteStop, RunLog, RunState, metrics_columns, summary_line
+from okkhor.loggers import open_trackers
 from okkhor.optim import SCHEDULES, build_optimizer, build_scheduler, steps_per_epoch
 from okkhor.targets import Targets
 
@@ -44,7 +45,7 @@ __all__ = ["train", "EpochBatches", "load_run_data", "metrics_columns", "RESUMAB
 # config keys a resumed run may change; everything else must match the checkpoint
 RESUMABLE_KEYS = ("train.epochs", "train.patience", "train.device", "train.compile", "train.batch_size",
                   "train.accum", "train.effective_batch", "data.workers", "data.persistent_workers",
-                  "data.prefetch_factor", "eval.batch_size")
+                  "data.prefetch_factor", "eval.batch_size", "log.wandb", "log.mlflow")
 
 
 # ---------------------------------------------------------------------------------------------------- config
@@ -123,23 +124,26 @@ class _TestHooks:
 
 
 def train(data_dir: str | Path, out_dir: str | Path, cfg: Config, resume: bool = False, *,
-          show_progress: bool = True, log: Callable[[str], None] = print) -> dict:
+          show_progress: bool = True, log: Callable[[str], None] = print, init: str | Path | None = None) -> dict:
     """Train a model on DATA_DIR's training fold and write the run directory OUT_DIR; returns the final metrics.
 
     resume: continue exactly from OUT_DIR/checkpoints/last.pt (the config must match the checkpoint's, except
-      RESUMABLE_KEYS). Under torchrun, every process calls this; the first one alone writes files and prints.
+      RESUMABLE_KEYS). init: start a new run from this checkpoint's weights (okkhor.finetune.init_from).
+    Under torchrun, every process calls this; the first one alone writes files and prints.
     Returns {"epoch", "best_score", "best_epoch", "stop_reason", "valid": {...}, "train_clean": {...}}.
     """
-    return _train(data_dir, out_dir, cfg, resume, show_progress=show_progress, log=log)
+    return _train(data_dir, out_dir, cfg, resume, show_progress=show_progress, log=log, init=init)
 
 
 def _train(data_dir: str | Path, out_dir: str | Path, cfg: Config, resume: bool = False, *,
-           show_progress: bool = True, log: Callable[[str], None] = print, **hooks: int) -> dict:
+           show_progress: bool = True, log: Callable[[str], None] = print, init: str | Path | None = None,
+           **hooks: int) -> dict:
     """`train` with _TestHooks (stop_after=, oom_at=) for tests."""
     with process_group(cfg.train.device):
         main = is_main()
         log = log if main else (lambda message: None)
-        return _run(Path(data_dir), Path(out_dir), cfg, resume, show_progress and main, log, _TestHooks(**hooks))
+        return _run(Path(data_dir), Path(out_dir), cfg, resume, show_progress and main, log, _TestHooks(**hooks),
+                    Path(init) if init is not None else None)
 
 
 def _result(epoch: int, state: dict) -> dict:
@@ -147,10 +151,12 @@ def _result(epoch: int, state: dict) -> dict:
             "stop_reason": state["stop_reason"], **state["metrics"]}
 
 
-def _open(data_dir: Path, out_dir: Path, cfg: Config, resume: bool):
+def _open(data_dir: Path, out_dir: Path, cfg: Config, resume: bool, init: Path | None = None):
     """Checks before any work: the run dir, the device, the targets, the checkpoint to resume (or None)."""
     check_writable(out_dir, "--out", folder=True)
     last = out_dir / "checkpoints" / "last.pt"
+    if resume and init is not None:
+        raise OkkhorError("--init and --resume exclude each other (a resumed run continues from its last.pt)")
     if resume and not last.is_file():
         raise OkkhorError(f"--resume: {last} not found; nothing to resume")
     if not resume and last.is_file():
@@ -174,7 +180,7 @@ def _open(data_dir: Path, out_dir: Path, cfg: Config, resume: bool):
 
 
 def _build(cfg: Config, targets: Targets, loss_weights: list[float], precision: Precision, ckpt, data_dir: Path,
-           log, show_progress: bool, hooks: _TestHooks) -> SimpleNamespace:
+           log, show_progress: bool, hooks: _TestHooks, init: Path | None = None) -> SimpleNamespace:
     """Model, data, optimizer, schedule, mixer, EMA, OOM recovery and the training step of a run."""
     from okkhor.data.augment import build_augment
     from okkhor.data.dataset import GraphemeDataset
@@ -194,6 +200,10 @@ def _build(cfg: Config, targets: Targets, loss_weights: list[float], precision: 
         data = load_run_data(data_dir, cfg, targets, log, show_progress)
         graphemes = grapheme_classes(data.labels[data.train_idx])
     net = build_model(cfg.model, targets, graphemes)  # before the data: a bad model or plan fails fast
+    if init is not None:
+        from okkhor.finetune import init_from
+
+        init_from(net, init, cfg.model.name, targets, log)
     net.to(device, memory_format=torch.channels_last if precision.channels_last else torch.contiguous_format)
     plan = BatchPlan(**ckpt["run"]["batch"]) if ckpt else initial_batch_plan(cfg, net, device)
     data = data or load_run_data(data_dir, cfg, targets, log, show_progress)
@@ -241,13 +251,15 @@ def _build(cfg: Config, targets: Targets, loss_weights: list[float], precision: 
     return SimpleNamespace(net=net, ema=ema, plan=plan, data=data, optimizer=optimizer, schedule=schedule,
                            mixer=mixer, oom=oom, step=step, train_set=train_set, batches=batches, generator=generator,
                            train_loader=train_loader, eval_loaders=eval_loaders, loss_weights=loss_weights,
-                           device=device, world=world, precision=precision, backend_flags=backend_flags)
+                           device=device, world=world, precision=precision, backend_flags=backend_flags,
+                           loader=loader)
 
 
-def _run(data_dir: Path, out_dir: Path, cfg: Config, resume: bool, show_progress: bool, log, hooks) -> dict:
+def _run(data_dir: Path, out_dir: Path, cfg: Config, resume: bool, show_progress: bool, log, hooks,
+         init: Path | None = None) -> dict:
     from ignite.handlers import EarlyStopping
 
-    cfg, targets, loss_weights, precision, ckpt = _open(data_dir, out_dir, cfg, resume)
+    cfg, targets, loss_weights, precision, ckpt = _open(data_dir, out_dir, cfg, resume, init)
     epochs = cfg.train.epochs
     if ckpt is not None:
         done = ckpt["trainer"]["epoch"]
@@ -255,7 +267,7 @@ def _run(data_dir: Path, out_dir: Path, cfg: Config, resume: bool, show_progress
             log(f"train: {out_dir / 'checkpoints' / 'last.pt'} has finished ({ckpt['run']['stop_reason']} after "
                 f"epoch {done}); nothing to do (with a schedule not laid out over train.epochs, raise it to train on)")
             return _result(done, ckpt["run"])
-    b = _build(cfg, targets, loss_weights, precision, ckpt, data_dir, log, show_progress, hooks)
+    b = _build(cfg, targets, loss_weights, precision, ckpt, data_dir, log, show_progress, hooks, init)
     trainer = create_trainer(b.step, b.oom)
     state = RunState(b.plan, epochs, hooks.stop_after)
 
@@ -284,8 +296,12 @@ def _run(data_dir: Path, out_dir: Path, cfg: Config, resume: bool, show_progress
                "early_stopping": early_stopping, "rng": PerProcess(GlobalRng())}
     meta = {"config": cfg.to_dict(), "targets": targets.to_dict(),
             "train_class_counts": class_counts(b.data.labels[b.data.train_idx], targets)}
+    swa = _swa(cfg, b, out_dir, meta, log) if cfg.train.swa_epochs else None
+    if swa is not None:
+        trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda engine: swa.update(engine.state.epoch))
+        to_load["swa"] = swa
     checkpoints = RunCheckpoints(out_dir / "checkpoints", {k: v for k, v in to_load.items() if v is not None}, meta,
-                                 state.valid_score)
+                                 state.valid_score, keep_top=cfg.train.keep_top)
     run_log = RunLog(out_dir, targets) if is_main() else None
 
     @trainer.on(Events.EPOCH_COMPLETED)
@@ -302,24 +318,41 @@ def _run(data_dir: Path, out_dir: Path, cfg: Config, resume: bool, show_progress
     trainer.add_event_handler(Events.EXCEPTION_RAISED, NonFiniteStop(checkpoints.last_path))
     if ckpt is not None:
         checkpoints.resume(ckpt, ckpt["run"]["best_score"])
+    trackers: list = []   # W&B / MLflow (okkhor.loggers), when the config names them
     try:
         if run_log is not None:
             out_dir.mkdir(parents=True, exist_ok=True)
             write_config(out_dir, cfg, targets)
-            write_text_atomic(out_dir / "run.json", json.dumps({"data_dir": str(data_dir.resolve())}, indent=1))
+            run_info = {"data_dir": str(data_dir.resolve()), **({"init": str(init.resolve())} if init else {})}
+            write_text_atomic(out_dir / "run.json", json.dumps(run_info, indent=1))
             run_log.keep_rows_up_to(ckpt["trainer"]["epoch"] if ckpt else 0)
             run_log.open_tensorboard(trainer, b.optimizer)
+            trackers = open_trackers(cfg, trainer, b.optimizer, lambda: state.results, log)
         _announce(log, cfg, b, ckpt)
         trainer.run(b.train_loader, max_epochs=None if ckpt else epochs)
     finally:
         meter.completed()
         if run_log is not None:
             run_log.close()
+        for tracker in trackers:
+            tracker.close()
+    if swa is not None and is_main():
+        swa.finish(trainer.state.epoch)
     result = _result(trainer.state.epoch, state.state_dict())
     if state.best_score is not None:
         log(f"train: best valid score {state.best_score:.4f} at epoch {state.best_epoch} ({state.stop_reason} "
             f"after epoch {trainer.state.epoch}); checkpoints in {checkpoints.dirname}")
     return result
+
+
+def _swa(cfg: Config, b: SimpleNamespace, out_dir: Path, meta: dict, log):
+    """train.swa_epochs: the running weight average of the last epochs (okkhor.average.Swa)."""
+    from okkhor.average import Swa
+    from okkhor.data.dataset import GraphemeDataset
+
+    bn_loader = b.loader(GraphemeDataset(b.data.images, None, b.data.train_idx), batch_size=cfg.eval.batch_size)
+    return Swa(b.net, cfg.train.epochs, cfg.train.swa_epochs, bn_loader, out_dir / "checkpoints" / "swa.pt", meta,
+               b.device, log)
 
 
 def write_config(out_dir: Path, cfg: Config, targets: Targets) -> None:

@@ -52,3 +52,11 @@ def short_overrides(**given: typing.Any) -> list[str]:
     if unknown:
         raise TypeError(f"not a short flag: {', '.join(sorted(unknown))}")
     return [f"{SHORT_FLAGS[flag]}={given[flag]}" for flag in SHORT_FLAGS if given.get(flag) is not None]
+
+
+def resolve_config(config: typing.Optional[str], set_: typing.Optional[list[str]], **short: typing.Any):
+    """The Config of a training verb: a preset's name or a YAML file, then the short flags, then --set (wins)."""
+    from okkhor.config import load_config
+    from okkhor.presets import find_config
+
+    return load_config(find_config(config) if config else None, short_overrides(**short) + (set_ or []))

@@ -8,8 +8,9 @@ import typer
 
 
 def command(
-    checkpoints: List[Path] = typer.Argument(..., help="One or more checkpoints (e.g. one per fold); their "
-                                                       "softmax outputs are averaged."),
+    checkpoints: List[Path] = typer.Argument(..., help="One or more checkpoints (e.g. one per fold), run "
+                                                       "directories (their best.pt) or `okkhor cv` folders (every "
+                                                       "fold's best.pt); their softmax outputs are averaged."),
     data: Path = typer.Option(..., "--data", help="Folder with test.csv and test_image_data_*.parquet."),
     out: Path = typer.Option(Path("submission.csv"), "--out", help="Submission CSV to write (row_id,target)."),
     tta: int = typer.Option(1, "--tta", help="Views per image, 1..8: 1 is the plain image; then shifts right/left/"
@@ -37,9 +38,12 @@ def command(
       okkhor predict runs/fold*/checkpoints/best.pt --data data/ --tta 4 --probs probs.npz
       okkhor predict best.pt --data data/ --prior-correction
       okkhor predict best.pt --data data/ --route
+      okkhor predict runs/cv --data data/        (every fold of an `okkhor cv` run)
     """
+    from okkhor.cv import checkpoints_of
     from okkhor.predict import predict
 
+    checkpoints = [ckpt for path in checkpoints for ckpt in checkpoints_of(path)]
     result = predict(checkpoints, data, out, tta=tta, probs=probs, batch_size=batch_size,
                      prior_correction=prior_correction, device=device, route=route,
                      route_threshold=route_threshold)

@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from okkhor.commands.flags import option, short_overrides
+from okkhor.commands.flags import option, resolve_config
 
 
 def command(
@@ -28,6 +28,9 @@ def command(
     amp: Optional[str] = option("amp"),
     print_config: bool = typer.Option(False, "--print-config", help="Print the resolved config (YAML) and exit."),
     resume: bool = typer.Option(False, "--resume", help="Continue exactly from RUN_DIR/checkpoints/last.pt."),
+    init: Optional[Path] = typer.Option(None, "--init", help="Start from this checkpoint's weights (same "
+                                                             "model.name; any image size) with a new optimizer "
+                                                             "and schedule; heads of other targets start afresh."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar per epoch."),
 ) -> None:
     """Train a timm backbone with one head per target; every epoch evaluate on the validation fold and on a
@@ -40,17 +43,14 @@ def command(
       okkhor train --data demo/data --out runs/demo --config demo-cpu
       okkhor train --data data --out runs/b0 --config effnet-b0-128 --fold 1
       okkhor train --data data --out runs/b0 --resume
+      okkhor train --data data --out runs/b0-160 --init runs/b0/checkpoints/best.pt --image-size 160 --lr 3e-4
       okkhor train --data data --out runs/quick --model resnet18 --epochs 2 --set data.limit=2000
       okkhor train --config demo-cpu --epochs 3 --print-config
     """
-    from okkhor.config import load_config
-    from okkhor.presets import find_config
-
     if config is None and resume and out is not None and (out / "config.yaml").is_file():
         config = str(out / "config.yaml")
-    short = short_overrides(model=model, epochs=epochs, lr=lr, batch_size=batch_size, image_size=image_size,
-                            fold=fold, amp=amp)
-    cfg = load_config(find_config(config) if config else None, short + (set_ or []))
+    cfg = resolve_config(config, set_, model=model, epochs=epochs, lr=lr, batch_size=batch_size,
+                         image_size=image_size, fold=fold, amp=amp)
     if print_config:
         typer.echo(cfg.to_yaml(), nl=False)
         return
@@ -59,4 +59,4 @@ def command(
             raise typer.BadParameter("required (only --print-config runs without it)", param_hint=f"'{name}'")
     from okkhor.train import train
 
-    train(data, out, cfg, resume=resume, show_progress=progress, log=typer.echo)
+    train(data, out, cfg, resume=resume, show_progress=progress, log=typer.echo, init=init)

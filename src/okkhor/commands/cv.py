@@ -1,0 +1,44 @@
+"""`okkhor cv`: train every fold into RUNS/fold<k>/, then write out-of-fold probabilities and scores."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from okkhor.commands.flags import option, resolve_config
+
+
+def command(
+    data: Path = typer.Option(..., "--data", help="Data dir, as for `okkhor train` (folds.csv is made when "
+                                                  "missing, with data.folds folds)."),
+    out: Path = typer.Option(..., "--out", help="Folder of the fold runs (RUNS/fold<k>/), oof.npz and cv.csv."),
+    config: Optional[str] = typer.Option(None, "--config", help="A preset's name (okkhor configs lists them) or a "
+                                                                "YAML file."),
+    folds: Optional[str] = typer.Option(None, "--folds", help="Folds to train, e.g. 0,1,2 (default: every fold "
+                                                              "of data.folds)."),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="Override one config key: key=value "
+                                                                 "(repeatable)."),
+    model: Optional[str] = option("model"),
+    epochs: Optional[str] = option("epochs"),
+    lr: Optional[str] = option("lr"),
+    batch_size: Optional[str] = option("batch_size"),
+    image_size: Optional[str] = option("image_size"),
+    amp: Optional[str] = option("amp"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar per epoch."),
+) -> None:
+    """Cross-validate: train one run per fold (each validated on its fold), then predict every training image
+    with the fold that held it out (RUNS/oof.npz) and score them (RUNS/cv.csv, one row per fold and the OOF row).
+
+    A finished fold is skipped and an unfinished one resumed, so rerunning the same command continues it.
+    `okkhor predict RUNS` ensembles every fold's best.pt; `okkhor report RUNS` shows the fold table.
+
+    Examples:
+      okkhor cv --data data --out runs/cv --config effnet-b0-128
+      okkhor cv --data data --out runs/cv --folds 0,1 --epochs 3
+    """
+    from okkhor.cv import parse_folds, run_cv
+
+    cfg = resolve_config(config, set_, model=model, epochs=epochs, lr=lr, batch_size=batch_size,
+                         image_size=image_size, amp=amp)
+    run_cv(data, out, cfg, parse_folds(folds, cfg.data.folds), show_progress=progress, log=typer.echo)

@@ -1,0 +1,103 @@
+"""`okkhor cv`: fold runs, skipping finished folds, OOF probabilities and scores, predict and report of a cv folder."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from okkhor.cli import app
+from okkhor.config import load_config
+from okkhor.cv import parse_folds, run_cv
+from okkhor.data.folds import read_folds, split
+from okkhor.data.kaggle import load_targets
+from okkhor.data.prepare import PrepareOptions, default_cache_dir, load_cache, prepare
+from okkhor.errors import OkkhorError
+from okkhor.metrics import hierarchical_recall
+from okkhor.predict import ensemble_probs, load_members
+
+FAST = ["model.name=test_efficientnet", "data.image_size=32", "data.folds=3", "train.batch_size=16",
+        "data.workers=0", "eval.train_clean_size=16", "eval.batch_size=64", "train.epochs=1"]
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def cv_run(tiny_kaggle_dir, tmp_path_factory):
+    """Folds 0,1 of a 3-fold cv run, then the same command with folds 0,1,2 (as after a kill after fold 1)."""
+    tiny = tiny_kaggle_dir(copy=True, n_train=60, n_test=8)
+    prepare(tiny.root, size=32, show_progress=False)
+    split(tiny.root, load_targets(tiny.root), folds=3, seed=42)
+    runs = tmp_path_factory.mktemp("cv") / "runs"
+    cfg = load_config(None, FAST)
+    first, second = [], []
+    run_cv(tiny.root, runs, cfg, [0, 1], show_progress=False, log=first.append)
+    stamps = {k: (runs / f"fold{k}" / "checkpoints" / "last.pt").stat().st_mtime_ns for k in (0, 1)}
+    result = run_cv(tiny.root, runs, cfg, [0, 1, 2], show_progress=False, log=second.append)
+    return tiny, runs, result, first, second, stamps
+
+
+def test_second_run_skips_finished_folds_and_trains_the_rest(cv_run):
+    tiny, runs, result, first, second, stamps = cv_run
+    assert any(line.startswith("cv: fold 1 -> ") for line in first)
+    assert not any("fold 2" in line for line in first)
+    for k in (0, 1):
+        assert any(line.startswith(f"cv: fold {k} has finished") and "skipped" in line for line in second)
+        assert (runs / f"fold{k}" / "checkpoints" / "last.pt").stat().st_mtime_ns == stamps[k]
+    assert any(line.startswith("cv: fold 2 -> ") for line in second)
+    assert not any(line.startswith("cv: fold 0 ->") or line.startswith("cv: fold 1 ->") for line in second)
+    assert (runs / "fold2" / "checkpoints" / "best.pt").is_file()
+    assert second[-1].startswith(f"cv: OOF score {result['oof_score']:.4f} over {len(tiny.train_ids)} images")
+
+
+def test_oof_covers_every_image_once_and_scores_the_fold_predictions(cv_run):
+    tiny, runs, result, _, _, _ = cv_run
+    oof = np.load(runs / "oof.npz")
+    ids = oof["image_ids"].tolist()
+    assert sorted(ids) == sorted(tiny.train_ids) and len(ids) == len(set(ids))
+    targets = load_targets(tiny.root)
+    images, cache_ids = load_cache(default_cache_dir(tiny.root, PrepareOptions(32, True)), "train")
+    folds = read_folds(tiny.root / "folds.csv", cache_ids)
+    label_of = dict(zip(tiny.train_ids, tiny.train_labels.tolist()))
+    # independently: each fold's best.pt on its own validation rows, concatenated
+    truth, preds, fold_ids = [], [], []
+    for k in range(3):
+        rows = np.flatnonzero(folds == k)
+        members = load_members([runs / f"fold{k}" / "checkpoints" / "best.pt"], "cpu")
+        p = ensemble_probs(members, {members[0].preprocessing: images}, rows=rows)
+        preds.append(np.stack([p[n].argmax(1) for n in targets.names], axis=1))
+        fold_ids += [cache_ids[r] for r in rows]
+        truth.append(np.array([label_of[cache_ids[r]] for r in rows]))
+        for name in targets.names:
+            np.testing.assert_allclose(oof[name][oof["fold"] == k], p[name], rtol=1e-5, atol=1e-6)
+    assert ids == fold_ids
+    expected, _ = hierarchical_recall(np.concatenate(truth), np.concatenate(preds), targets)
+    assert result["oof_score"] == pytest.approx(expected)
+    table = pd.read_csv(runs / "cv.csv")
+    assert table["fold"].astype(str).tolist() == ["0", "1", "2", "oof"]
+    assert table["images"].tolist()[:3] == [int((folds == k).sum()) for k in range(3)]
+    assert table["score"].iloc[-1] == pytest.approx(expected)
+
+
+def test_predict_and_report_take_a_cv_folder(cv_run, tmp_path):
+    tiny, runs, result, _, _, _ = cv_run
+    sets = [a for kv in FAST for a in ("--set", kv)]
+    res = runner.invoke(app, ["cv", "--data", str(tiny.root), "--out", str(runs), "--epochs", "1", *sets])
+    assert res.exit_code == 0, res.output
+    assert res.output.count("skipped") == 3 and f"cv: OOF score {result['oof_score']:.4f}" in res.output
+    res = runner.invoke(app, ["predict", str(runs), "--data", str(tiny.root), "--out", str(tmp_path / "s.csv")])
+    assert res.exit_code == 0, res.output
+    assert "3 checkpoint(s)" in res.output
+    res = runner.invoke(app, ["report", str(runs)])
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    assert [line.split()[0] for line in lines[1:5]] == ["0", "1", "2", "oof"]
+    assert f"{result['oof_score']:.4f}" in lines[4]
+    assert (runs / "report.html").is_file()
+
+
+def test_parse_folds():
+    assert parse_folds(None, 5) == [0, 1, 2, 3, 4]
+    assert parse_folds("2,0", 5) == [2, 0]
+    for bad in ("5", "a", "1,1"):
+        with pytest.raises(OkkhorError, match="--folds"):
+            parse_folds(bad, 5)
