@@ -61,6 +61,7 @@ class TrainConfig:
     ohem: float = 1.0              # keep the hardest fraction of samples per batch (1.0: all)
     grapheme_loss_weight: float = 0.5  # model.grapheme_head: weight of its cross-entropy beside the targets'
     patience: int = 0              # early stopping on the valid score, in epochs (0: off)
+    checkpoint_every: int = 0      # also save last.pt every this many iterations mid-epoch (0: at epoch ends only)
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
@@ -307,6 +308,7 @@ def validate(cfg: Config) -> None:
     need(0.0 <= cfg.train.label_smoothing < 1.0, "train.label_smoothing", "must be in [0, 1)")
     need(0.0 < cfg.train.ohem <= 1.0, "train.ohem", "must be in (0, 1]")
     need(cfg.train.patience >= 0, "train.patience", "must be >= 0")
+    need(cfg.train.checkpoint_every >= 0, "train.checkpoint_every", "must be >= 0 (0: at epoch ends only)")
     need(cfg.train.grapheme_loss_weight >= 0, "train.grapheme_loss_weight", "must be >= 0")
     need(cfg.eval.train_clean_size >= 0, "eval.train_clean_size", "must be >= 0")
     need(cfg.eval.batch_size >= 1, "eval.batch_size", "must be >= 1")
