@@ -18,9 +18,6 @@ from okkhor.train import _train, train
 
 FAST = ["model.name=test_efficientnet", "data.image_size=32", "data.folds=4", "train.batch_size=16",
         "data.workers=0", "eval.train_clean_size=32", "eval.batch_size=64", "train.epochs=2"]
-# on CPU a resumed run must give these columns exactly (seconds is wall time)
-EXACT = ["epoch", "split", "loss", "score", "recall_grapheme_root", "recall_vowel_diacritic",
-         "recall_consonant_diacritic", "lr"]
 QUIET = {"show_progress": False, "log": lambda m: None}
 
 
@@ -32,16 +29,30 @@ def data(tiny_kaggle_dir):
     return tiny
 
 
-# mixing, dropout, EMA and accumulation: every piece of state a mid-epoch resume must carry
-STATEFUL = FAST + ["mix.kind=cutmix", "mix.prob=0.5", "model.dropout=0.2", "train.ema=0.5", "train.accum=2",
-                   "aug.preset=light"]
+
+def _harness():
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("okkhor_faults", Path(__file__).parents[1] / "tools" / "faults.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+faults = _harness()
+# the harness's run: mixing, dropout, EMA, accumulation and train.checkpoint_every=2, every piece of state a
+# mid-epoch resume must carry
+STATEFUL = faults.SETS
 
 
 @pytest.fixture(scope="module")
 def reference(data, tmp_path_factory):
     out = tmp_path_factory.mktemp("ref") / "run"
     train(data.root, out, load_config(None, STATEFUL), **QUIET)
-    return pd.read_csv(out / "metrics.csv")[EXACT]
+    return faults.values(out)
 
 
 def test_sigterm_mid_epoch_saves_and_resume_is_exact(data, reference, tmp_path):
@@ -60,4 +71,188 @@ def test_sigterm_mid_epoch_saves_and_resume_is_exact(data, reference, tmp_path):
     lines: list[str] = []
     train(data.root, out, cfg, resume=True, show_progress=False, log=lines.append)
     assert any("resuming in epoch 2 after iteration 4" in m for m in lines)
-    pd.testing.assert_frame_equal(pd.read_csv(out / "metrics.csv")[EXACT], reference, check_exact=True)
+    pd.testing.assert_frame_equal(faults.values(out), reference, check_exact=True)
+
+
+def test_checkpoint_every_saves_mid_epoch(data, tmp_path, monkeypatch):
+    """train.checkpoint_every=2 with accum 2: last.pt after iterations 2 and 4 of each 5-iteration epoch, and at
+    each epoch's end."""
+    from okkhor.checkpoint import RunCheckpoints
+
+    saved: list[tuple[int, int]] = []
+    real = RunCheckpoints.save_last
+
+    def spy(self, trainer):
+        saved.append((trainer.state.epoch, trainer.state.iteration))
+        return real(self, trainer)
+
+    monkeypatch.setattr(RunCheckpoints, "save_last", spy)
+    train(data.root, tmp_path / "run", load_config(None, STATEFUL), **QUIET)
+    assert saved == [(1, 2), (1, 4), (2, 7), (2, 9)]
+    assert torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)["trainer"]["epoch"] == 2
+
+
+def test_kill_9_at_points_the_harness_picks_then_resume_is_exact(data, reference, tmp_path):
+    """The fast subset of `make faults`: two SIGKILLs (random delay, after an output line), each run resumed to
+    the reference metrics."""
+    import time
+
+    start = time.time()
+    lines: list[str] = []
+    injected, survived, lost = faults.run_suite(data.root, tmp_path, kills=2, sigterms=0, seed=3,
+                                                reference=reference, duration=8.0, out=lines.append)
+    assert lost == 0 and injected == survived >= 1, lines
+    assert lines[-1] == f"faults: {injected} injected, {injected} survived, 0 runs lost"
+
+
+@pytest.mark.parametrize("writer", ["checkpoint", "metrics"])
+def test_a_full_disk_keeps_the_previous_checkpoint_and_stops_with_one_line(data, tmp_path, monkeypatch, writer):
+    from typer.testing import CliRunner
+
+    from helpers import assert_one_line_error
+    from okkhor.cli import app
+
+    calls: list[int] = []
+    target = (torch, "save") if writer == "checkpoint" else (pd.DataFrame, "to_csv")
+    real = getattr(*target)
+    # checkpoints: best.pt and last.pt of epoch 1 are calls 1-2; metrics.csv: the start, epoch 1 and epoch 2
+    fail_at = 3
+
+    def full(*args, **kwargs):
+        calls.append(1)
+        if len(calls) >= fail_at:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(*args, **kwargs)
+
+    out = tmp_path / "run"
+    monkeypatch.setattr(*target, full)
+    result = CliRunner().invoke(app, ["train", "--data", str(data.root), "--out", str(out), "--no-progress",
+                                      *sum((["--set", s] for s in FAST), [])])
+    monkeypatch.undo()
+    name = "best.pt" if writer == "checkpoint" else "metrics.csv"
+    assert_one_line_error(result.exit_code, result.output, name, "No space left on device", "training stopped",
+                          "last.pt is kept", "--resume")
+    ckpt = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
+    assert ckpt["trainer"]["epoch"] == 1
+    assert list(pd.read_csv(out / "metrics.csv")["epoch"]) == [1, 1, 1]
+    assert not list(out.rglob(".*tmp*"))
+    if writer == "checkpoint":  # the disk has room again: the run goes on to its end
+        train(data.root, out, load_config(None, FAST), resume=True, **QUIET)
+        assert list(pd.read_csv(out / "metrics.csv")["epoch"]) == [1, 1, 1, 2, 2, 2]
+
+
+@pytest.fixture(scope="module")
+def one_epoch(data, tmp_path_factory):
+    """A run stopped after epoch 1 of 2 (the tests that change it work on a copy)."""
+    out = tmp_path_factory.mktemp("one") / "run"
+    _train(data.root, out, load_config(None, FAST), stop_after=1, **QUIET)
+    return out
+
+
+@pytest.mark.parametrize("change, needles", [
+    (["train.batch_size=8"], ["batch plan changed", "train.batch_size (16 -> 8)", "--set train.batch_size=16"]),
+    (["train.accum=2"], ["batch plan changed", "train.accum (1 -> 2)"]),
+])
+def test_a_changed_batch_plan_on_resume_is_refused_in_one_line(data, one_epoch, change, needles):
+    from typer.testing import CliRunner
+
+    from helpers import assert_one_line_error
+    from okkhor.cli import app
+
+    result = CliRunner().invoke(app, ["train", "--data", str(data.root), "--out", str(one_epoch), "--resume",
+                                      *sum((["--set", s] for s in change), [])])
+    assert_one_line_error(result.exit_code, result.output, *needles)
+    assert "batch_size: 16" in (one_epoch / "config.yaml").read_text()  # not rewritten with the refused value
+
+
+def test_a_changed_process_count_on_resume_is_refused(data, one_epoch, tmp_path):
+    import shutil
+
+    run = shutil.copytree(one_epoch, tmp_path / "run")
+    last = run / "checkpoints" / "last.pt"
+    ckpt = torch.load(last, weights_only=True)
+    ckpt["trainer"]["world_size"] = 2  # as if trained by two processes
+    torch.save(ckpt, last)
+    with pytest.raises(OkkhorError, match="trained with 2 processes and this run has 1"):
+        train(data.root, run, load_config(None, FAST), resume=True, **QUIET)
+
+
+def test_a_re_split_folds_file_is_refused_by_resume_and_evaluate(data, one_epoch, tmp_path):
+    import shutil
+
+    from okkhor.evaluate import evaluate
+
+    folds = data.root / "folds.csv"
+    kept = tmp_path / "folds.csv"
+    shutil.copy(folds, kept)
+    try:
+        split(data.root, load_targets(data.root), folds=4, seed=7)
+        with pytest.raises(OkkhorError, match="folds.csv: is not the split .*last.pt was trained with"):
+            train(data.root, one_epoch, load_config(None, FAST), resume=True, **QUIET)
+        with pytest.raises(OkkhorError, match="folds.csv: is not the split .*best.pt was trained with"):
+            evaluate(one_epoch / "checkpoints" / "best.pt", data.root, fold=0, show_progress=False)
+    finally:
+        shutil.copy(kept, folds)
+
+
+def test_resume_without_a_checkpoint_starts_from_the_beginning(data, tmp_path):
+    """Killed before the first checkpoint: metrics rows but no last.pt. --resume starts cleanly."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.csv").write_text("epoch,split,loss\n1,train,9.9\n")
+    lines: list[str] = []
+    _train(data.root, out, load_config(None, FAST), resume=True, show_progress=False, log=lines.append,
+           stop_after=1)
+    assert any("holds no checkpoint yet; starting from the beginning" in m for m in lines)
+    df = pd.read_csv(out / "metrics.csv")
+    assert list(df["epoch"]) == [1, 1, 1] and 9.9 not in df["loss"].tolist()
+
+
+# ------------------------------------------------------------------------------------------- two nodes
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _two_nodes(data, out, *sets: str, resume: bool = False) -> str:
+    """Two torchrun launchers (one process each) on this machine, meeting at a c10d rendezvous on loopback."""
+    import os
+    import subprocess
+    import sys
+
+    port = _free_port()
+    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1", "--rdzv-backend=c10d",
+           f"--rdzv-endpoint=127.0.0.1:{port}", f"--rdzv-id=okkhor{port}", "--local-addr=127.0.0.1", "-m", "okkhor",
+           "train", "--data", str(data.root), "--out", str(out), "--no-progress", *(["--resume"] if resume else []),
+           *sum((["--set", s] for s in (*FAST, "train.device=cpu", "train.schedule=constant", *sets)), [])]
+    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for _ in range(2)]
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), "\n".join(outputs)
+    return "".join(outputs)
+
+
+def test_two_nodes_write_one_run_and_resume_exactly(data, tmp_path):
+    from okkhor.evaluate import evaluate
+
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    output = _two_nodes(data, straight)
+    assert output.count("x 2 processes") == 1 and output.count("epoch 2/2") == 1  # only the first process prints
+    assert sorted(p.name for p in (straight / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
+    metrics = pd.read_csv(straight / "metrics.csv")
+    assert list(zip(metrics["epoch"], metrics["split"])) == [(1, "train"), (1, "train_clean"), (1, "valid"),
+                                                             (2, "train"), (2, "train_clean"), (2, "valid")]
+    # the valid rows cover the whole valid fold once: the same score as one process evaluating the checkpoint
+    last = torch.load(straight / "checkpoints" / "last.pt", weights_only=True)
+    assert last["trainer"]["world_size"] == 2
+    alone = evaluate(straight / "checkpoints" / "last.pt", data.root, show_progress=False)
+    assert len(alone.image_ids) == 24
+    assert alone.metrics["score"] == pytest.approx(metrics["score"].iloc[-1], abs=1e-6)
+    _two_nodes(data, resumed, "train.epochs=1")
+    _two_nodes(data, resumed, "train.epochs=2", resume=True)
+    pd.testing.assert_frame_equal(faults.values(resumed), faults.values(straight), check_exact=True)

@@ -36,7 +36,7 @@ from okkhor.distributed import barrier, is_main, process_group, resolve_device, 
 from okkhor.engine import (BatchPlan, Precision, TrainLoss, TrainStep, class_counts, create_evaluator,
                            create_trainer)
 from okkhor.errors import OkkhorError
-from okkhor.fsutil import write_text_atomic
+from okkhor.fsutil import check_writable, write_text_atomic
 from okkhor.graphemes import grapheme_classes, with_grapheme_column
 from okkhor.handlers import (EpochMeter, Evaluation, Preemption, RunLog, RunState, StopLine, metrics_columns,
                              summary_line)
@@ -175,18 +175,19 @@ def _open(data_dir: Path, out_dir: Path, cfg: Config, resume: bool, log):
     """
     last = out_dir / "checkpoints" / "last.pt"
     if is_main():
+        check_writable(out_dir, "--out", folder=True)
         remove_stale_temps(last.parent)  # what a save killed midway left
-    if resume and not last.is_file():
-        log(f"train: --resume: {out_dir} holds no checkpoint yet; starting from the beginning")
-        resume = False
-    elif not resume and last.is_file():
+    fresh = resume and not last.is_file()
+    if not resume and last.is_file():
         raise OkkhorError(f"{out_dir}: already holds a run ({last}); pass --resume to continue it "
                           "or choose another --out")
     device = resolve_device(cfg.train.device)
     precision = Precision(device, cfg.train.amp, cfg.train.channels_last)
     targets, loss_weights = resolve_targets(data_dir, cfg)
     cfg = resolved_config(cfg, targets, loss_weights)
-    ckpt = load_training_checkpoint(last) if resume else None
+    if fresh:
+        log(f"train: --resume: {out_dir} holds no checkpoint yet; starting from the beginning")
+    ckpt = load_training_checkpoint(last) if resume and not fresh else None
     if ckpt is not None:
         check_resume_config(ckpt["config"], cfg, last)
         check_resume_world(ckpt, world_size(), last)
