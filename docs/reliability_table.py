@@ -208,7 +208,8 @@ def main() -> None:
     cli_case("config", "unknown --set key", "train", "--data", data, "--out", tmp / "r", "--set", "train.lrr=1")
     cli_case("config", "--set value of the wrong type", "train", "--data", data, "--out", tmp / "r", "--set",
              "train.epochs=abc")
-    for override in ("model.act=hard_swishh", "train.optimizer=adamx", "train.schedule=cosin", "train.amp=fp8", "data.fold=7", "mix.alpha=-1", "train.oom_at=0", "train.batch_size=auto"):
+    for override in ("model.act=hard_swishh", "train.optimizer=adamx", "train.schedule=cosin", "train.amp=fp8",
+                     "data.fold=7", "mix.alpha=-1", "train.epochs=0", "train.batch_size=auto"):
         cli_case("config", f"bad value {override}", "train", "--data", data, "--out", tmp / "r", "--set", override)
     cli_case("config", "fp16 on CPU", "train", "--data", data, "--out", tmp / "r", "--set", "train.amp=fp16",
              "--set", "train.device=cpu")
@@ -229,7 +230,7 @@ def main() -> None:
             path.write_text(text)
         cli_case("config", f"augmentation file {name}", "preview", data, "--out", "x.png", "--size", 32,
                  "--aug-file", path)
-    cli_case("config", "--resume with nothing to resume", "train", "--data", data, "--out", tmp / "r", "--resume")
+    # --resume with no checkpoint yet starts the run from the beginning (tests/test_faults.py), not an error
     fast = ["model.name=test_efficientnet", "data.image_size=32", "data.folds=2", "train.batch_size=16",
             "data.workers=0", "eval.train_clean_size=16", "train.epochs=1"]
     sets = sum((["--set", s] for s in fast), [])
@@ -289,7 +290,13 @@ def main() -> None:
     lib_case("checkpoint", "inference-only checkpoint for --resume",
              "okkhor.checkpoint.load_training_checkpoint(good.pt)", lambda: load_training_checkpoint(ckpt))
     assert not made.exists(), "a checkpoint ran code"
-    ok_case("checkpoint", "written before this change (numpy RNG state, python random state)", "predict",
+    import random
+    old = {**load_checkpoint(ckpt), "best_score": np.float64(0.5),
+           "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}}
+    torch.save(old, tmp / "old.pt")
+    ok_case("checkpoint", "older format: numpy RNG state and scalars, python random state", "predict",
+            tmp / "old.pt", "--data", data, "--out", tmp / "s.csv")
+    ok_case("checkpoint", "last.pt of a run of the current trainer", "predict",
             tmp / "run" / "checkpoints" / "last.pt", "--data", data, "--out", tmp / "s.csv")
     cli_case("checkpoint", "missing", "predict", tmp / "nope.pt", "--data", data, "--out", "s.csv")
     cli_case("checkpoint", "a folder", "predict", tmp / "empty", "--data", data, "--out", "s.csv")

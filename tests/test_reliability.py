@@ -389,3 +389,9 @@ def test_predict_on_a_full_disk_is_one_line_and_keeps_the_old_submission(ckpts, 
                                    f"previous file is unchanged"], output
     assert out.read_text() == "row_id,target\nold,0\n"
     assert [p.name for p in tmp_path.iterdir()] == ["s.csv"]
+
+
+def test_train_out_under_a_file_is_one_line_before_any_work(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    code, out = cli("train", "--data", tmp_path, "--out", tmp_path / "afile" / "run", "--config", "demo-cpu")
+    assert_one_line_error(code, out, "afile")

@@ -255,7 +255,10 @@ def _build(cfg: Config, targets: Targets, loss_weights: list[float], precision: 
     oom = OomRecovery(plan, net, log=log, injector=FaultInjector(hooks.oom_at) if hooks.oom_at != -1 else None)
     step = TrainStep(model, optimizer, plan, TrainLoss(loss_weights, tcfg.label_smoothing, tcfg.ohem, mixer),
                      precision=precision, scheduler=schedule, clip_grad=tcfg.clip_grad, ema=ema, runner=oom)
-    return SimpleNamespace(**locals())
+    return SimpleNamespace(net=net, ema=ema, plan=plan, data=data, optimizer=optimizer, schedule=schedule,
+                           mixer=mixer, oom=oom, step=step, train_set=train_set, batches=batches, generator=generator,
+                           train_loader=train_loader, eval_loaders=eval_loaders, loss_weights=loss_weights,
+                           device=device, world=world)
 
 
 def _run(data_dir: Path, out_dir: Path, cfg: Config, resume: bool, show_progress: bool, log, hooks) -> dict:
