@@ -81,15 +81,11 @@ def test_checkpoint_every_saves_mid_epoch(data, tmp_path, monkeypatch):
     assert torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)["trainer"]["epoch"] == 2
 
 
-def test_kill_9_at_points_the_harness_picks_then_resume_is_exact(data, reference, tmp_path):
-    """The fast subset of `make faults`: two SIGKILLs (random delay, after an output line), each run resumed to
-    the reference metrics."""
-    import time
-
-    start = time.time()
+def test_kill_9_at_points_the_harness_picks_then_resume_is_exact(data, tmp_path):
+    """The fast subset of `make faults`: two SIGKILLs at random delays, each run resumed to the metrics of the
+    harness's uninterrupted reference run (a subprocess like the trials: the thread count changes the floats)."""
     lines: list[str] = []
-    injected, survived, lost = faults.run_suite(data.root, tmp_path, kills=2, sigterms=0, seed=3,
-                                                reference=reference, duration=8.0, out=lines.append)
+    injected, survived, lost = faults.run_suite(data.root, tmp_path, kills=2, sigterms=0, seed=3, out=lines.append)
     assert lost == 0 and injected == survived >= 1, lines
     assert lines[-1] == f"faults: {injected} injected, {injected} survived, 0 runs lost"
 
@@ -98,7 +94,6 @@ def test_kill_9_at_points_the_harness_picks_then_resume_is_exact(data, reference
 def test_a_full_disk_keeps_the_previous_checkpoint_and_stops_with_one_line(data, tmp_path, monkeypatch, writer):
     from typer.testing import CliRunner
 
-    from helpers import assert_one_line_error
     from okkhor.cli import app
 
     calls: list[int] = []
@@ -119,8 +114,10 @@ def test_a_full_disk_keeps_the_previous_checkpoint_and_stops_with_one_line(data,
                                       *sum((["--set", s] for s in FAST), [])])
     monkeypatch.undo()
     name = "checkpoints/" if writer == "checkpoint" else "metrics.csv: could not be written"
-    assert_one_line_error(result.exit_code, result.output, name, "No space left on device", "training stopped",
-                          "last.pt is kept", "--resume")
+    errors = [line for line in result.output.splitlines() if line.startswith("okkhor: error")]
+    assert result.exit_code == 2 and "Traceback" not in result.output and len(errors) == 1, result.output
+    for needle in (name, "No space left on device", "training stopped", "last.pt is kept", "--resume"):
+        assert needle in errors[0], (needle, errors[0])
     ckpt = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
     assert ckpt["trainer"]["epoch"] == 1
     assert list(pd.read_csv(out / "metrics.csv")["epoch"]) == [1, 1, 1]
@@ -227,7 +224,10 @@ def _two_nodes(data, out, *sets: str, resume: bool = False) -> str:
 
 
 def test_two_nodes_write_one_run_and_resume_exactly(data, tmp_path):
-    from okkhor.evaluate import evaluate
+    from okkhor.data.dataset import GraphemeDataset
+    from okkhor.data.sets import load_run_data
+    from okkhor.engine import Precision, create_evaluator, evaluate
+    from okkhor.model import load_for_inference
 
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     output = _two_nodes(data, straight)
@@ -236,12 +236,19 @@ def test_two_nodes_write_one_run_and_resume_exactly(data, tmp_path):
     metrics = pd.read_csv(straight / "metrics.csv")
     assert list(zip(metrics["epoch"], metrics["split"])) == [(1, "train"), (1, "train_clean"), (1, "valid"),
                                                              (2, "train"), (2, "train_clean"), (2, "valid")]
-    # the valid rows cover the whole valid fold once: the same score as one process evaluating the checkpoint
+    # the valid rows cover the whole valid fold once: the same score and loss as one process evaluating the
+    # checkpoint with the trainer's evaluator
     last = torch.load(straight / "checkpoints" / "last.pt", weights_only=True)
     assert last["trainer"]["world_size"] == 2
-    alone = evaluate(straight / "checkpoints" / "last.pt", data.root, show_progress=False)
-    assert len(alone.image_ids) == 24
-    assert alone.metrics["score"] == pytest.approx(metrics["score"].iloc[-1], abs=1e-6)
+    model, cfg, targets, _ = load_for_inference(straight / "checkpoints" / "last.pt")
+    run_data = load_run_data(data.root, cfg, targets, show_progress=False)
+    loader = torch.utils.data.DataLoader(GraphemeDataset(run_data.images, run_data.labels, run_data.valid_idx),
+                                         batch_size=64)
+    alone = evaluate(create_evaluator(model, targets, cfg.train.loss_weights, Precision("cpu")), model, loader)
+    assert len(run_data.valid_idx) == 24
+    valid = metrics[metrics.split == "valid"].iloc[-1]
+    assert alone["score"] == pytest.approx(valid["score"], abs=1e-9)
+    assert alone["loss"] == pytest.approx(valid["loss"], rel=1e-5)
     _two_nodes(data, resumed, "train.epochs=1")
     _two_nodes(data, resumed, "train.epochs=2", resume=True)
     pd.testing.assert_frame_equal(faults.values(resumed), faults.values(straight), check_exact=True)

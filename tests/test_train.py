@@ -30,8 +30,8 @@ from helpers import assert_one_line_error
 
 # what every checkpoint of a run holds (okkhor.train lists the objects in one place); ema and early_stopping
 # appear when the run has them
-CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "scaler", "mixer", "trainer", "run", "rng", "config", "targets",
-                   "train_class_counts")
+CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "scaler", "mixer", "trainer", "run", "meter", "rng", "config",
+                   "targets", "train_class_counts", "data")
 
 runner = CliRunner()
 # a small, fast timm model and tiny images keep each epoch to a second or two on two CPU cores

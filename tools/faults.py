@@ -3,12 +3,13 @@ it ends with the metrics of an uninterrupted run.
 
     python tools/faults.py [--kills 10] [--sigterms 2] [--seed 0] [--work DIR]
 
-A reference run trains 2 epochs of a tiny model on a tiny data set (data.workers=0, train.checkpoint_every=2,
-mixing, dropout, EMA and accumulation on, so every piece of resumable state is exercised). Each kill trial starts
-the same run in a fresh run dir and sends SIGKILL at a point the harness draws, never one the code announces:
-after a random delay (uniform over the reference's duration, so it lands in start-up, steps, evaluations and
-checkpoint or metrics writes) or right after the Nth line of output (N random). It checks the run dir at once (a
-last.pt that loads with weights_only=True and a metrics.csv with no rows beyond it, or no checkpoint yet), then
+A reference run (a subprocess like the trials: the thread count changes the floats) trains 2 epochs of a tiny
+model on a tiny data set (data.workers=0, train.checkpoint_every=2, mixing, dropout, EMA and accumulation on, so
+every piece of resumable state is exercised). Each trial starts the same run in a fresh run dir and sends SIGKILL
+at a point the harness draws, never one the code announces: after a random delay (most drawn from the reference
+run's training stretch, so they land in steps, evaluations and checkpoint or metrics writes, some from its
+start-up) or right after the Nth line of output (N random). It checks the run dir at once (a last.pt that loads
+with weights_only=True and a metrics.csv with at most one epoch beyond it, or no checkpoint yet), then
 runs `--resume` (itself killed again in some trials) until it finishes, and compares metrics.csv with the
 reference's (every column but `seconds`, exactly). A SIGTERM trial checks the preemption path instead: exit
 128+15, one line saying how to resume. The last line is
@@ -83,8 +84,11 @@ class Kill:
         return f"{signal.Signals(self.signum).name} after {how}"
 
 
-def run(cmd: list[str], kill: Kill | None = None, timeout: float = 300) -> tuple[int, str, bool]:
-    """Run `cmd`; with `kill`, send its signal at its point. (exit code, output, whether the signal was sent)."""
+def run(cmd: list[str], kill: Kill | None = None, timeout: float = 300, times: list | None = None
+        ) -> tuple[int, str, bool]:
+    """Run `cmd`; with `kill`, send its signal at its point. (exit code, output, whether the signal was sent);
+    `times` gets the seconds from the start to each output line."""
+    start = time.time()
     proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []
     sent = threading.Event()
@@ -100,6 +104,8 @@ def run(cmd: list[str], kill: Kill | None = None, timeout: float = 300) -> tuple
         timer.start()
     for line in proc.stdout:
         lines.append(line)
+        if times is not None:
+            times.append(time.time() - start)
         if kill is not None and kill.after_lines is not None and len(lines) == kill.after_lines:
             send()
     code = proc.wait(timeout=timeout)
@@ -156,28 +162,30 @@ def trial(data: Path, out: Path, kill: Kill, reference, again: Kill | None = Non
     return state, signals
 
 
-def run_suite(data: Path, work: Path, kills: int, sigterms: int, seed: int = 0, reference=None,
-              duration: float | None = None, n_lines: int = 5, out=print) -> tuple[int, int, int]:
-    """The trials on DATA (made by `make_data`) in WORK; (injected, survived, lost). Without `reference` (the
-    values() of an uninterrupted run of SETS) a reference run is made first, which also gives `duration`."""
+def run_suite(data: Path, work: Path, kills: int, sigterms: int, seed: int = 0,
+              out=print) -> tuple[int, int, int]:
+    """The trials on DATA (made by `make_data`) in WORK; (injected, survived, lost), after a reference run (the
+    trials' delays are drawn from its time line: most after its first output line, when training begins)."""
     rng = random.Random(seed)
-    if reference is None:
-        start = time.time()
-        code, output, _ = run(train_cmd(data, work / "reference", resume=False))
-        if code != 0:
-            out(output)
-            raise RuntimeError("faults: the reference run failed")
-        duration, n_lines = time.time() - start, len(output.splitlines())
-        reference = values(work / "reference")
-        out(f"faults: reference run {duration:.1f}s, {n_lines} output lines")
+    start, times = time.time(), []
+    code, output, _ = run(train_cmd(data, work / "reference", resume=False), times=times)
+    if code != 0:
+        out(output)
+        raise RuntimeError("faults: the reference run failed")
+    duration, n_lines = time.time() - start, len(output.splitlines())
+    begin = times[0] if times else 0.2
+    reference = values(work / "reference")
+    out(f"faults: reference run {duration:.1f}s (training from {begin:.1f}s), {n_lines} output lines")
     injected = survived = lost = 0
     for i in range(kills + sigterms):
         signum = signal.SIGKILL if i < kills else signal.SIGTERM
         if i % 3 == 2:
             kill = Kill(signum, after_lines=rng.randint(1, max(1, n_lines - 1)))
-        else:  # the first 90%: a delay near the end often lands after a faster run has finished
-            kill = Kill(signum, after_s=rng.uniform(0.2, 0.9 * duration))
-        again = Kill(signal.SIGKILL, after_s=rng.uniform(0.2, 0.9 * duration)) if i % 4 == 3 else None
+        elif i % 5 == 4:  # start-up: imports, data, model
+            kill = Kill(signum, after_s=rng.uniform(0.2, begin))
+        else:  # training: steps, evaluations, checkpoint and metrics writes
+            kill = Kill(signum, after_s=rng.uniform(begin, duration))
+        again = Kill(signal.SIGKILL, after_s=rng.uniform(begin, duration)) if i % 4 == 3 else None
         try:
             state, signals = trial(data, work / f"trial{i}", kill, reference, again)
             injected, survived, verdict = injected + signals, survived + signals, "survived"
