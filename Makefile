@@ -46,4 +46,4 @@ clean:
 # the fault suite: SIGKILL / SIGTERM a tiny training run at points the harness picks, resume, compare with an
 # uninterrupted run; ends with `faults: N injected, N survived, 0 runs lost` (a fast subset is in tests/test_faults.py)
 faults: setup
-	$(PY) tools/faults.py --kills 8 --sigterms 2
+	$(PY) tools/faults.py --kills 6 --sigterms 2

@@ -78,9 +78,11 @@ class Kill:
     signum: int = signal.SIGKILL
     after_s: float | None = None
     after_lines: int | None = None
+    from_first_line: bool = False  # after_s counts from the first output line (training begins), not the start
 
     def describe(self) -> str:
-        how = f"{self.after_s:.2f}s" if self.after_s is not None else f"line {self.after_lines}"
+        how = (f"{self.after_s:.2f}s{' into training' if self.from_first_line else ''}" if self.after_s is not None
+               else f"line {self.after_lines}")
         return f"{signal.Signals(self.signum).name} after {how}"
 
 
@@ -99,18 +101,30 @@ def run(cmd: list[str], kill: Kill | None = None, timeout: float = 300, times: l
             sent.set()
 
     timer = None
-    if kill is not None and kill.after_s is not None:
+
+    def start_timer() -> None:
+        nonlocal timer
         timer = threading.Timer(kill.after_s, send)
         timer.start()
-    for line in proc.stdout:
-        lines.append(line)
-        if times is not None:
-            times.append(time.time() - start)
-        if kill is not None and kill.after_lines is not None and len(lines) == kill.after_lines:
-            send()
-    code = proc.wait(timeout=timeout)
-    if timer is not None:
-        timer.cancel()
+
+    if kill is not None and kill.after_s is not None and not kill.from_first_line:
+        start_timer()
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if kill is not None and kill.after_s is not None and kill.from_first_line and timer is None:
+                start_timer()
+            if times is not None:
+                times.append(time.time() - start)
+            if kill is not None and kill.after_lines is not None and len(lines) == kill.after_lines:
+                send()
+        code = proc.wait(timeout=timeout)
+    finally:  # the harness itself stopped (Ctrl-C, a timeout): leave no training behind
+        if timer is not None:
+            timer.cancel()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
     return code, "".join(lines), sent.is_set()
 
 
@@ -183,9 +197,10 @@ def run_suite(data: Path, work: Path, kills: int, sigterms: int, seed: int = 0,
             kill = Kill(signum, after_lines=rng.randint(1, max(1, n_lines - 1)))
         elif i % 5 == 4:  # start-up: imports, data, model
             kill = Kill(signum, after_s=rng.uniform(0.2, begin))
-        else:  # training: steps, evaluations, checkpoint and metrics writes
-            kill = Kill(signum, after_s=rng.uniform(begin, duration))
-        again = Kill(signal.SIGKILL, after_s=rng.uniform(begin, duration)) if i % 4 == 3 else None
+        else:  # training: steps, evaluations, checkpoint and metrics writes (timed from the trial's first line)
+            kill = Kill(signum, after_s=rng.uniform(0.0, 0.9 * (duration - begin)), from_first_line=True)
+        again = (Kill(signal.SIGKILL, after_s=rng.uniform(0.0, 0.9 * (duration - begin)), from_first_line=True)
+                 if i % 4 == 3 else None)
         try:
             state, signals = trial(data, work / f"trial{i}", kill, reference, again)
             injected, survived, verdict = injected + signals, survived + signals, "survived"
