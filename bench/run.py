@@ -2,7 +2,7 @@
 
 Usage:
   python bench/run.py                       all sections; writes bench/results.json and bench/RESULTS.md
-  python bench/run.py --quick --json        trainer_overhead, data_stall, mixing_cost, reduced (< 3 min on 2
+  python bench/run.py --quick --json        trainer_overhead, data_stall, mixing_cost, precision, reduced (< 3 min on 2
                                             cores); prints one JSON object and writes nothing
   python bench/run.py --only data_stall     one section (repeatable); writes the files unless --no-write
   python bench/run.py --only trainer_overhead --device cuda --model efficientnet_b0 --size 128 --batch 256 \
@@ -33,7 +33,7 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(BENCH))  # the sibling benchmark scripts (prepare_bench, recipe_cost, synth_speed)
 
-QUICK_SECTIONS = ("trainer_overhead", "data_stall", "mixing_cost")
+QUICK_SECTIONS = ("trainer_overhead", "data_stall", "mixing_cost", "precision")
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -79,10 +79,11 @@ def _bench_config(args: argparse.Namespace):
 
 
 def _random_batches(count: int, batch: int, size: int, targets, seed: int = 0) -> list:
+    """uint8 image batches [B, 1, S, S] with labels, as the trainer's loader sends them."""
     import torch
 
     g = torch.Generator().manual_seed(seed)
-    return [(torch.rand(batch, 1, size, size, generator=g),
+    return [(torch.randint(0, 256, (batch, 1, size, size), generator=g, dtype=torch.uint8),
              torch.stack([torch.randint(0, n, (batch,), generator=g) for n in targets.num_classes], 1))
             for _ in range(count)]
 
@@ -90,34 +91,27 @@ def _random_batches(count: int, batch: int, size: int, targets, seed: int = 0) -
 def _okkhor_engine(model, cfg, targets, device, mixer=None):
     """An ignite Engine around engine.TrainStep wired as train.py wires it: build_optimizer, the lr schedule, the
     GradScaler, OomRecovery as the micro-batch runner, and the step's epoch handlers."""
-    import inspect
     import logging
 
     import torch
     from ignite.engine import Engine
 
-    from okkhor.engine import BatchPlan, TrainStep, build_optimizer, build_scheduler
+    from okkhor.engine import BatchPlan, Precision, TrainLoss, TrainStep
+    from okkhor.oom import OomRecovery
+    from okkhor.optim import build_optimizer, build_scheduler
 
     plan = BatchPlan(int(cfg.train.batch_size), 1)
     optimizer = build_optimizer(model, cfg.train)
     scheduler = build_scheduler(optimizer, cfg.train, 1000, 1)
-    if isinstance(scheduler, tuple):  # an older engine returned (scheduler, total steps)
-        scheduler = scheduler[0]
-    extra = {}
-    if "runner" in inspect.signature(TrainStep).parameters:
-        from okkhor.oom import OomRecovery
-
-        extra["runner"] = OomRecovery(plan, model, log=lambda message: None)
-    step = TrainStep(model, optimizer, plan, list(targets.weights), mixer=mixer, scheduler=scheduler,
-                     amp=cfg.train.amp, device=device, channels_last=cfg.train.channels_last,
-                     scaler=torch.amp.GradScaler(device.type, enabled=cfg.train.amp == "fp16"), **extra)
+    runner = OomRecovery(plan, model, log=lambda message: None)
+    step = TrainStep(model, optimizer, plan, TrainLoss(list(targets.weights), mixer=mixer), scheduler=scheduler,
+                     precision=Precision(device, cfg.train.amp, cfg.train.channels_last), runner=runner)
     engine = Engine(step)
     engine.logger = logging.getLogger("okkhor.bench")
     engine.logger.addHandler(logging.NullHandler())
     engine.logger.propagate = False
     step.attach(engine)
-    if "runner" in extra:
-        extra["runner"].attach(engine)
+    runner.attach(engine)
     return engine
 
 
@@ -134,7 +128,7 @@ def _bare_loop(model, cfg, targets, device) -> Callable[[list], None]:
     def run(data: list) -> None:
         model.train()
         for x, y in data:
-            x = x.to(device, non_blocking=True).contiguous(memory_format=memory_format)
+            x = x.to(device, non_blocking=True).float().div_(255.0).contiguous(memory_format=memory_format)
             y = y.to(device, non_blocking=True)
             with (torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
                   if amp != "off" else contextlib.nullcontext()):
@@ -316,6 +310,68 @@ def data_stall(args: argparse.Namespace) -> dict:
             "command": _command(args, "data_stall")}
 
 
+def precision(args: argparse.Namespace) -> dict:
+    """bf16 autocast against fp32: okkhor's training images/s (TrainStep in an Engine, channels_last) of each on
+    this machine, interleaved rounds; with what `train.amp: auto` picks here and why."""
+    import torch
+
+    from okkhor.hardware import bf16_support, choose_amp, cpu_name
+
+    device = torch.device(args.device)
+    model_name = "resnet10t" if args.model == DEFAULTS["model"] else args.model  # the demo's model
+    batch, iters, rounds = (16, 1, 3) if device.type == "cpu" else (args.batch, 10, 3)
+    runners, setup = {}, None
+    for amp in ("off", "bf16"):
+        run = argparse.Namespace(**{**vars(args), "model": model_name, "batch": batch, "amp": amp,
+                                    "channels_last": True})
+        cfg, targets, model, _ = _setup_model(run)
+        data = _random_batches(iters, batch, args.size, targets)
+        engine = _okkhor_engine(model, cfg, targets, device)
+        runners[amp] = (lambda engine=engine, data=data: engine.run(data, max_epochs=1))
+    rates = _paired_rates(runners, iters * batch, rounds, device)
+    kind = "cpu" if device.type == "cpu" else "wall"
+    fp32, bf16 = (statistics.median(rates[a][kind]) for a in ("off", "bf16"))
+    value = bf16 / fp32
+    support = bf16_support(device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
+    return {"value": round(value, 3), "goal": "reported (bf16/fp32 images per second)", "ok": None,
+            "bf16_images_per_s": round(bf16, 1), "fp32_images_per_s": round(fp32, 1), "measure": f"per {kind} second",
+            "device_name": name, "auto_picks": choose_amp("auto", device)[0], "auto_reason": support.reason,
+            "setup": f"{model_name} {args.size} px, batch {batch}, channels_last, {args.device}, {_threads()} torch "
+                     f"threads; {rounds} interleaved rounds of {iters} steps after one warmup round; median images "
+                     f"per {kind} second of each",
+            "command": _command(args, "precision")}
+
+
+def predict_speed(args: argparse.Namespace) -> dict:
+    """okkhor.predict.ensemble_probs images/s (the path of `okkhor predict` and `okkhor evaluate`: uint8 batches,
+    TTA views in one forward, autocast and channels_last where the device runs them fast, one host copy per batch)
+    of a fresh model on random uint8 images."""
+    import numpy as np
+    import torch
+
+    from okkhor.predict import Member, ensemble_probs
+
+    cfg, targets, model, device = _setup_model(args)
+    model.eval()
+    n = max(2 * args.batch, 64) if device.type == "cpu" else 20 * args.batch
+    images = np.random.default_rng(0).integers(0, 256, (n, args.size, args.size), dtype=np.uint8)
+    member = Member(Path("bench"), model, cfg, targets, {})
+    rates = {}
+    for tta in (1, 2):
+        ensemble_probs([member], {member.preprocessing: images[:args.batch]}, tta=tta, batch_size=args.batch)
+        _sync(device)
+        start = time.perf_counter()
+        ensemble_probs([member], {member.preprocessing: images}, tta=tta, batch_size=args.batch)
+        _sync(device)
+        rates[tta] = n / (time.perf_counter() - start)
+    return {"value": round(rates[1], 1), "goal": "reported", "ok": None, "unit": "images/s",
+            "tta2_images_per_s": round(rates[2], 1),
+            "setup": f"{args.model} {args.size} px, batch {args.batch}, {args.device}; {n} random images, one "
+                     "warmup batch; tta 1 (value) and tta 2",
+            "command": _command(args, "predict_speed")}
+
+
 def _recipe_ratio(result: dict, suffix: str) -> float | None:
     """The largest ratio whose key ends with `suffix` over the models of a recipe_cost comparison."""
     ratios = [v for entry in result.values() for k, v in entry.items() if k.endswith(suffix)]
@@ -434,12 +490,14 @@ def demo(args: argparse.Namespace) -> dict:
 SECTIONS: dict[str, Callable[[argparse.Namespace], dict]] = {
     "trainer_overhead": trainer_overhead, "data_stall": data_stall, "mixing_cost": mixing_cost,
     "activation_cost": activation_cost, "memory_fit": memory_fit, "prepare": prepare, "synth": synth, "demo": demo,
+    "precision": precision, "predict_speed": predict_speed,
 }
 # on a CPU, sections that compare timings run single-threaded unless --threads says otherwise: with other jobs on
 # the cores, a second torch thread spends its time spinning and the per-round ratios scatter by tens of per cent
-ONE_THREAD_ON_CPU = ("trainer_overhead", "mixing_cost", "activation_cost")
+ONE_THREAD_ON_CPU = ("trainer_overhead", "mixing_cost", "activation_cost", "precision")
 UNITS = {"trainer_overhead": "ratio", "data_stall": "share", "mixing_cost": "ratio", "activation_cost": "ratio",
-         "memory_fit": "relative error", "prepare": "images/s per core", "synth": "images/s", "demo": "seconds"}
+         "memory_fit": "relative error", "prepare": "images/s per core", "synth": "images/s", "demo": "seconds",
+         "precision": "ratio", "predict_speed": "images/s"}
 
 
 def run_section(name: str, args: argparse.Namespace) -> dict:

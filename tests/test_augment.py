@@ -70,13 +70,29 @@ def test_nested_transforms_draw_independently():
     assert combos == {(False, False), (False, True), (True, False), (True, True)}
 
 
-def test_dataloader_workers_do_not_change_results():
+def test_dataloader_workers_do_not_change_results_and_persistent_workers_see_every_epoch():
+    """The epoch travels with the sampler's (position, epoch) pairs: one loader with persistent workers gives, in
+    every epoch, exactly the images a serial loader gives, and epoch 2's augmentations differ from epoch 1's."""
+    from okkhor.data.sets import EpochBatches
+    from okkhor.engine import BatchPlan
+
     images = np.stack([glyph(seed=i) for i in range(8)])
     ds = GraphemeDataset(images, np.zeros((8, 1), np.int64), augment=build_augment("medium", SIZE), seed=3)
-    ds.set_epoch(2)
-    serial = torch.cat([x for x, _ in DataLoader(ds, batch_size=4, num_workers=0)])
-    parallel = torch.cat([x for x, _ in DataLoader(ds, batch_size=4, num_workers=2)])
-    assert torch.equal(serial, parallel)
+    batches = {w: EpochBatches(8, BatchPlan(4), seed=1) for w in (0, 2)}
+    loaders = {0: DataLoader(ds, batch_sampler=batches[0], num_workers=0),
+               2: DataLoader(ds, batch_sampler=batches[2], num_workers=2, persistent_workers=True)}
+    seen = {}
+    for epoch in (1, 2):
+        for w in (0, 2):
+            batches[w].set_epoch(epoch)
+            seen[w, epoch] = torch.cat([x for x, _ in loaders[w]])
+        assert seen[0, epoch].dtype == torch.uint8 and seen[0, epoch].shape == (8, 1, SIZE, SIZE)
+        assert torch.equal(seen[0, epoch], seen[2, epoch])
+    order = {e: [i for b in (batches[0].set_epoch(e) or batches[0]) for i, _ in b] for e in (1, 2)}
+    direct = {e: torch.stack([ds[(i, e)][0] for i in range(8)]) for e in (1, 2)}
+    for e in (1, 2):  # the loader's images are the dataset's for (position, epoch), in the epoch's order
+        assert torch.equal(seen[0, e], direct[e][order[e]])
+    assert not torch.equal(direct[1], direct[2])
 
 
 def test_none_preset_and_argument_checks():

@@ -186,8 +186,9 @@ def test_epoch_batches_are_seeded_by_epoch_and_shard_without_overlap():
     shards = [EpochBatches(10, plan, seed=7, rank_=r, world=2) for r in range(2)]
     for s in shards:
         s.set_epoch(1)
-    seen = [i for s in shards for b in s for i in b]
+    seen = [i for s in shards for b in s for i, epoch in b]
     assert sorted(seen) == list(range(10)) and len(shards[0]) == len(shards[1])
+    assert {epoch for s in shards for b in s for _, epoch in b} == {1}  # the epoch travels with every index
 
 
 # ------------------------------------------------------------------------------------------- the run directory
@@ -241,6 +242,17 @@ def test_resume_continues_exactly_and_workers_do_not_matter(data, two_epoch_run,
     assert first["stop_reason"] == "stop_after" and len(values(out)) == 3
     result = train(data.root, out, cfg, resume=True, show_progress=False, log=lambda m: None)
     assert result["epoch"] == 2
+    pd.testing.assert_frame_equal(values(out), values(reference), check_exact=True)
+
+
+def test_persistent_workers_give_the_same_run_as_no_workers(data, two_epoch_run, tmp_path):
+    """Two epochs straight with 2 persistent workers (uint8 batches, the epoch in the sampler's indices): the same
+    values as the workers=0 reference."""
+    reference, _ = two_epoch_run
+    out = tmp_path / "workers"
+    cfg = load_config(None, FAST + ["data.workers=2", "data.prefetch_factor=1"])
+    assert cfg.data.persistent_workers
+    train(data.root, out, cfg, show_progress=False, log=lambda m: None)
     pd.testing.assert_frame_equal(values(out), values(reference), check_exact=True)
 
 

@@ -35,6 +35,7 @@ VERBS = {
     "export": "export",
     "preview": "preview",
     "memory": "memory",
+    "info": "info",
 }
 
 

@@ -21,6 +21,8 @@ class DataConfig:
     folds: int = 5                 # number of folds made when folds.csv is missing
     limit: int = 0                 # use a stratified subset of N training images (0: all)
     workers: int = 2               # DataLoader worker processes
+    persistent_workers: bool = True  # keep the workers between epochs (the epoch travels with the sampler's indices)
+    prefetch_factor: int = 2       # batches each worker loads ahead (with workers > 0)
     class_map: str = ""            # path to class_map.csv ("": DATA_DIR/class_map.csv, else the built-in map)
     targets: list[str] = field(default_factory=list)  # target columns to train ([]: all in the class map)
 
@@ -51,8 +53,9 @@ class TrainConfig:
     decay_rate: float = 0.1        # step, plateau: multiply the lr by this
     decay_epochs: float = 10.0     # step: every this many epochs; plateau: after this many epochs without a gain
     poly_power: float = 1.0        # poly: (1 - progress) ** poly_power
-    amp: Literal["off", "bf16", "fp16"] = "off"
-    channels_last: bool = False
+    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"  # auto: bf16 where the device runs it fast, else off (fp32)
+    channels_last: Union[bool, Literal["auto"]] = "auto"  # auto: on for CUDA, off on CPU
+    deterministic: bool = False    # CUDA: deterministic cuDNN, no TF32 (else cudnn.benchmark and TF32 matmul)
     compile: bool = False          # torch.compile the model
     ema: float = 0.0               # EMA decay of the weights (0: off); evaluation uses the EMA weights
     clip_grad: float = 0.0         # max gradient norm (0: off)
@@ -295,6 +298,7 @@ def validate(cfg: Config) -> None:
     need(0 <= cfg.data.fold < cfg.data.folds, "data.fold", f"must be in 0..{cfg.data.folds - 1}")
     need(cfg.data.limit >= 0, "data.limit", "must be >= 0")
     need(cfg.data.workers >= 0, "data.workers", "must be >= 0")
+    need(cfg.data.prefetch_factor >= 1, "data.prefetch_factor", "must be >= 1")
     need(0.0 <= cfg.model.dropout < 1.0, "model.dropout", "must be in [0, 1)")
     need(cfg.train.epochs >= 1, "train.epochs", "must be >= 1")
     need(cfg.train.batch_size == "auto" or cfg.train.batch_size >= 1, "train.batch_size", "must be >= 1 or auto")
@@ -322,4 +326,8 @@ def validate(cfg: Config) -> None:
     need(cfg.train.decay_epochs >= 0, "train.decay_epochs", "must be >= 0")
     need(cfg.train.poly_power > 0, "train.poly_power", "must be > 0")
     need(cfg.train.warmup_epochs >= 0, "train.warmup_epochs", "must be >= 0")
+    if cfg.train.compile and cfg.mix.kind == "manifold":
+        raise OkkhorError("config: train.compile=true cannot be used with mix.kind=manifold (manifold mixing runs the "
+                          "backbone stage by stage, outside the compiled model); set train.compile=false or choose "
+                          "another mix.kind")
     check_choices(cfg)

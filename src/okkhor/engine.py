@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence, Union
 
@@ -22,7 +21,8 @@ from okkhor.targets import Targets
 
 
 class NonFiniteLoss(OkkhorError):
-    """The training loss became NaN or infinite; raised before the bad gradients reach the weights."""
+    """The training loss became NaN or infinite. Found on the device and read at the step's checks (every
+    `sync_every` iterations and at the epoch's end), so it is raised before any checkpoint holds the bad weights."""
 
 
 @dataclass
@@ -65,21 +65,35 @@ def check_amp(device: torch.device, amp: str, option: str = "train.amp", off: st
 
 @dataclass
 class Precision:
-    """Where and in what number format a step runs: device, `train.amp` (off/bf16/fp16), channels_last, and the
-    gradient scaler (enabled for fp16 only)."""
+    """Where and in what number format a step runs: device, `train.amp` (auto/off/bf16/fp16; auto is resolved
+    here by okkhor.hardware.choose_amp, with the reason in `amp_reason`), channels_last (auto: on for CUDA), and
+    the gradient scaler (enabled for fp16 only)."""
 
     device: Union[torch.device, str] = "cpu"
     amp: str = "off"
-    channels_last: bool = False
+    channels_last: Union[bool, str] = False
     scaler: Optional[torch.amp.GradScaler] = None
+    amp_reason: str = "set in the config"
 
     def __post_init__(self) -> None:
-        if self.amp not in ("off", "bf16", "fp16"):
-            raise ValueError(f"amp must be off, bf16 or fp16, got {self.amp!r}")
+        from okkhor.hardware import choose_amp, choose_channels_last
+
+        if self.amp not in ("auto", "off", "bf16", "fp16"):
+            raise ValueError(f"amp must be auto, off, bf16 or fp16, got {self.amp!r}")
         self.device = torch.device(self.device)
+        if self.amp == "auto":
+            self.amp, self.amp_reason = choose_amp(self.amp, self.device)
+        self.channels_last = choose_channels_last(self.channels_last, self.device)
         check_amp(self.device, self.amp)
         if self.scaler is None:
             self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == "fp16")
+
+    @classmethod
+    def for_inference(cls, device: Union[torch.device, str]) -> "Precision":
+        """predict / evaluate: bf16 autocast and channels_last on a CUDA device with bf16 tensor cores; plain
+        fp32 on CPU, so that CPU probabilities are the fp32 model's whatever the CPU's flags."""
+        device = torch.device(device)
+        return cls(device, "auto" if device.type == "cuda" else "off", "auto")
 
     def autocast(self):
         if self.amp == "off":
@@ -88,7 +102,13 @@ class Precision:
                               dtype=torch.bfloat16 if self.amp == "bf16" else torch.float16)
 
     def images(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(self.device, non_blocking=True)
+        """A batch from a loader (uint8 [B, 1, S, S], or float already in [0, 1]) -> float on the device: the
+        copy is non-blocking (from pinned memory on CUDA) and the scaling to [0, 1] runs on the device."""
+        from okkhor.data.dataset import normalize
+
+        if self.device.type == "cuda" and x.device.type == "cpu" and not x.is_pinned():
+            x = x.pin_memory()
+        x = normalize(x.to(self.device, non_blocking=True))
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
 
@@ -134,12 +154,18 @@ class TrainStep:
     `loss` is a TrainLoss (or the loss weights alone); `precision` a Precision. After each optimizer step the
     schedule steps, and the EMA (timm ModelEmaV3) follows the unwrapped model. `runner` decides how a micro-batch
     is run: `run_whole`, or e.g. okkhor.oom.OomRecovery, which redoes a batch that ran out of memory in chunks.
+
+    No host sync per micro-batch: the output's "loss" stays a device tensor (handlers read it every N
+    iterations); finiteness is a flag accumulated on the device and read by `check_finite` at the first optimizer
+    step after every `sync_every` iterations and at the epoch's end (with several processes the flag is summed
+    over them there, so all stop together, and DDP otherwise communicates only in the optimizer step's backward).
+    Whatever saves the weights mid-epoch must call `check_finite()` first.
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, plan: Any,
                  loss: Union[TrainLoss, Sequence[float]], *, precision: Optional[Precision] = None,
                  scheduler: Optional[Schedule] = None, clip_grad: float = 0.0, ema: Optional[nn.Module] = None,
-                 runner: Runner = run_whole):
+                 runner: Runner = run_whole, sync_every: int = 50):
         for name in ("batch_size", "accum"):
             if not isinstance(getattr(plan, name, None), int):
                 raise TypeError(f"plan must have an int {name} (a BatchPlan), got {type(plan).__name__}")
@@ -147,6 +173,8 @@ class TrainStep:
             raise ValueError(f"clip_grad must be >= 0, got {clip_grad}")
         if not callable(runner):
             raise TypeError(f"runner must be callable, got {type(runner).__name__}")
+        if sync_every < 1:
+            raise ValueError(f"sync_every must be >= 1, got {sync_every}")
         import ignite.distributed as idist
 
         self.model, self.optimizer, self.plan = model, optimizer, plan
@@ -154,6 +182,11 @@ class TrainStep:
         self.precision = precision if precision is not None else Precision()
         self.scheduler, self.clip_grad, self.ema, self.runner = scheduler, clip_grad, ema, runner
         self.world_size = idist.get_world_size()
+        self.sync_every = sync_every
+        self._bad: Optional[torch.Tensor] = None     # device: any non-finite loss since the last check
+        self._bad_loss: Optional[torch.Tensor] = None  # device: the first such loss, and its epoch iteration
+        self._bad_at: Optional[torch.Tensor] = None
+        self._since_check = 0
         self.optimizer_steps = 0
         self._epoch_iteration = 0
         self._group_len = 1
@@ -184,6 +217,7 @@ class TrainStep:
         if self._group_left:  # the data ran out before the epoch length said: do not carry gradients over
             self.optimizer_step()
             self._group_left = 0
+        self.check_finite()
 
     def __call__(self, engine: Engine, batch: Any) -> dict[str, float]:
         self.model.train()
@@ -200,32 +234,47 @@ class TrainStep:
         with self.model.no_sync() if no_sync else contextlib.nullcontext():
             loss = self.runner(self.micro_step, x, y, engine.state.iteration)
         self._group_left -= 1
+        self._since_check += 1
         if self._group_left == 0:
+            if self._since_check >= self.sync_every:
+                self.check_finite()
             self.optimizer_step()
-        return {"loss": float(loss), "images": int(x.shape[0]) * self.world_size,
+        return {"loss": loss, "images": int(x.shape[0]) * self.world_size,
                 "lr": float(self.optimizer.param_groups[0]["lr"])}
 
     def micro_step(self, x: torch.Tensor, y: torch.Tensor, weight: float = 1.0) -> torch.Tensor:
-        """Forward, loss (mean over x) and backward of weight * loss / group length; returns the loss.
-
-        A NaN or infinite loss raises NonFiniteLoss before the backward, so no bad gradient reaches the weights.
-        """
+        """Forward, loss (mean over x) and backward of weight * loss / group length; returns the loss (detached,
+        on the device). A NaN or infinite loss is noted on the device (see `check_finite`), with no host read."""
         with self.precision.autocast():
             loss = self.loss(self.model, x, y, self._epoch)
-        value = self._global_mean(loss.detach())
-        if not math.isfinite(value):
-            raise NonFiniteLoss(f"train: the loss became {value} at epoch {self._epoch}, iteration "
-                                f"{self._epoch_iteration} of the epoch")
+        value = loss.detach()
+        bad = ~torch.isfinite(value)
+        if self._bad is None:
+            self._bad, self._bad_loss = torch.zeros_like(bad), torch.zeros_like(value, dtype=torch.float32)
+            self._bad_at = torch.zeros((), dtype=torch.int64, device=value.device)
+        first = bad & ~self._bad
+        self._bad_loss = torch.where(first, value.float(), self._bad_loss)
+        self._bad_at = torch.where(first, self._epoch_iteration, self._bad_at)
+        self._bad = self._bad | bad
         self.precision.scaler.scale(loss * (weight / self._group_len)).backward()
-        return loss.detach()
+        return value
 
-    def _global_mean(self, loss: torch.Tensor) -> float:
-        """The loss averaged over processes, so that every process sees the same NaN and stops together."""
+    def check_finite(self) -> None:
+        """Read the non-finite flag (one host read; summed over processes first): raise NonFiniteLoss when any
+        loss since the last check was NaN or infinite."""
+        self._since_check = 0
+        if self._bad is None:
+            return
+        flag = self._bad.to(torch.int64)
         if self.world_size > 1:
             import ignite.distributed as idist
 
-            loss = idist.all_reduce(loss.float().clone()) / self.world_size
-        return float(loss)
+            flag = idist.all_reduce(flag.clone())
+        if int(flag):
+            here = bool(self._bad)
+            value, at = (float(self._bad_loss), int(self._bad_at)) if here else (float("nan"), 0)
+            where = f"iteration {at} of the epoch" if here else "in another process"
+            raise NonFiniteLoss(f"train: the loss became {value} at epoch {self._epoch}, {where}")
 
     def optimizer_step(self) -> None:
         """Clip (when asked), step the optimizer through the scaler, zero the gradients, step schedule and EMA."""

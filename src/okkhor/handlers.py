@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import pandas as pd
+import torch
 from ignite.engine import Engine, Events
 
 from okkhor.engine import NonFiniteLoss, evaluate
@@ -72,13 +73,19 @@ class RunState:
 
 
 class EpochMeter:
-    """The epoch's training loss, images and time (and a progress display on the main process)."""
+    """The epoch's training loss, images and time (and a progress display on the main process).
 
-    def __init__(self, max_epochs: int, show_progress: bool):
-        self.max_epochs, self.show_progress = max_epochs, show_progress
+    The step's loss stays on the device: the meter sums it there and reads the sum to the host every
+    `read_every` iterations (for the progress display) and at the epoch's end, never once per iteration.
+    """
+
+    def __init__(self, max_epochs: int, show_progress: bool, read_every: int = 50):
+        self.max_epochs, self.show_progress, self.read_every = max_epochs, show_progress, read_every
         self.bar = None
         self.start = time.time()
-        self.loss_sum, self.iterations, self.images, self.seconds = 0.0, 0, 0, 0.0
+        self.loss_sum: Any = 0.0
+        self.iterations, self.images, self.seconds = 0, 0, 0.0
+        self._loss = 0.0
         self.trainer: Optional[Engine] = None
         self._resumed: Optional[dict] = None  # a mid-epoch checkpoint's sums, taken up when the epoch starts
 
@@ -91,7 +98,12 @@ class EpochMeter:
 
     @property
     def loss(self) -> float:
-        return self.loss_sum / max(self.iterations, 1)
+        """The mean training loss so far (as of the last read)."""
+        return self._loss
+
+    def _read(self) -> float:
+        self._loss = float(self.loss_sum) / max(self.iterations, 1)
+        return self._loss
 
     @property
     def images_per_s(self) -> float:
@@ -99,7 +111,7 @@ class EpochMeter:
 
     def started(self, trainer: Engine) -> None:
         self.start = time.time()
-        self.loss_sum, self.iterations, self.images = 0.0, 0, 0
+        self.loss_sum, self.iterations, self.images, self._loss = 0.0, 0, 0, 0.0
         if self._resumed is not None:
             state, self._resumed = self._resumed, None
             self.loss_sum, self.iterations, self.images = state["loss_sum"], state["iterations"], state["images"]
@@ -115,14 +127,18 @@ class EpochMeter:
     def iteration(self, trainer: Engine) -> None:
         out = trainer.state.output
         self.images += out["images"]
-        self.loss_sum += out["loss"]
+        self.loss_sum = self.loss_sum + out["loss"]  # a device tensor: summed there
         self.iterations += 1
         if self.bar is not None:
-            rate = self.images / max(time.time() - self.start, 1e-9)
-            self.bar.set_postfix(loss=f"{self.loss:.4f}", lr=f"{out['lr']:.2e}", img_s=f"{rate:.0f}", refresh=False)
+            if self.iterations % self.read_every == 1 or self.read_every == 1:
+                rate = self.images / max(time.time() - self.start, 1e-9)
+                self.bar.set_postfix(loss=f"{self._read():.4f}", lr=f"{out['lr']:.2e}", img_s=f"{rate:.0f}",
+                                     refresh=False)
             self.bar.update(1)
 
     def completed(self, trainer: Engine = None) -> None:
+        if self.iterations:
+            self._read()
         self.seconds = time.time() - self.start
         if self.bar is not None:
             self.bar.close()
@@ -131,8 +147,9 @@ class EpochMeter:
     def state_dict(self) -> dict:
         """The epoch's sums so far (all zero in an epoch-end checkpoint: the next epoch starts afresh)."""
         if self.trainer is None or self.trainer.last_event_name != Events.ITERATION_COMPLETED:
-            return {"loss_sum": 0.0, "iterations": 0, "images": 0, "elapsed": 0.0}
-        return {"loss_sum": self.loss_sum, "iterations": self.iterations, "images": self.images,
+            return {"loss_sum": torch.zeros(()), "iterations": 0, "images": 0, "elapsed": 0.0}
+        loss_sum = torch.as_tensor(self.loss_sum).detach().cpu().clone()  # the device sum, read once per save
+        return {"loss_sum": loss_sum, "iterations": self.iterations, "images": self.images,
                 "elapsed": time.time() - self.start}
 
     def load_state_dict(self, state: dict) -> None:

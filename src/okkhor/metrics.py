@@ -85,13 +85,16 @@ class HierarchicalRecall(Metric):
         if len(logits) < len(self.targets) or y.shape[1] < len(self.targets):
             raise ValueError(f"expected {len(self.targets)} outputs and label columns, got {len(logits)} and "
                              f"{y.shape[1]}")
-        y = y.to(self._device)
-        for t, (out, n) in enumerate(zip(logits, self.targets.num_classes)):
+        # counts by scatter_add into fixed-size tensors: unlike bincount (whose output size depends on the data)
+        # and boolean indexing, nothing here waits for the device; the counts are read once, in compute()
+        y = y.to(self._device, non_blocking=True)
+        for t, out in enumerate(logits[:len(self.targets)]):
             pred = out.argmax(dim=1).to(self._device) if out.ndim == 2 else out.to(self._device).long()
             true = y[:, t].long()
-            self._support[t] += torch.bincount(true, minlength=n)
-            self._hits[t] += torch.bincount(true[pred == true], minlength=n)
-            self._predicted[t] += torch.bincount(pred, minlength=n)
+            ones = torch.ones_like(true)
+            self._support[t].scatter_add_(0, true, ones)
+            self._hits[t].scatter_add_(0, true, (pred == true).long())
+            self._predicted[t].scatter_add_(0, pred, ones)
         self._count += int(y.shape[0])
 
     def compute(self) -> dict[str, float]:

@@ -187,8 +187,9 @@ class Mixer:
     def active(self, epoch: int) -> bool:
         return self.cfg.kind != "none" and not (self.cfg.off_epoch and epoch >= self.cfg.off_epoch)
 
-    def plan(self, shape: Sequence[int], epoch: int = 0) -> Optional[MixPlan]:
-        """Draw the mixing of a batch of this shape ([B, C, H, W]); None when this batch stays unmixed."""
+    def plan(self, shape: Sequence[int], epoch: int = 0, device: torch.device | str = "cpu") -> Optional[MixPlan]:
+        """Draw the mixing of a batch of this shape ([B, C, H, W]); None when this batch stays unmixed. A cutmix
+        or fmix mask is built on `device` (the batch's)."""
         if not self.active(epoch):
             return None
         seed = int(torch.randint(0, 2 ** 62, (1,), generator=self.generator))
@@ -212,12 +213,12 @@ class Mixer:
         mask = None
         if kind in ("cutmix", "fmix"):
             masks = _cutmix_boxes if kind == "cutmix" else _fmix_masks
-            mask, pasted = masks(rng, 1.0 - weights[:, 0], int(shape[-2]), int(shape[-1]))
+            mask, pasted = masks(rng, 1.0 - weights[:, 0], int(shape[-2]), int(shape[-1]), device)
             weights = np.stack([1.0 - pasted, pasted], axis=1)
         return MixPlan(kind, index, torch.from_numpy(weights).float(), mask)
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, epoch: int):
-        plan = self.plan(x.shape, epoch)
+        plan = self.plan(x.shape, epoch, x.device)
         if plan is None:
             return model(x), MixedTargets.unmixed(y)
         if plan.kind == "manifold":
@@ -235,38 +236,43 @@ class Mixer:
         self.generator.set_state(state["generator"])
 
 
-def _cutmix_boxes(rng: np.random.Generator, area: np.ndarray, h: int, w: int) -> tuple[torch.Tensor, np.ndarray]:
+def _cutmix_boxes(rng: np.random.Generator, area: np.ndarray, h: int, w: int,
+                  device: torch.device | str = "cpu") -> tuple[torch.Tensor, np.ndarray]:
     """Boxes of about `area` (share of the image) per sample, centred uniformly and clipped to the image.
 
-    Returns the paste mask [B, 1, h, w] and the share of pixels really pasted, which becomes the label weight.
+    Returns the paste mask [B, 1, h, w], built on `device` from the boxes' corners (B numbers each, drawn on the
+    CPU), and the share of pixels really pasted (known on the host), which becomes the label weight.
     """
     side = np.sqrt(np.clip(area, 0.0, 1.0))
     ch, cw = np.round(h * side).astype(np.int64), np.round(w * side).astype(np.int64)
     cy, cx = rng.integers(0, h, size=len(area)), rng.integers(0, w, size=len(area))
     y0, y1 = np.clip(cy - ch // 2, 0, h), np.clip(cy - ch // 2 + ch, 0, h)
     x0, x1 = np.clip(cx - cw // 2, 0, w), np.clip(cx - cw // 2 + cw, 0, w)
-    ys, xs = torch.arange(h).view(1, h, 1), torch.arange(w).view(1, 1, w)
-    t = lambda a: torch.from_numpy(a).view(-1, 1, 1)  # noqa: E731
-    mask = (ys >= t(y0)) & (ys < t(y1)) & (xs >= t(x0)) & (xs < t(x1))
+    corners = torch.from_numpy(np.stack([y0, y1, x0, x1])).to(device, non_blocking=True).view(4, -1, 1, 1)
+    ys = torch.arange(h, device=corners.device).view(1, h, 1)
+    xs = torch.arange(w, device=corners.device).view(1, 1, w)
+    mask = (ys >= corners[0]) & (ys < corners[1]) & (xs >= corners[2]) & (xs < corners[3])
     pasted = ((y1 - y0) * (x1 - x0)) / float(h * w)
     return mask.unsqueeze(1), pasted
 
 
-def _fmix_masks(rng: np.random.Generator, area: np.ndarray, h: int, w: int) -> tuple[torch.Tensor, np.ndarray]:
+def _fmix_masks(rng: np.random.Generator, area: np.ndarray, h: int, w: int,
+                device: torch.device | str = "cpu") -> tuple[torch.Tensor, np.ndarray]:
     """FMix (Harris et al., 2020): per sample, a low-frequency random field (complex Gaussian noise scaled by
     1 / frequency**FMIX_DECAY, inverse FFT) whose round(area * h * w) highest pixels are pasted.
 
+    The noise is drawn on the CPU (the mixer's seeded generator); the inverse FFT and the ranking run on `device`.
     Returns the paste mask [B, 1, h, w] and each mask's exact area (share of pixels), the label weight.
     """
     b = len(area)
     fy = np.fft.fftfreq(h)[:, None]
     fx = np.fft.rfftfreq(w)[None, :]
     scale = 1.0 / np.maximum(np.sqrt(fx ** 2 + fy ** 2), 1.0 / max(h, w)) ** FMIX_DECAY
-    spectrum = scale * (rng.standard_normal((b, h, fx.shape[1])) + 1j * rng.standard_normal((b, h, fx.shape[1])))
-    field = np.fft.irfft2(spectrum, s=(h, w)).reshape(b, -1)
+    noise = rng.standard_normal((2, b, h, fx.shape[1])).astype(np.float32)
+    noise = torch.from_numpy(noise * scale.astype(np.float32)).to(device, non_blocking=True)
+    field = torch.fft.irfft2(torch.complex(noise[0], noise[1]), s=(h, w)).reshape(b, -1)
     n_pasted = np.round(np.clip(area, 0.0, 1.0) * h * w).astype(np.int64)
-    order = np.argsort(-field, axis=1, kind="stable")  # highest first
-    rank = np.empty_like(order)
-    np.put_along_axis(rank, order, np.arange(h * w)[None, :].repeat(b, 0), axis=1)
-    mask = rank < n_pasted[:, None]
-    return torch.from_numpy(mask.reshape(b, 1, h, w)), mask.sum(axis=1) / float(h * w)
+    order = torch.argsort(-field, dim=1, stable=True)  # highest first
+    rank = torch.empty_like(order).scatter_(1, order, torch.arange(h * w, device=field.device).expand(b, -1))
+    mask = rank < torch.from_numpy(n_pasted).to(field.device, non_blocking=True)[:, None]
+    return mask.reshape(b, 1, h, w), n_pasted / float(h * w)

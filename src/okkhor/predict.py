@@ -10,11 +10,11 @@ import torch
 import torch.nn.functional as F
 
 from okkhor.config import Config
-from okkhor.data.dataset import to_tensor
 from okkhor.data.kaggle import (ImageFiles, image_parquet_files, read_test_csv,
                                 read_train_labels, write_submission)
 from okkhor.data.prepare import preprocess
 from okkhor.distributed import resolve_device
+from okkhor.engine import Precision
 from okkhor.errors import OkkhorError
 from okkhor.fsutil import atomic_path, check_writable
 from okkhor.graphemes import GRAPHEME, route as route_by_head, union_classes
@@ -79,7 +79,8 @@ def load_members(ckpts: Sequence[str | Path], device: str | torch.device = "auto
             raise OkkhorError(f"{path}: predicts {_describe_targets(targets)} but {first.path} predicts "
                               f"{_describe_targets(first.targets)}; an ensemble needs the same targets")
         meta = {k: v for k, v in ckpt.items() if k not in _HEAVY_KEYS}
-        members.append(Member(Path(path), model.to(dev), cfg, targets, meta))
+        layout = torch.channels_last if Precision.for_inference(dev).channels_last else torch.contiguous_format
+        members.append(Member(Path(path), model.to(dev, memory_format=layout), cfg, targets, meta))
     return members
 
 
@@ -131,16 +132,21 @@ def ensemble_probs(members: Sequence[Member], images: dict[tuple[int, bool], np.
         column = {tuple(row): k for k, row in enumerate(space.tolist())}
     for member in members:
         source = images[member.preprocessing]
-        device = next(member.model.parameters()).device
+        precision = Precision.for_inference(next(member.model.parameters()).device)
         columns = (slice(None),) * len(targets) + (
             () if member.graphemes is None else (np.array([column[tuple(r)] for r in member.graphemes.tolist()]),))
         for start in range(0, len(rows), batch_size):
             chunk = rows[start:start + batch_size]
-            x = to_tensor(np.asarray(source[chunk])).to(device)
-            for view in range(tta):
-                logits = member.model(tta_view(x, view))
-                for t, (out, cols) in enumerate(zip(logits, columns)):
-                    sums[t][start:start + len(chunk), cols] += out.float().softmax(dim=1).double().cpu().numpy()
+            x = precision.images(torch.from_numpy(np.ascontiguousarray(source[chunk])).unsqueeze(1))
+            views = torch.cat([tta_view(x, view) for view in range(tta)]) if tta > 1 else x  # one forward
+            with precision.autocast():
+                logits = member.model(views)
+            # per target: softmax, summed over the views on the device; then one host copy for the batch
+            probs = [out.float().softmax(dim=1).view(tta, len(chunk), -1).sum(dim=0) for out in logits]
+            host = torch.cat(probs, dim=1).double().cpu().numpy()
+            edges = np.cumsum([0] + [p.shape[1] for p in probs])
+            for t, cols in enumerate(columns):
+                sums[t][start:start + len(chunk), cols] += host[:, edges[t]:edges[t + 1]]
     scale = 1.0 / (len(members) * tta)
     out = {name: (s * scale).astype(np.float32) for name, s in zip(targets.names, sums)}
     if space is not None:

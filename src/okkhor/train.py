@@ -47,7 +47,7 @@ __all__ = ["train", "EpochBatches", "load_run_data", "metrics_columns", "RESUMAB
 
 # config keys a resumed run may change; everything else must match the checkpoint
 RESUMABLE_KEYS = ("train.epochs", "train.patience", "train.device", "train.compile", "train.checkpoint_every",
-                  "data.workers", "eval.batch_size")
+                  "data.workers", "data.persistent_workers", "data.prefetch_factor", "eval.batch_size")
 # the batch plan: the sample order, the epoch length and the schedule's steps follow it, so a resume keeps it
 PLAN_KEYS = ("train.batch_size", "train.accum", "train.effective_batch")
 
@@ -66,11 +66,14 @@ def resolve_targets(data_dir: str | Path, cfg: Config) -> tuple[Targets, list[fl
     return targets, weights
 
 
-def resolved_config(cfg: Config, targets: Targets, loss_weights: list[float]) -> Config:
-    """The config with the target list and loss weights spelled out."""
+def resolved_config(cfg: Config, targets: Targets, loss_weights: list[float],
+                    precision: Precision | None = None) -> Config:
+    """The config with the target list and loss weights spelled out, and `auto` precision settings resolved."""
     out = copy.deepcopy(cfg)
     out.data.targets = list(targets.names)
     out.train.loss_weights = [float(w) for w in loss_weights]
+    if precision is not None:
+        out.train.amp, out.train.channels_last = precision.amp, bool(precision.channels_last)
     return out
 
 
@@ -87,14 +90,15 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
 def check_resume_config(saved: dict, cfg: Config, path: Path) -> None:
     """Fail when the config differs from the checkpoint's in anything but RESUMABLE_KEYS (or, for a shaped lr
     schedule, in train.epochs)."""
-    old, new = _flatten(saved), _flatten(cfg.to_dict())
-    plan = [k for k in PLAN_KEYS if old.get(k) != new[k]]
+    # a key newer than the checkpoint counts as unchanged when it holds its default
+    old, new, default = _flatten(saved), _flatten(cfg.to_dict()), _flatten(Config().to_dict())
+    plan = [k for k in PLAN_KEYS if old.get(k, default.get(k)) != new[k]]
     if plan:
         detail = ", ".join(f"{k} ({old.get(k)!r} -> {new[k]!r})" for k in plan)
         keep = " ".join(f"--set {k}={old.get(k)}" for k in plan)
         raise OkkhorError(f"--resume: the batch plan changed: {detail}; {path}'s sample order and learning-rate "
                           f"schedule are laid out in its batches; resume with {keep}, or start a new run")
-    changed = [k for k in new if old.get(k) != new[k] and k not in RESUMABLE_KEYS]
+    changed = [k for k in new if old.get(k, default.get(k)) != new[k] and k not in RESUMABLE_KEYS]
     if changed:
         detail = ", ".join(f"{k} ({old.get(k)!r} -> {new[k]!r})" for k in changed[:6])
         raise OkkhorError(f"--resume: {path} was trained with a different config: {detail}; only "
@@ -182,12 +186,17 @@ def _open(data_dir: Path, out_dir: Path, cfg: Config, resume: bool, log):
         raise OkkhorError(f"{out_dir}: already holds a run ({last}); pass --resume to continue it "
                           "or choose another --out")
     device = resolve_device(cfg.train.device)
-    precision = Precision(device, cfg.train.amp, cfg.train.channels_last)
     targets, loss_weights = resolve_targets(data_dir, cfg)
-    cfg = resolved_config(cfg, targets, loss_weights)
     if fresh:
         log(f"train: --resume: {out_dir} holds no checkpoint yet; starting from the beginning")
     ckpt = load_training_checkpoint(last) if resume and not fresh else None
+    amp, channels_last = cfg.train.amp, cfg.train.channels_last
+    if ckpt is not None:  # `auto` resumes with what the run chose (resolved in its stored config)
+        saved = ckpt["config"]["train"]
+        amp = saved.get("amp", amp) if amp == "auto" else amp
+        channels_last = saved.get("channels_last", channels_last) if channels_last == "auto" else channels_last
+    precision = Precision(device, amp, channels_last)
+    cfg = resolved_config(cfg, targets, loss_weights, precision)
     if ckpt is not None:
         check_resume_config(ckpt["config"], cfg, last)
         check_resume_world(ckpt, world_size(), last)
@@ -205,7 +214,10 @@ def _build(cfg: Config, targets: Targets, loss_weights: list[float], precision: 
     from okkhor.model import build_model
     from okkhor.oom import FaultInjector, OomRecovery
 
+    from okkhor.hardware import set_backend_flags
+
     tcfg, device, rank_, world = cfg.train, precision.device, rank(), world_size()
+    backend_flags = set_backend_flags(device, tcfg.deterministic)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
@@ -214,7 +226,7 @@ def _build(cfg: Config, targets: Targets, loss_weights: list[float], precision: 
         data = load_run_data(data_dir, cfg, targets, log, show_progress)
         graphemes = grapheme_classes(data.labels[data.train_idx])
     net = build_model(cfg.model, targets, graphemes)  # before the data: a bad model or plan fails fast
-    net.to(device, memory_format=torch.channels_last if tcfg.channels_last else torch.contiguous_format)
+    net.to(device, memory_format=torch.channels_last if precision.channels_last else torch.contiguous_format)
     plan = BatchPlan(**ckpt["run"]["batch"]) if ckpt else initial_batch_plan(cfg, net, device)
     data = data or load_run_data(data_dir, cfg, targets, log, show_progress)
     # with the grapheme head its class is one more label column and its loss one more weighted term
@@ -237,7 +249,10 @@ def _build(cfg: Config, targets: Targets, loss_weights: list[float], precision: 
     optimizer = build_optimizer(net, tcfg)
 
     def loader(dataset, **kw) -> DataLoader:
+        # workers send uint8 batches (pinned for CUDA); the device scales them (Precision.images)
         kw.setdefault("generator", torch.Generator().manual_seed(0))
+        if cfg.data.workers:
+            kw.update(persistent_workers=cfg.data.persistent_workers, prefetch_factor=cfg.data.prefetch_factor)
         return DataLoader(dataset, shuffle=False, num_workers=cfg.data.workers, pin_memory=device.type == "cuda",
                           **kw)
 
@@ -258,7 +273,7 @@ def _build(cfg: Config, targets: Targets, loss_weights: list[float], precision: 
     return SimpleNamespace(net=net, ema=ema, plan=plan, data=data, optimizer=optimizer, schedule=schedule,
                            mixer=mixer, oom=oom, step=step, train_set=train_set, batches=batches, generator=generator,
                            train_loader=train_loader, eval_loaders=eval_loaders, loss_weights=loss_weights,
-                           device=device, world=world)
+                           device=device, world=world, precision=precision, backend_flags=backend_flags)
 
 
 def _run(data_dir: Path, out_dir: Path, cfg: Config, resume: bool, show_progress: bool, log, hooks) -> dict:
@@ -283,8 +298,7 @@ def _run(data_dir: Path, out_dir: Path, cfg: Config, resume: bool, show_progress
     @trainer.on(Events.EPOCH_STARTED)
     def seed_epoch(engine) -> None:  # every epoch's order and augmentation follow from (seed, epoch) alone
         epoch = engine.state.epoch
-        b.train_set.set_epoch(epoch)
-        b.batches.set_epoch(epoch)
+        b.batches.set_epoch(epoch)  # the epoch travels to the workers with each index: (position, epoch)
         b.generator.manual_seed(cfg.seed * 100003 + epoch)
         engine.state.epoch_length = len(b.train_loader)  # the plan may have changed between epochs
 
@@ -374,6 +388,8 @@ def _announce(log, cfg: Config, b: SimpleNamespace, ckpt) -> None:
     log(f"train: {start}{len(data.train_idx)} training images, {len(data.valid_idx)} valid, "
         f"{len(data.clean_idx)} train_clean; {cfg.model.name} at {cfg.data.image_size} px on "
         f"{b.device.type} (amp {cfg.train.amp}{', channels_last' if cfg.train.channels_last else ''})")
+    log(f"train: precision {'fp32' if b.precision.amp == 'off' else b.precision.amp} ({b.precision.amp_reason})"
+        f"{'; ' + b.backend_flags if b.backend_flags else ''}")
     log(f"train: effective batch {plan.effective(world)} = batch {plan.batch_size} x accum {plan.accum} x {world} "
         f"process{'es' if world > 1 else ''}; {iters} iterations and {steps_per_epoch(iters, plan.accum)} optimizer "
         "steps per epoch")

@@ -106,6 +106,8 @@ class EpochBatches(Sampler):
     workers and after a resume. With several processes each takes every world-th sample (the permutation is
     wrapped around so all get the same count). Batches have `plan.batch_size` samples, read when the epoch's
     iteration starts; a last batch of a single sample joins the one before it (batch norm cannot train on one).
+    Each sample is a pair (position, epoch): the epoch reaches the dataset's augmentation with the index, so
+    persistent loader workers need no per-epoch state.
     """
 
     def __init__(self, n: int, plan: BatchPlan, seed: int, rank_: int = 0, world: int = 1):
@@ -137,7 +139,7 @@ class EpochBatches(Sampler):
         state = np.random.SeedSequence([self.seed & 0xFFFFFFFF, self.epoch, 0x5A3D]).generate_state(2)
         generator = torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
         order = np.resize(torch.randperm(self.n, generator=generator).numpy(), self._share() * self.world)
-        mine = order[self.rank::self.world].tolist()
+        mine = [(i, self.epoch) for i in order[self.rank::self.world].tolist()]
         size, count = self.plan.batch_size, len(self)
         first = self._skip[1] if self._skip[0] == self.epoch else 0
         self._skip = (0, 0)
