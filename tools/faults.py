@@ -219,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", type=Path, default=None, help="work folder (default: a temporary one)")
     args = parser.parse_args(argv)
+    # a SIGTERM to the harness unwinds it: the trial in flight is killed and the work folder removed
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     with tempfile.TemporaryDirectory(prefix="okkhor-faults-") as tmp:
         work = args.work or Path(tmp)
         _, _, lost = run_suite(make_data(work), work, args.kills, args.sigterms, args.seed,
