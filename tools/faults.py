@@ -203,7 +203,8 @@ def run_suite(data: Path, work: Path, kills: int, sigterms: int, seed: int = 0,
                  if i % 4 == 3 else None)
         try:
             state, signals = trial(data, work / f"trial{i}", kill, reference, again)
-            injected, survived, verdict = injected + signals, survived + signals, "survived"
+            injected, survived = injected + signals, survived + signals
+            verdict = "survived" if signals else "no fault injected (not counted)"
         except AssertionError as exc:
             state, verdict = (str(exc).splitlines() or ["assertion"])[0], "LOST"
             injected, lost = injected + 1, lost + 1
