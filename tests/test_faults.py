@@ -120,7 +120,9 @@ def test_a_full_disk_keeps_the_previous_checkpoint_and_stops_with_one_line(data,
         assert needle in errors[0], (needle, errors[0])
     ckpt = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
     assert ckpt["trainer"]["epoch"] == 1
-    assert list(pd.read_csv(out / "metrics.csv")["epoch"]) == [1, 1, 1]
+    # metrics.csv is written before the epoch's checkpoint: epoch 2's rows may be there (resume drops them)
+    epochs = list(pd.read_csv(out / "metrics.csv")["epoch"])
+    assert epochs == ([1, 1, 1] if writer == "metrics" else epochs) and epochs[:3] == [1, 1, 1] and max(epochs) <= 2
     assert not list(out.rglob(".*tmp*"))
     if writer == "checkpoint":  # the disk has room again: the run goes on to its end
         train(data.root, out, load_config(None, FAST), resume=True, **QUIET)
