@@ -30,8 +30,8 @@ from helpers import assert_one_line_error
 
 # what every checkpoint of a run holds (okkhor.train lists the objects in one place); ema and early_stopping
 # appear when the run has them
-CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "scaler", "mixer", "trainer", "run", "rng", "config", "targets",
-                   "train_class_counts")
+CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "scaler", "mixer", "trainer", "run", "meter", "rng", "config",
+                   "targets", "train_class_counts", "data")
 
 runner = CliRunner()
 # a small, fast timm model and tiny images keep each epoch to a second or two on two CPU cores
@@ -345,7 +345,7 @@ def test_two_processes_with_gloo_write_one_run(data, tmp_path):
     (["--set", "train.lrr=1"], ["unknown config key 'train.lrr'", "valid keys"]),
     (["--set", "train.epochs=abc"], ["bad value 'abc' for 'train.epochs'"]),
     (["--set", "train.amp=fp16", "--set", "train.device=cpu"], ["train.amp=fp16 needs a CUDA device"]),
-    (["--resume"], ["nothing to resume"]),
+    (["--resume"], ["data directory not found"]),  # --resume without a checkpoint yet starts afresh
 ])
 def test_bad_config_is_one_clear_line(tmp_path, args, needles):
     code, output = cli("train", "--data", tmp_path / "data", "--out", tmp_path / "run", *args)

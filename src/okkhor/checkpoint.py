@@ -1,5 +1,6 @@
-"""Training checkpoints through ignite: `Checkpoint` with an atomic `DiskSaver` writes last.pt every epoch and
-best.pt when the valid score improves; `Checkpoint.load_objects` resumes. Everything stored is plain (tensors,
+"""Training checkpoints through ignite: `Checkpoint` with an atomic saver writes last.pt every epoch (and mid-epoch:
+on SIGTERM/SIGINT and every train.checkpoint_every iterations) and best.pt when the valid score improves;
+`Checkpoint.load_objects` resumes, mid-epoch too. Everything stored is plain (tensors,
 dicts, lists, numbers, strings), so `torch.load(path, weights_only=True)` reads it."""
 from __future__ import annotations
 
@@ -9,14 +10,17 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
-from ignite.engine import Engine
+from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint, DiskSaver
 
 from okkhor.errors import OkkhorError
+from okkhor.fsutil import atomic_path
 from okkhor.model import load_checkpoint
 
 # what every checkpoint holds besides its stateful objects: read by inference without building a trainer
 META_KEYS = ("config", "targets", "train_class_counts")
+# stateful objects a checkpoint of an earlier okkhor lacks and a resume can do without (it starts them afresh)
+OPTIONAL_KEYS = ("meter",)
 
 
 def rng_state() -> dict[str, Any]:
@@ -87,28 +91,48 @@ class Fixed:
 
 
 class TrainerState:
-    """The trainer Engine's position (epoch, iteration, epoch length) and the step's optimizer-step count.
+    """The trainer Engine's position and the step's optimizer-step count.
 
-    Loading puts the engine at the end of the stored epoch with the current epoch length and `max_epochs`: the
-    batch plan (and so the epoch length) may have changed during the run, and train.epochs on resume.
+    `epoch` counts the finished epochs; a mid-epoch checkpoint (saved at ITERATION_COMPLETED, between optimizer
+    steps) adds `epoch_iteration`, the iterations done of the next one. Loading puts the engine there with the
+    current epoch length and `max_epochs` (the batch plan, and so the epoch length, may change between epochs;
+    train.epochs on resume); `batches` (the epoch's batch sampler) then leaves out the iterations already done.
     """
 
-    def __init__(self, trainer: Engine, step: Any, epoch_length: Callable[[], int], max_epochs: int):
+    def __init__(self, trainer: Engine, step: Any, epoch_length: Callable[[], int], max_epochs: int,
+                 batches: Any = None, world_size: int = 1):
         self.trainer, self.step, self.epoch_length, self.max_epochs = trainer, step, epoch_length, max_epochs
+        self.batches, self.world_size = batches, world_size
 
     def state_dict(self) -> dict:
         s = self.trainer.state
-        return {"epoch": s.epoch, "iteration": s.iteration, "epoch_length": s.epoch_length, **self.step.state_dict()}
+        mid = self.trainer.last_event_name == Events.ITERATION_COMPLETED
+        return {"epoch": s.epoch - 1 if mid else s.epoch, "epoch_iteration": self.step.epoch_iteration if mid else 0,
+                "iteration": s.iteration, "epoch_length": s.epoch_length, "world_size": self.world_size,
+                **self.step.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.step.load_state_dict(state)
-        self.trainer.load_state_dict({"epoch": int(state["epoch"]), "max_epochs": self.max_epochs,
-                                      "epoch_length": self.epoch_length()})
+        epoch, within, length = int(state["epoch"]), int(state.get("epoch_iteration", 0)), self.epoch_length()
+        if within:
+            self.trainer.load_state_dict({"iteration": epoch * length + within, "max_epochs": self.max_epochs,
+                                          "epoch_length": length})
+            if self.batches is not None:
+                self.batches.resume_at(epoch + 1, within)
+        else:
+            self.trainer.load_state_dict({"epoch": epoch, "max_epochs": self.max_epochs, "epoch_length": length})
 
 
 class _FixedNameSaver(DiskSaver):
-    """DiskSaver(atomic=True) for files with fixed names: the next save replaces the file in one rename, so the
-    old one is never removed first (ignite removes a same-named file before saving it again)."""
+    """A DiskSaver for files with fixed names, written through okkhor.fsutil.atomic_path on rank 0: the next save
+    replaces the file in one rename, so the old one is never removed first (ignite removes a same-named file
+    before saving it again), and a failed write (a full disk) keeps it and becomes one WriteError line."""
+
+    def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
+        if self.save_on_rank == _rank():
+            # through a Python file: a failed write is an OSError (ENOSPC) that atomic_path turns into one line
+            with atomic_path(self.dirname / filename) as tmp, open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
 
     def remove(self, filename: str) -> None:
         pass
@@ -128,6 +152,20 @@ class _Kept:
 
 
 TOP_PATTERN = "top-epoch{global_step}-score{score}.{ext}"   # ignite writes the score with 4 decimals
+
+
+def _rank() -> int:
+    import ignite.distributed as idist
+
+    return idist.get_rank()
+
+
+def remove_stale_temps(dirname: Path) -> list[Path]:
+    """The temporary files a killed save left in a checkpoints folder (atomic_path's `.last.*.tmp.pt`), removed."""
+    stale = sorted(Path(dirname).glob(".*.tmp.pt")) if Path(dirname).is_dir() else []
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
 
 
 class RunCheckpoints:
@@ -155,8 +193,9 @@ class RunCheckpoints:
         saver = _FixedNameSaver(str(dirname), atomic=True, create_dir=True, require_empty=False)
         self.best = Checkpoint(to_save, saver, filename_pattern="best.{ext}", score_function=score_function,
                                n_saved=1)
+        # the priority of last.pt is the iteration, which grows with every save, mid-epoch ones too
         self.last = Checkpoint(to_save, saver, filename_pattern="last.{ext}", n_saved=1,
-                               global_step_transform=lambda engine, event: engine.state.epoch)
+                               global_step_transform=lambda engine, event: engine.state.iteration)
 
     @property
     def last_path(self) -> Path:
@@ -169,14 +208,19 @@ class RunCheckpoints:
             self.top(trainer)
         self.last(trainer)
 
+    def save_last(self, trainer: Engine) -> Path:
+        """last.pt now (mid-epoch when called at ITERATION_COMPLETED, between optimizer steps)."""
+        self.last(trainer)
+        return self.last_path
+
     def resume(self, ckpt: Mapping[str, Any], best_score: Any = None) -> None:
         """Load every stateful object from `ckpt` (Checkpoint.load_objects); tell best.pt's checkpointer the score
         to beat."""
-        missing = [k for k in self.to_load if k not in ckpt]
+        missing = [k for k in self.to_load if k not in ckpt and k not in OPTIONAL_KEYS]
         if missing:
             raise OkkhorError(f"{self.last_path}: cannot resume from this checkpoint (no {', '.join(missing)}; "
                               "written by another okkhor version?)")
-        Checkpoint.load_objects(to_load=self.to_load, checkpoint=dict(ckpt))
+        Checkpoint.load_objects(to_load={k: v for k, v in self.to_load.items() if k in ckpt}, checkpoint=dict(ckpt))
         if best_score is not None:
             self.best.load_state_dict({"_saved": [(best_score, "best.pt")]})
 

@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from okkhor.errors import OkkhorError
+from okkhor.errors import Interrupted, OkkhorError
 
 app = typer.Typer(
     name="okkhor",
@@ -53,6 +53,10 @@ def _guarded(func):
     def wrapper(*args, **kwargs):
         try:
             return func(*args, **kwargs)
+        except Interrupted as exc:  # not an error: the line says how to go on (empty on the other processes)
+            if str(exc):
+                typer.echo(str(exc), err=True)
+            raise typer.Exit(exc.exit_code) from None
         except OkkhorError as exc:
             raise fail(str(exc)) from None
         except KeyboardInterrupt:

@@ -66,6 +66,7 @@ class TrainConfig:
     patience: int = 0              # early stopping on the valid score, in epochs (0: off)
     keep_top: int = 1              # also keep the N best checkpoints by valid score (checkpoints/top-*.pt; 1: off)
     swa_epochs: int = 0            # average the weights of the last K epochs (SWA) into checkpoints/swa.pt (0: off)
+    checkpoint_every: int = 0      # also save last.pt every this many iterations mid-epoch (0: at epoch ends only)
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
@@ -322,6 +323,7 @@ def validate(cfg: Config) -> None:
     need(cfg.train.patience >= 0, "train.patience", "must be >= 0")
     need(cfg.train.keep_top >= 1, "train.keep_top", "must be >= 1 (1: only best.pt)")
     need(0 <= cfg.train.swa_epochs <= cfg.train.epochs, "train.swa_epochs", "must be in 0..train.epochs")
+    need(cfg.train.checkpoint_every >= 0, "train.checkpoint_every", "must be >= 0 (0: at epoch ends only)")
     need(cfg.train.grapheme_loss_weight >= 0, "train.grapheme_loss_weight", "must be >= 0")
     need(cfg.eval.train_clean_size >= 0, "eval.train_clean_size", "must be >= 0")
     need(cfg.eval.batch_size >= 1, "eval.batch_size", "must be >= 1")

@@ -192,6 +192,17 @@ class TrainStep:
         self._group_len = 1
         self._group_left = 0
         self._epoch = 0
+        self._resume_iteration = 0  # a resumed mid-epoch checkpoint: the epoch's iterations already done
+
+    @property
+    def epoch_iteration(self) -> int:
+        """Iterations done in the current epoch."""
+        return self._epoch_iteration
+
+    @property
+    def at_step_boundary(self) -> bool:
+        """True between accumulation groups: no gradient is pending, so a checkpoint here resumes exactly."""
+        return self._group_left == 0
 
     def attach(self, engine: Engine) -> "TrainStep":
         engine.add_event_handler(Events.EPOCH_STARTED, self._start_epoch)
@@ -199,7 +210,7 @@ class TrainStep:
         return self
 
     def _start_epoch(self, engine: Engine) -> None:
-        self._epoch_iteration = 0
+        self._epoch_iteration, self._resume_iteration = self._resume_iteration, 0
         self._group_len, self._group_left = 1, 0
 
     def _finish_epoch(self, engine: Engine) -> None:
@@ -285,7 +296,9 @@ class TrainStep:
         return {"optimizer_steps": self.optimizer_steps}
 
     def load_state_dict(self, state: dict) -> None:
+        """The optimizer-step count; `epoch_iteration` (a mid-epoch checkpoint) is where the next epoch starts."""
         self.optimizer_steps = int(state["optimizer_steps"])
+        self._resume_iteration = int(state.get("epoch_iteration", 0))
 
 
 def _quiet(engine: Engine, name: str) -> Engine:

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from okkhor.data.folds import read_folds
+from okkhor.data.folds import check_same_data, folds_fingerprint, read_folds
 from okkhor.data.kaggle import image_parquet_files, load_targets, read_train_labels, write_submission
 from okkhor.data.prepare import PrepareOptions, default_cache_dir, load_cache, prepare_split
 from okkhor.errors import OkkhorError
@@ -98,6 +98,8 @@ def _fold_set(member: Member, data_dir: Path, fold: int, show_progress: bool):
         prepare_split(data_dir, "train", opts, cache_dir, show_progress=show_progress)
     images, cache_ids = load_cache(cache_dir, "train")
     folds = read_folds(folds_csv, cache_ids)
+    check_same_data(member.meta.get("data"), {"folds": folds_fingerprint(cache_ids, folds)}, member.path, folds_csv,
+                    use="evaluate with the folds.csv of training, or on a labelled set with --labels")
     rows = np.flatnonzero(folds == fold)
     if len(rows) == 0:
         raise OkkhorError(f"{folds_csv}: fold {fold} has no images (folds present: "

@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from okkhor.errors import OkkhorError
+from okkhor.errors import OkkhorError, WriteError
 
 
 def _umask() -> int:
@@ -57,13 +57,13 @@ def check_writable(path: str | os.PathLike, what: str = "", folder: bool = False
     return path
 
 
-def write_error(path: Path, exc: OSError, tmp: Path | None = None) -> OkkhorError:
+def write_error(path: Path, exc: OSError, tmp: Path | None = None) -> WriteError:
     """One line for a failed write of `path`: the reason, the other file involved, and what is left (for writers
     that rename a temporary file themselves, e.g. ignite's atomic DiskSaver: `raise write_error(path, exc)`)."""
     other = exc.filename if exc.filename not in (None, str(path), str(tmp)) else None
     where = f" ({other})" if other else ""
     kept = "the previous file is unchanged" if path.is_file() else "nothing was written"
-    return OkkhorError(f"{path}: could not be written: {_reason(exc)}{where}; {kept}")
+    return WriteError(f"{path}: could not be written: {_reason(exc)}{where}; {kept}")
 
 
 @contextlib.contextmanager

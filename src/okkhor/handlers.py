@@ -1,16 +1,21 @@
 """The trainer's event handlers: run state, epoch meter and progress, evaluation, run log (metrics.csv and
-TensorBoard), the stop decision, and the non-finite-loss stop."""
+TensorBoard), the stop decision, mid-epoch checkpoints (signals, train.checkpoint_every), and the one-line stops
+(a non-finite loss, a failed write)."""
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import pandas as pd
+import torch
 from ignite.engine import Engine, Events
 
 from okkhor.engine import NonFiniteLoss, evaluate
-from okkhor.errors import OkkhorError
+from okkhor.errors import Interrupted, OkkhorError, WriteError
 from okkhor.fsutil import atomic_path
 from okkhor.targets import Targets
 
@@ -81,8 +86,11 @@ class EpochMeter:
         self.loss_sum: Any = 0.0
         self.iterations, self.images, self.seconds = 0, 0, 0.0
         self._loss = 0.0
+        self.trainer: Optional[Engine] = None
+        self._resumed: Optional[dict] = None  # a mid-epoch checkpoint's sums, taken up when the epoch starts
 
     def attach(self, trainer: Engine) -> "EpochMeter":
+        self.trainer = trainer
         trainer.add_event_handler(Events.EPOCH_STARTED, self.started)
         trainer.add_event_handler(Events.ITERATION_COMPLETED, self.iteration)
         trainer.add_event_handler(Events.EPOCH_COMPLETED, self.completed)
@@ -104,11 +112,17 @@ class EpochMeter:
     def started(self, trainer: Engine) -> None:
         self.start = time.time()
         self.loss_sum, self.iterations, self.images, self._loss = 0.0, 0, 0, 0.0
+        if self._resumed is not None:
+            state, self._resumed = self._resumed, None
+            self.loss_sum, self.iterations, self.images = state["loss_sum"], state["iterations"], state["images"]
+            self.start -= state["elapsed"]
         if self.show_progress:
             from okkhor.progress import progress
 
             self.bar = progress(total=trainer.state.epoch_length, unit="batch", leave=False,
                                 desc=f"epoch {trainer.state.epoch}/{self.max_epochs}")
+            if self.iterations:
+                self.bar.update(self.iterations)
 
     def iteration(self, trainer: Engine) -> None:
         out = trainer.state.output
@@ -129,6 +143,17 @@ class EpochMeter:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+    def state_dict(self) -> dict:
+        """The epoch's sums so far (all zero in an epoch-end checkpoint: the next epoch starts afresh)."""
+        if self.trainer is None or self.trainer.last_event_name != Events.ITERATION_COMPLETED:
+            return {"loss_sum": torch.zeros(()), "iterations": 0, "images": 0, "elapsed": 0.0}
+        loss_sum = torch.as_tensor(self.loss_sum).detach().cpu().clone()  # the device sum, read once per save
+        return {"loss_sum": loss_sum, "iterations": self.iterations, "images": self.images,
+                "elapsed": time.time() - self.start}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._resumed = dict(state) if state["iterations"] else None
 
 
 class Evaluation:
@@ -207,20 +232,113 @@ class RunLog:
             self.tb = None
 
 
-class NonFiniteStop:
-    """EXCEPTION_RAISED: a NaN/inf loss becomes one user-facing line naming the checkpoint that is kept; every
-    other exception goes on unchanged."""
+class StopLine:
+    """EXCEPTION_RAISED: a NaN/inf loss or a failed write (a full disk) becomes one user-facing line naming the
+    checkpoint that is kept; every other exception goes on unchanged."""
 
     def __init__(self, last_path: Path):
         self.last_path = last_path
 
+    def _kept(self, what: str) -> str:
+        return f"{what} {self.last_path} is kept" if self.last_path.is_file() else "no checkpoint was written"
+
     def __call__(self, engine: Engine, exc: BaseException) -> None:
         if isinstance(exc, NonFiniteLoss):
-            kept = (f"the last good checkpoint {self.last_path} is kept" if self.last_path.is_file()
-                    else "no checkpoint was written")
-            raise OkkhorError(f"{exc}; training stopped and {kept}; try a lower train.lr or set train.clip_grad") \
-                from None
+            raise OkkhorError(f"{exc}; training stopped and {self._kept('the last good checkpoint')}; try a lower "
+                              "train.lr or set train.clip_grad") from None
+        if isinstance(exc, WriteError):
+            raise WriteError(f"{exc}; training stopped and {self._kept('the last checkpoint')}; make room, then "
+                             "continue with --resume") from None
         raise exc
+
+
+class Preemption:
+    """Mid-epoch checkpoints: on SIGTERM or SIGINT, and every `every` iterations (train.checkpoint_every; 0: off).
+
+    `install()` (a context manager) catches the signals on the main thread: the first one only sets a flag (a
+    second SIGINT interrupts at once). ITERATION_COMPLETED, between optimizer steps (`at_boundary()`) and before
+    the epoch's last iteration, saves `last_path` with `save(trainer)` when due; after a signal it then raises `Interrupted` with one line saying how to
+    resume (`resume_hint`: the command to continue; empty on all processes but the first, whose line it is).
+    With several processes the flag is all-reduced, so all stop after the same step. EPOCH_COMPLETED
+    (after the epoch's checkpoint, attach it last) stops there when a signal came during the evaluation.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self, save: Callable[[Engine], Any], last_path: Path, at_boundary: Callable[[], bool],
+                 every: int = 0, world_size: int = 1, resume_hint: str = "--resume"):
+        if every < 0:
+            raise ValueError(f"every must be >= 0, got {every}")
+        if not callable(save) or not callable(at_boundary):
+            raise TypeError("save and at_boundary must be callable")
+        self.save, self.last_path, self.at_boundary = save, Path(last_path), at_boundary
+        self.every, self.world_size = every, world_size
+        self.resume_hint = resume_hint
+        self.signum: Optional[int] = None
+        self._last_save = 0
+
+    def attach(self, trainer: Engine) -> "Preemption":
+        trainer.add_event_handler(Events.STARTED, self._started)
+        trainer.add_event_handler(Events.ITERATION_COMPLETED, self.iteration)
+        return self
+
+    def attach_epoch_end(self, trainer: Engine) -> None:
+        trainer.add_event_handler(Events.EPOCH_COMPLETED, self.epoch_completed)
+
+    @contextlib.contextmanager
+    def install(self):
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in self.SIGNALS}
+        try:
+            yield self
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def _started(self, trainer: Engine) -> None:
+        self._last_save = trainer.state.iteration
+
+    def _signalled(self) -> int:
+        """The signal's number, the same on every process (0: none)."""
+        signum = self.signum or 0
+        if self.world_size > 1:
+            import ignite.distributed as idist
+            import torch
+
+            signum = int(idist.all_reduce(torch.tensor([signum]), op="MAX").item())
+        return signum
+
+    def iteration(self, trainer: Engine) -> None:
+        # the epoch's last iteration is left to EPOCH_COMPLETED: its checkpoint comes with the evaluation
+        length = trainer.state.epoch_length
+        if not self.at_boundary() or (length and trainer.state.iteration % length == 0):
+            return
+        signum = self._signalled()
+        if signum or (self.every and trainer.state.iteration - self._last_save >= self.every):
+            self.save(trainer)
+            self._last_save = trainer.state.iteration
+            if signum:
+                self.stop(trainer, signum, f"epoch {trainer.state.epoch}, iteration "
+                                           f"{trainer.state.iteration % length}/{length}")
+
+    def epoch_completed(self, trainer: Engine) -> None:
+        self._last_save = trainer.state.iteration
+        signum = self._signalled()
+        if signum and not trainer.should_terminate:
+            self.stop(trainer, signum, f"the end of epoch {trainer.state.epoch}")
+
+    def stop(self, trainer: Engine, signum: int, where: str) -> None:
+        """Raise Interrupted; its line is empty with an empty `resume_hint` (the other processes of a run)."""
+        line = (f"train: stopped by {signal.Signals(signum).name} at {where}; saved {self.last_path}; continue "
+                f"with {self.resume_hint}") if self.resume_hint else ""
+        raise Interrupted(line, signum)
 
 
 def summary_line(epoch: int, epochs: int, meter: EpochMeter, state: RunState, lr: float, targets: Targets) -> str:

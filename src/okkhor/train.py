@@ -8,7 +8,8 @@ A run directory holds:
                               epoch's iterations (no score); seconds = time since the epoch began, when the row's
                               evaluation (train: the training) finished; lr = the learning rate at the end of the epoch
   run.json                    the data directory the run read
-  checkpoints/last.pt         every epoch; checkpoints/best.pt when the valid score improves (okkhor.checkpoint)
+  checkpoints/last.pt         every epoch, and mid-epoch on SIGTERM/SIGINT and every train.checkpoint_every
+                              iterations; checkpoints/best.pt when the valid score improves (okkhor.checkpoint)
   tb/                         TensorBoard events
 """
 from __future__ import annotations
@@ -26,8 +27,10 @@ import torch
 from ignite.engine import Events
 from torch.utils.data import DataLoader
 
-from okkhor.checkpoint import GlobalRng, PerProcess, RunCheckpoints, TrainerState, load_training_checkpoint
+from okkhor.checkpoint import (GlobalRng, PerProcess, RunCheckpoints, TrainerState, load_training_checkpoint,
+                               remove_stale_temps)
 from okkhor.config import Config
+from okkhor.data.folds import check_same_data
 from okkhor.data.sets import EpochBatches, load_run_data
 from okkhor.distributed import barrier, is_main, process_group, resolve_device, rank, shard, world_size
 from okkhor.engine import (BatchPlan, Precision, TrainLoss, TrainStep, class_counts, create_evaluator,
@@ -35,7 +38,8 @@ from okkhor.engine import (BatchPlan, Precision, TrainLoss, TrainStep, class_cou
 from okkhor.errors import OkkhorError
 from okkhor.fsutil import check_writable, write_text_atomic
 from okkhor.graphemes import grapheme_classes, with_grapheme_column
-from okkhor.handlers import EpochMeter, Evaluation, NonFiniteStop, RunLog, RunState, metrics_columns, summary_line
+from okkhor.handlers import (EpochMeter, Evaluation, Preemption, RunLog, RunState, StopLine, metrics_columns,
+                             summary_line)
 from okkhor.loggers import open_trackers
 from okkhor.optim import SCHEDULES, build_optimizer, build_scheduler, steps_per_epoch
 from okkhor.targets import Targets
@@ -43,9 +47,11 @@ from okkhor.targets import Targets
 __all__ = ["train", "EpochBatches", "load_run_data", "metrics_columns", "RESUMABLE_KEYS"]
 
 # config keys a resumed run may change; everything else must match the checkpoint
-RESUMABLE_KEYS = ("train.epochs", "train.patience", "train.device", "train.compile", "train.batch_size",
-                  "train.accum", "train.effective_batch", "data.workers", "data.persistent_workers",
-                  "data.prefetch_factor", "eval.batch_size", "log.wandb", "log.mlflow")
+RESUMABLE_KEYS = ("train.epochs", "train.patience", "train.device", "train.compile", "train.checkpoint_every",
+                  "data.workers", "data.persistent_workers", "data.prefetch_factor", "eval.batch_size", "log.wandb",
+                  "log.mlflow")
+# the batch plan: the sample order, the epoch length and the schedule's steps follow it, so a resume keeps it
+PLAN_KEYS = ("train.batch_size", "train.accum", "train.effective_batch")
 
 
 # ---------------------------------------------------------------------------------------------------- config
@@ -88,6 +94,12 @@ def check_resume_config(saved: dict, cfg: Config, path: Path) -> None:
     schedule, in train.epochs)."""
     # a key newer than the checkpoint counts as unchanged when it holds its default
     old, new, default = _flatten(saved), _flatten(cfg.to_dict()), _flatten(Config().to_dict())
+    plan = [k for k in PLAN_KEYS if old.get(k, default.get(k)) != new[k]]
+    if plan:
+        detail = ", ".join(f"{k} ({old.get(k)!r} -> {new[k]!r})" for k in plan)
+        keep = " ".join(f"--set {k}={old.get(k)}" for k in plan)
+        raise OkkhorError(f"--resume: the batch plan changed: {detail}; {path}'s sample order and learning-rate "
+                          f"schedule are laid out in its batches; resume with {keep}, or start a new run")
     changed = [k for k in new if old.get(k, default.get(k)) != new[k] and k not in RESUMABLE_KEYS]
     if changed:
         detail = ", ".join(f"{k} ({old.get(k)!r} -> {new[k]!r})" for k in changed[:6])
@@ -97,6 +109,18 @@ def check_resume_config(saved: dict, cfg: Config, path: Path) -> None:
         raise OkkhorError(f"--resume: train.epochs changed ({old['train.epochs']} -> {new['train.epochs']}) but "
                           f"the {cfg.train.schedule} learning-rate schedule is laid out over the run's length; "
                           "resume with the same train.epochs, or start a new run")
+
+
+def check_resume_world(ckpt: dict, world: int, path: Path) -> None:
+    """Fail when the number of processes differs from the checkpoint's: each process's share of the samples, its
+    random states and the schedule's length follow it."""
+    trainer = ckpt["trainer"]
+    saved = int(trainer.get("world_size", len(ckpt.get("rng", {}).get("ranks", [0]))))
+    if saved != world:
+        launch = "torchrun --nproc_per_node ..." if saved > 1 else "one process (no torchrun)"
+        raise OkkhorError(f"--resume: {path} was trained with {saved} process{'es' if saved > 1 else ''} and this "
+                          f"run has {world}; the sample shares, random states and schedule follow the count: resume "
+                          f"with {saved} ({launch}), or start a new run")
 
 
 def initial_batch_plan(cfg: Config, model: torch.nn.Module, device: torch.device) -> BatchPlan:
@@ -121,6 +145,7 @@ class _TestHooks:
 
     stop_after: int = 0    # stop after this epoch as if interrupted (0: run all train.epochs)
     oom_at: int = -1       # raise an injected out-of-memory error at this iteration (-1: never)
+    signal_at: int = 0     # send this process SIGTERM after this iteration (0: never), as a preemption would
 
 
 def train(data_dir: str | Path, out_dir: str | Path, cfg: Config, resume: bool = False, *,
@@ -151,20 +176,27 @@ def _result(epoch: int, state: dict) -> dict:
             "stop_reason": state["stop_reason"], **state["metrics"]}
 
 
-def _open(data_dir: Path, out_dir: Path, cfg: Config, resume: bool, init: Path | None = None):
-    """Checks before any work: the run dir, the device, the targets, the checkpoint to resume (or None)."""
-    check_writable(out_dir, "--out", folder=True)
+def _open(data_dir: Path, out_dir: Path, cfg: Config, resume: bool, log, init: Path | None = None):
+    """Checks before any work: the run dir, the device, the targets, the checkpoint to resume (or None).
+
+    --resume on a run dir without a checkpoint yet (a run killed in its first epoch, or one not started) starts
+    the run from the beginning, so a job script can always pass --resume.
+    """
     last = out_dir / "checkpoints" / "last.pt"
+    if is_main():
+        check_writable(out_dir, "--out", folder=True)
+        remove_stale_temps(last.parent)  # what a save killed midway left
     if resume and init is not None:
         raise OkkhorError("--init and --resume exclude each other (a resumed run continues from its last.pt)")
-    if resume and not last.is_file():
-        raise OkkhorError(f"--resume: {last} not found; nothing to resume")
+    fresh = resume and not last.is_file()
     if not resume and last.is_file():
         raise OkkhorError(f"{out_dir}: already holds a run ({last}); pass --resume to continue it "
                           "or choose another --out")
     device = resolve_device(cfg.train.device)
     targets, loss_weights = resolve_targets(data_dir, cfg)
-    ckpt = load_training_checkpoint(last) if resume else None
+    if fresh:
+        log(f"train: --resume: {out_dir} holds no checkpoint yet; starting from the beginning")
+    ckpt = load_training_checkpoint(last) if resume and not fresh else None
     amp, channels_last = cfg.train.amp, cfg.train.channels_last
     if ckpt is not None:  # `auto` resumes with what the run chose (resolved in its stored config)
         saved = ckpt["config"]["train"]
@@ -174,6 +206,7 @@ def _open(data_dir: Path, out_dir: Path, cfg: Config, resume: bool, init: Path |
     cfg = resolved_config(cfg, targets, loss_weights, precision)
     if ckpt is not None:
         check_resume_config(ckpt["config"], cfg, last)
+        check_resume_world(ckpt, world_size(), last)
         if ckpt["targets"] != targets.to_dict():
             raise OkkhorError(f"--resume: {last} was trained on other targets ({ckpt['targets']['names']})")
     return cfg, targets, loss_weights, precision, ckpt
@@ -259,7 +292,7 @@ def _run(data_dir: Path, out_dir: Path, cfg: Config, resume: bool, show_progress
          init: Path | None = None) -> dict:
     from ignite.handlers import EarlyStopping
 
-    cfg, targets, loss_weights, precision, ckpt = _open(data_dir, out_dir, cfg, resume, init)
+    cfg, targets, loss_weights, precision, ckpt = _open(data_dir, out_dir, cfg, resume, log, init)
     epochs = cfg.train.epochs
     if ckpt is not None:
         done = ckpt["trainer"]["epoch"]
@@ -268,6 +301,10 @@ def _run(data_dir: Path, out_dir: Path, cfg: Config, resume: bool, show_progress
                 f"epoch {done}); nothing to do (with a schedule not laid out over train.epochs, raise it to train on)")
             return _result(done, ckpt["run"])
     b = _build(cfg, targets, loss_weights, precision, ckpt, data_dir, log, show_progress, hooks, init)
+    last = out_dir / "checkpoints" / "last.pt"
+    if ckpt is not None:
+        check_same_data(ckpt.get("data"), b.data.fingerprint, last, data_dir / "folds.csv",
+                        use="resume on the data it was trained on, or start a new run")
     trainer = create_trainer(b.step, b.oom)
     state = RunState(b.plan, epochs, hooks.stop_after)
 
@@ -292,10 +329,10 @@ def _run(data_dir: Path, out_dir: Path, cfg: Config, resume: bool, show_progress
     # every stateful object of a run, in load order (the global random states last): the checkpoint's contents
     to_load = {"model": b.net, "ema": b.ema.module if b.ema is not None else None, "optimizer": b.optimizer,
                "scheduler": b.schedule, "scaler": precision.scaler, "mixer": PerProcess(b.mixer),
-               "trainer": TrainerState(trainer, b.step, lambda: len(b.train_loader), epochs), "run": state,
-               "early_stopping": early_stopping, "rng": PerProcess(GlobalRng())}
+               "trainer": TrainerState(trainer, b.step, lambda: len(b.train_loader), epochs, b.batches, b.world),
+               "run": state, "early_stopping": early_stopping, "meter": meter, "rng": PerProcess(GlobalRng())}
     meta = {"config": cfg.to_dict(), "targets": targets.to_dict(),
-            "train_class_counts": class_counts(b.data.labels[b.data.train_idx], targets)}
+            "train_class_counts": class_counts(b.data.labels[b.data.train_idx], targets), "data": b.data.fingerprint}
     swa = _swa(cfg, b, out_dir, meta, log) if cfg.train.swa_epochs else None
     if swa is not None:
         trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda engine: swa.update(engine.state.epoch))
@@ -315,7 +352,19 @@ def _run(data_dir: Path, out_dir: Path, cfg: Config, resume: bool, show_progress
         if state.stop_reason != "running":
             engine.terminate()
 
-    trainer.add_event_handler(Events.EXCEPTION_RAISED, NonFiniteStop(checkpoints.last_path))
+    # mid-epoch checkpoints: on SIGTERM/SIGINT (then stop) and every train.checkpoint_every iterations
+    again = f"okkhor train --data {data_dir} --out {out_dir} --resume" + (" (under the same torchrun launch)"
+                                                                         if b.world > 1 else "")
+    preemption = Preemption(checkpoints.save_last, checkpoints.last_path, lambda: b.step.at_step_boundary,
+                            cfg.train.checkpoint_every, b.world, again if is_main() else "").attach(trainer)
+    if hooks.signal_at:
+        import os
+        import signal
+
+        trainer.add_event_handler(Events.ITERATION_COMPLETED(once=hooks.signal_at),
+                                  lambda engine: os.kill(os.getpid(), signal.SIGTERM))
+    preemption.attach_epoch_end(trainer)  # after end_epoch: a signal during the evaluation stops after its save
+    trainer.add_event_handler(Events.EXCEPTION_RAISED, StopLine(checkpoints.last_path))
     if ckpt is not None:
         checkpoints.resume(ckpt, ckpt["run"]["best_score"])
     trackers: list = []   # W&B / MLflow (okkhor.loggers), when the config names them
@@ -329,7 +378,8 @@ def _run(data_dir: Path, out_dir: Path, cfg: Config, resume: bool, show_progress
             run_log.open_tensorboard(trainer, b.optimizer)
             trackers = open_trackers(cfg, trainer, b.optimizer, lambda: state.results, log)
         _announce(log, cfg, b, ckpt)
-        trainer.run(b.train_loader, max_epochs=None if ckpt else epochs)
+        with preemption.install():
+            trainer.run(b.train_loader, max_epochs=None if ckpt else epochs)
     finally:
         meter.completed()
         if run_log is not None:
@@ -364,7 +414,11 @@ def write_config(out_dir: Path, cfg: Config, targets: Targets) -> None:
 
 def _announce(log, cfg: Config, b: SimpleNamespace, ckpt) -> None:
     plan, data, iters, world = b.plan, b.data, len(b.train_loader), b.world
-    start = f"resuming after epoch {ckpt['trainer']['epoch']}; " if ckpt else ""
+    start = ""
+    if ckpt:
+        done, within = ckpt["trainer"]["epoch"], ckpt["trainer"].get("epoch_iteration", 0)
+        start = (f"resuming in epoch {done + 1} after iteration {within}; " if within else
+                 f"resuming after epoch {done}; ")
     log(f"train: {start}{len(data.train_idx)} training images, {len(data.valid_idx)} valid, "
         f"{len(data.clean_idx)} train_clean; {cfg.model.name} at {cfg.data.image_size} px on "
         f"{b.device.type} (amp {cfg.train.amp}{', channels_last' if cfg.train.channels_last else ''})")

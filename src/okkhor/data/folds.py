@@ -104,3 +104,26 @@ def read_folds(path: str | Path, image_ids: list[str]) -> np.ndarray:
     if missing:
         raise OkkhorError(f"{path}: no fold for image {missing[0]} ({len(missing)} missing); rerun `okkhor split`")
     return np.array([mapping[i] for i in image_ids], dtype=np.int64)
+
+
+def folds_fingerprint(image_ids: list[str], folds: np.ndarray) -> str:
+    """A sha256 of the (image id, fold) pairs, in id order: the same for the same split whatever the row order."""
+    import hashlib
+
+    order = np.argsort(np.asarray(image_ids, dtype=str), kind="stable")
+    text = "\n".join(f"{image_ids[i]},{int(folds[i])}" for i in order)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def check_same_data(recorded: dict | None, current: dict, ckpt: str | Path, folds_csv: str | Path,
+                    cache: str | Path = "the prepared cache", use: str = "") -> None:
+    """Refuse, in one line, folds (or a cache) other than the ones checkpoint `ckpt` recorded ({"folds", "cache"}
+    fingerprints; a checkpoint without them passes). `use` says what to do instead."""
+    recorded = recorded or {}
+    tail = f"; {use}" if use else ""
+    if recorded.get("folds") and current.get("folds") and recorded["folds"] != current["folds"]:
+        raise OkkhorError(f"{folds_csv}: is not the split {ckpt} was trained with (re-split since?): its folds "
+                          f"would mix training and validation images{tail}")
+    if recorded.get("cache") and current.get("cache") and recorded["cache"] != current["cache"]:
+        raise OkkhorError(f"{cache}: is not the prepared cache {ckpt} was trained on (other images or image "
+                          f"ids){tail}")

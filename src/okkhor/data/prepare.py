@@ -186,3 +186,16 @@ def load_cache(cache_dir: str | Path, split: str) -> tuple[np.ndarray, list[str]
     if len(ids) != len(images):
         raise OkkhorError(f"{ids_csv}: {len(ids)} ids for {len(images)} cached images; delete the cache and rerun")
     return images, ids
+
+
+def cache_fingerprint(images: np.ndarray, image_ids: list[str]) -> str:
+    """A sha256 of a prepared cache's image ids, shape and dtype and of its first and last images (cheap: the
+    cache is not read whole)."""
+    import hashlib
+
+    h = hashlib.sha256("\n".join(image_ids).encode())
+    h.update(f"{tuple(images.shape)} {images.dtype}".encode())
+    if len(images):
+        h.update(np.ascontiguousarray(images[0]).tobytes())
+        h.update(np.ascontiguousarray(images[-1]).tobytes())
+    return h.hexdigest()

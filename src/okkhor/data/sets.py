@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -28,6 +28,7 @@ class RunData:
     train_idx: np.ndarray    # training fold (after data.limit)
     valid_idx: np.ndarray    # validation fold
     clean_idx: np.ndarray    # fixed clean subset of the training fold evaluated every epoch
+    fingerprint: dict = field(default_factory=dict)  # {"folds": sha256, "cache": sha256}: what a checkpoint records
 
 
 def _ensure_cache_and_folds(data_dir: Path, cfg: Config, targets: Targets, log: Callable[[str], None],
@@ -55,9 +56,9 @@ def _ensure_cache_and_folds(data_dir: Path, cfg: Config, targets: Targets, log: 
 def load_run_data(data_dir: str | Path, cfg: Config, targets: Targets, log: Callable[[str], None] = print,
                   show_progress: bool = True) -> RunData:
     """Images, labels, folds and index sets of a run; the first process makes a missing cache or folds file."""
-    from okkhor.data.folds import read_folds, stratified_subset
+    from okkhor.data.folds import folds_fingerprint, read_folds, stratified_subset
     from okkhor.data.kaggle import read_train_labels
-    from okkhor.data.prepare import PrepareOptions, default_cache_dir, load_cache
+    from okkhor.data.prepare import PrepareOptions, cache_fingerprint, default_cache_dir, load_cache
 
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
@@ -94,7 +95,8 @@ def load_run_data(data_dir: str | Path, cfg: Config, targets: Targets, log: Call
         train_idx = train_idx[stratified_subset(labels[train_idx], targets, cfg.data.limit, cfg.seed)]
     n_clean = min(cfg.eval.train_clean_size, len(train_idx))
     clean_idx = np.sort(np.random.default_rng(cfg.seed).choice(train_idx, n_clean, replace=False))
-    return RunData(images, labels, train_idx, valid_idx, clean_idx)
+    fingerprint = {"folds": folds_fingerprint(ids, folds), "cache": cache_fingerprint(images, ids)}
+    return RunData(images, labels, train_idx, valid_idx, clean_idx, fingerprint)
 
 
 class EpochBatches(Sampler):
@@ -115,9 +117,15 @@ class EpochBatches(Sampler):
             raise ValueError(f"rank {rank_} is not in 0..{world - 1}")
         self.n, self.plan, self.seed, self.rank, self.world = n, plan, seed, rank_, world
         self.epoch = 0
+        self._skip = (0, 0)  # (epoch, batches): the first batches of that epoch were trained before a resume
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
+
+    def resume_at(self, epoch: int, batches: int) -> None:
+        """Leave out the first `batches` batches of `epoch` (once): a mid-epoch checkpoint trained on them.
+        `len()` stays the epoch's full count, which the trainer's iteration counter expects."""
+        self._skip = (int(epoch), int(batches))
 
     def _share(self) -> int:
         return math.ceil(self.n / self.world)
@@ -133,5 +141,7 @@ class EpochBatches(Sampler):
         order = np.resize(torch.randperm(self.n, generator=generator).numpy(), self._share() * self.world)
         mine = [(i, self.epoch) for i in order[self.rank::self.world].tolist()]
         size, count = self.plan.batch_size, len(self)
-        for b in range(count):
+        first = self._skip[1] if self._skip[0] == self.epoch else 0
+        self._skip = (0, 0)
+        for b in range(first, count):
             yield mine[b * size:] if b == count - 1 else mine[b * size:(b + 1) * size]
