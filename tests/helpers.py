@@ -131,10 +131,11 @@ def copy_tiny_kaggle(src: TinyKaggle, dst: str | Path) -> TinyKaggle:
 
 
 def _is_progress(line: str) -> bool:
-    """A progress line: tqdm's bar ("... 40%|####  | ...") or okkhor.progress.LineProgress's ("desc: 8/8 img (100%) [")."""
+    """A progress line: tqdm's bar ("... 40%|####  | ...") or okkhor.progress.LineProgress's, tqdm's line without
+    the bar graphic ("desc: 100%|| 8/8 [00:02<00:00, 3.5img/s]", or "desc: 8img [00:02, 3.5img/s]" without a total)."""
     import re
 
-    return "%|" in line or re.match(r"^[\w .-]+: \d+(/\d+)? \S+ \(\d+%\) \[", line.strip()) is not None
+    return "%|" in line or re.match(r"^[\w ./-]+: \d+[a-zA-Z]* \[", line.strip()) is not None
 
 
 def assert_one_line_error(code: int, output: str, *needles: str) -> None:

@@ -71,3 +71,12 @@ def test_valid_keys_cover_issue_names():
               "mix.k", "mix.layer", "mix.off_epoch", "train.label_smoothing", "train.ohem"]:
         assert k in keys, k
     assert Config().to_yaml().startswith("seed: 42")
+
+
+def test_a_checkpoint_config_with_a_retired_key_still_loads():
+    """Runs written before train.oom_at left the config keep loading for inference."""
+    old = Config().to_dict()
+    old["train"]["oom_at"] = -1
+    assert config_from_dict(old) == Config()
+    with pytest.raises(OkkhorError, match="train.oom_at"):
+        load_config(None, ["train.oom_at=-1"])

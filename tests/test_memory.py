@@ -154,9 +154,15 @@ class CountingMeter:
         return self.reads * MB
 
 
-def test_in_process_probe_restores_the_model_and_stops_at_out_of_memory():
-    """The CUDA path's bookkeeping, run on the CPU: real training steps, then weights and RNG put back."""
+def test_in_process_probe_restores_the_model_and_stops_at_out_of_memory(monkeypatch):
+    """The CUDA path's bookkeeping, run on the CPU: the trainer's own TrainStep, then weights and RNG put back."""
     import torch
+
+    from okkhor.engine import TrainStep
+
+    steps: list[int] = []
+    real_step = TrainStep.optimizer_step
+    monkeypatch.setattr(TrainStep, "optimizer_step", lambda self: steps.append(1) or real_step(self))
 
     from okkhor.memory.cuda import measure_here
     from okkhor.memory.steps import train_steps
@@ -179,6 +185,7 @@ def test_in_process_probe_restores_the_model_and_stops_at_out_of_memory():
 
     measured, failed = measure_here(model, cfg, targets, torch.device("cpu"), [2, 4, 8, 16], None, measure)
     assert seen == [2, 4, 8] and failed == 8 and [b for b, _ in measured] == [2, 4]
+    assert len(steps) == 4  # two optimizer steps of the real TrainStep per measured batch size
     assert measured[0][1] == {"backward": 3 * MB, "optimizer": 4 * MB, "peak": 4 * MB}  # second step's phases
     assert not model.training and all(p.grad is None for p in model.parameters())
     for key, value in model.state_dict().items():

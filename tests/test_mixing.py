@@ -77,42 +77,47 @@ def test_dirichlet_weights():
     assert torch.allclose(plan.apply(x), expected, atol=1e-5)
 
 
+def numbered_batch(b: int, h: int, w: int, channels: int = 1) -> torch.Tensor:
+    """Image i is filled with the value i + 1, so a mixed pixel tells which image it came from."""
+    return torch.arange(1, b + 1, dtype=torch.float32).view(b, 1, 1, 1).expand(b, channels, h, w).contiguous()
+
+
+def pasted_shares(plan, x: torch.Tensor) -> list[float]:
+    """Check that each mixed image's share of its own and of its partner's pixels are its two label weights and
+    that the mask's area is the partner's weight; returns the partner shares (samples paired with themselves
+    left out)."""
+    out = plan.apply(x)
+    partner = plan.index[:, 1]
+    shares = []
+    for i in range(x.shape[0]):
+        if partner[i] == i:
+            continue
+        from_partner = (out[i] == partner[i] + 1).float().mean().item()
+        from_self = (out[i] == i + 1).float().mean().item()
+        assert from_partner == pytest.approx(plan.weights[i, 1].item(), abs=1e-6)
+        assert from_self == pytest.approx(plan.weights[i, 0].item(), abs=1e-6)
+        shares.append(from_partner)
+    assert torch.allclose(plan.mask.float().mean((1, 2, 3)), plan.weights[:, 1])
+    assert torch.allclose(plan.weights.sum(1), torch.ones(x.shape[0]))
+    return shares
+
+
 def test_cutmix_label_weight_is_the_pasted_area():
-    b, h, w = 64, 12, 20
     mixer = Mixer(MixConfig(kind="cutmix", alpha=1.0), seed=5)
-    x = torch.arange(1, b + 1, dtype=torch.float32).view(b, 1, 1, 1).expand(b, 2, h, w).contiguous()
-    seen = []
-    for _ in range(10):
-        plan = mixer.plan(x.shape)
-        out = plan.apply(x)
-        partner = plan.index[:, 1]
-        for i in range(b):
-            if partner[i] == i:
-                continue
-            from_partner = (out[i] == partner[i] + 1).float().mean().item()
-            from_self = (out[i] == i + 1).float().mean().item()
-            assert from_partner == pytest.approx(plan.weights[i, 1].item(), abs=1e-6)
-            assert from_self == pytest.approx(plan.weights[i, 0].item(), abs=1e-6)
-            seen.append(from_partner)
-        assert torch.allclose(plan.mask.float().mean((1, 2, 3)), plan.weights[:, 1])
+    x = numbered_batch(64, 12, 20, channels=2)
+    seen = [share for _ in range(10) for share in pasted_shares(mixer.plan(x.shape), x)]
     assert len(seen) > 400 and 0.15 < np.mean(seen) < 0.5   # clipping at the borders shrinks boxes below 1 - lam
 
 
 def test_fmix_label_weight_equals_its_mask_area():
     b, h, w = 32, 16, 24
     mixer = Mixer(MixConfig(kind="fmix", alpha=1.0), seed=3)
-    x = torch.arange(1, b + 1, dtype=torch.float32).view(b, 1, 1, 1).expand(b, 1, h, w).contiguous()
+    x = numbered_batch(b, h, w)
     lams = []
     for _ in range(5):
         plan = mixer.plan(x.shape)
         assert plan.kind == "fmix" and plan.mask.shape == (b, 1, h, w)
-        area = plan.mask.float().mean((1, 2, 3))
-        assert torch.allclose(area, plan.weights[:, 1]) and torch.allclose(plan.weights.sum(1), torch.ones(b))
-        out = plan.apply(x)
-        for i in range(b):
-            if plan.index[i, 1] != i:  # the pixels really taken from the partner are the label weight
-                from_partner = (out[i] == plan.index[i, 1] + 1).float().mean().item()
-                assert from_partner == pytest.approx(plan.weights[i, 1].item(), abs=1e-6)
+        pasted_shares(plan, x)
         lams += plan.weights[:, 0].tolist()
         # a low-frequency mask is a few smooth blobs: most pixels share their right neighbour's value
         m = plan.mask[:, 0]

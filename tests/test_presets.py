@@ -106,3 +106,24 @@ def test_short_overrides_order_and_unknown():
     assert short_overrides(epochs=2, model="resnet18", lr=None) == ["model.name=resnet18", "train.epochs=2"]
     with pytest.raises(TypeError, match="not a short flag: epoch"):
         short_overrides(epoch=2)
+
+
+def test_generalize_preset_names_a_synth_line_that_runs(tmp_path):
+    import re
+    import shlex
+
+    path = find_config("generalize-cpu")
+    lines = [l for l in path.read_text(encoding="utf-8").splitlines() if l.startswith("# synth:")]
+    assert len(lines) == 1 and re.match(r"^# synth: okkhor synth DATA --train \d+ ", lines[0]), lines
+    args = shlex.split(lines[0][len("# synth: okkhor "):])
+    assert args[:2] == ["synth", "DATA"]
+    # the same options at toy size: the line is one the synth command takes
+    train_at = args.index("--train")
+    args[train_at + 1] = "12"
+    if "--test" in args:
+        args[args.index("--test") + 1] = "6"
+    code, out = cli(*[str(tmp_path / "d") if a == "DATA" else a for a in args], "--workers", "1")
+    assert code == 0, out
+    assert (tmp_path / "d" / "train.csv").is_file()
+    cfg = load_config(path)
+    assert cfg.model.grapheme_head and cfg.aug.preset != "none"

@@ -18,7 +18,8 @@ def test_line_progress_writes_lines_not_redraws(monkeypatch):
     lines = out.getvalue().splitlines()
     assert "\r" not in out.getvalue() and out.getvalue().endswith("\n")
     assert len(lines) == 4  # at 3, 6 and 9 s of a 10 s loop, and at close
-    assert lines[-1].startswith("epoch 1/2: 10/10 batch (100%)") and "loss=0.5000" in lines[-1]
+    assert lines[0].startswith("epoch 1/2:  30%|| 3/10 [00:03<00:07")
+    assert lines[-1].startswith("epoch 1/2: 100%|| 10/10 [00:11<00:00") and "loss=0.5000" in lines[-1]
 
 
 def test_progress_off_a_terminal_is_a_line_progress(capsys):
@@ -26,7 +27,7 @@ def test_progress_off_a_terminal_is_a_line_progress(capsys):
         bar.update(3)
     assert isinstance(bar, LineProgress)
     err = capsys.readouterr().err
-    assert "\r" not in err and err.startswith("prepare train: 3/3 img (100%)") and err.count("\n") == 1
+    assert "\r" not in err and err.startswith("prepare train: 100%|| 3/3 [") and err.count("\n") == 1
     with progress(total=3, desc="quiet", disable=True) as bar:
         bar.update(3)
     assert capsys.readouterr().err == ""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import errno
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -252,6 +253,7 @@ def test_default_outputs_in_the_data_and_run_folders(ckpts, tmp_path, no_work):
     data, good, _, _ = ckpts
     copy_dir = tmp_path / "data"
     shutil.copytree(data.root, copy_dir)
+    shutil.rmtree(copy_dir / "cache", ignore_errors=True)   # made by an evaluate test
     (copy_dir / "cache").write_text("not a folder")
     assert_one_line_error(*cli("prepare", copy_dir, "--size", 32), f"cache folder {copy_dir / 'cache' / '32'}",
                           "is a file, not a folder; pass --out DIR")
@@ -277,8 +279,9 @@ def _can_mount_tmpfs(where: Path) -> bool:
 
 
 def test_read_only_file_system(ckpts, tmp_path):
-    """A real read-only mount (tmpfs, ro) in a private mount namespace: split and predict refuse it at once."""
-    data, good, _, _ = ckpts
+    """A real read-only mount (tmpfs, ro) in a private mount namespace: split and prepare refuse it at once (the
+    verbs that load torch share the same check, tested with a monkeypatched EROFS in test_check_writable)."""
+    data, _, _, _ = ckpts
     ro = tmp_path / "ro"
     ro.mkdir()
     if not _can_mount_tmpfs(ro):
@@ -287,13 +290,13 @@ def test_read_only_file_system(ckpts, tmp_path):
     okkhor = f"{sys.executable} -m okkhor"
     script = (f"mount -t tmpfs -o ro none {ro} && "
               f"{okkhor} split {data.root} --out {ro}/folds.csv; echo rc=$?; "
-              f"{okkhor} predict {good} --data {data.root} --out {ro}/sub/s.csv; echo rc=$?")
+              f"{okkhor} prepare {data.root} --out {ro}/cache/32; echo rc=$?")
     proc = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, env=env,
                           timeout=300)
     assert proc.stdout.split() == ["rc=2", "rc=2"], proc.stdout + proc.stderr
     assert proc.stderr.strip().splitlines() == [
         f"okkhor: error: --out {ro}/folds.csv: cannot be written: Read-only file system ({ro})",
-        f"okkhor: error: --out {ro}/sub/s.csv: cannot be written: Read-only file system ({ro})"]
+        f"okkhor: error: --out {ro}/cache/32: cannot be written: Read-only file system ({ro})"]
 
 
 def test_check_writable(tmp_path, monkeypatch):
@@ -379,7 +382,16 @@ def test_predict_on_a_full_disk_is_one_line_and_keeps_the_old_submission(ckpts, 
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(pd.DataFrame, "to_csv", full)
-    assert_one_line_error(*cli("predict", good, "--data", data.root, "--out", out),
-                          f"{out}: could not be written: No space left on device; the previous file is unchanged")
+    code, output = cli("predict", good, "--data", data.root, "--out", out)
+    # the prediction ran, so its progress line (off a terminal: "predict: 8/8 img (100%) [...]") comes first
+    lines = [line for line in output.strip().splitlines() if not re.match(r"predict: \d+/\d+ img \(", line)]
+    assert code == 2 and lines == [f"okkhor: error: {out}: could not be written: No space left on device; the "
+                                   f"previous file is unchanged"], output
     assert out.read_text() == "row_id,target\nold,0\n"
     assert [p.name for p in tmp_path.iterdir()] == ["s.csv"]
+
+
+def test_train_out_under_a_file_is_one_line_before_any_work(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    code, out = cli("train", "--data", tmp_path, "--out", tmp_path / "afile" / "run", "--config", "demo-cpu")
+    assert_one_line_error(code, out, "afile")

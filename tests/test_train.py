@@ -264,7 +264,7 @@ def test_cli_resume_with_more_epochs_on_a_constant_schedule(data, tmp_path):
                        *sum((["--set", s] for s in const + ["train.epochs=1"]), []))
     assert code == 0, output
     # progress off a terminal: whole lines (one per epoch here), no carriage-return redraws
-    assert "\r" not in output and "epoch 1/1: 5/5 batch (100%)" in output
+    assert "\r" not in output and "epoch 1/1: 100%|| 5/5 [" in output
     assert "effective batch 32 = batch 16 x accum 2 x 1 process; 5 iterations and 3 optimizer steps" in output
     code, output = cli("train", "--data", data.root, "--out", once, "--resume", "--no-progress", "--set",
                        "train.epochs=2")

@@ -57,8 +57,9 @@ def check_writable(path: str | os.PathLike, what: str = "", folder: bool = False
     return path
 
 
-def _write_error(path: Path, exc: OSError, tmp: Path | None = None) -> OkkhorError:
-    """One line for a failed write of `path`: the reason, the other file involved, and what is left."""
+def write_error(path: Path, exc: OSError, tmp: Path | None = None) -> OkkhorError:
+    """One line for a failed write of `path`: the reason, the other file involved, and what is left (for writers
+    that rename a temporary file themselves, e.g. ignite's atomic DiskSaver: `raise write_error(path, exc)`)."""
     other = exc.filename if exc.filename not in (None, str(path), str(tmp)) else None
     where = f" ({other})" if other else ""
     kept = "the previous file is unchanged" if path.is_file() else "nothing was written"
@@ -80,14 +81,14 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
         fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{suffix}", dir=path.parent)
         os.close(fd)
     except OSError as exc:
-        raise _write_error(path, exc) from None
+        raise write_error(path, exc) from None
     tmp_path = Path(tmp)
     try:
         yield tmp_path
         os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600 files; outputs get the usual permissions
         os.replace(tmp_path, path)
     except OSError as exc:
-        raise _write_error(path, exc, tmp_path) from None
+        raise write_error(path, exc, tmp_path) from None
     finally:
         with contextlib.suppress(OSError):
             tmp_path.unlink(missing_ok=True)

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.utils import unwrap_model  # noqa: F401 - the plain module under DDP / DataParallel / compile
 
 from okkhor.config import MixConfig
 from okkhor.registry import Registry
@@ -90,17 +91,6 @@ class MixPlan:
     def targets(self, y: torch.Tensor) -> MixedTargets:
         """Labels [B, T] -> MixedTargets on the labels' device."""
         return MixedTargets(y[self.index.to(y.device)], self.weights.to(y.device))
-
-
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The plain module under DistributedDataParallel / DataParallel / torch.compile wrappers."""
-    while True:
-        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-            model = model.module
-        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
-            model = model._orig_mod
-        else:
-            return model
 
 
 def backbone_stages(model: nn.Module) -> list[tuple[str, nn.Module]]:

@@ -176,12 +176,12 @@ def stream_test_probs(members: Sequence[Member], data_dir: str | Path, tta: int 
                       show_progress: bool = True) -> tuple[list[str], dict[str, np.ndarray]]:
     """Read DATA_DIR's test parquet files batch by batch and predict them: (image ids, {target: [n, C]})."""
     check_tta(tta)
-    source = ImageFiles(test_files(data_dir))
+    source = ImageFiles(test_files(data_dir), workers=None)  # column blocks over every CPU, memory bounded
     total = source.total
     probs: dict[str, np.ndarray] = {}
     ids: list[str] = []
     with progress(total=total, desc="predict", unit="img", disable=not show_progress) as bar:
-        # parquet reads pay a fixed cost per column (32,332 of them) per batch: read big, infer in batch_size
+        # the reader fills whole chunks column block by column block; preprocessing goes READ_ROWS rows at a time
         for batch_ids, raw in source.batches(max(batch_size, READ_ROWS)):
             batch = raw_probs(members, raw, tta=tta, batch_size=batch_size)
             for name, p in batch.items():  # the targets, and the grapheme head's when there is one

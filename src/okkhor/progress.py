@@ -8,7 +8,6 @@ from typing import Any, Optional, TextIO
 from tqdm.auto import tqdm
 
 LINE_INTERVAL_S = 60.0   # off a terminal: at most one progress line per this many seconds (and one at the end)
-_FORMAT = "{desc}: {n_fmt}/{total_fmt} {unit} ({percentage:.0f}%) [{elapsed}<{remaining}, {rate_fmt}{postfix}]"
 
 
 class LineProgress:
@@ -24,6 +23,7 @@ class LineProgress:
         self.n = 0
         self.postfix = ""
         self.start = self._last = time.monotonic()
+        self._written = 0      # the count the last line showed
         self._closed = False
 
     def update(self, n: int = 1) -> None:
@@ -39,16 +39,17 @@ class LineProgress:
     def _write(self, now: float) -> None:
         if self.disable:
             return
-        fmt = _FORMAT if self.total else _FORMAT.replace("/{total_fmt}", "").replace(" ({percentage:.0f}%)", "")
+        self._written = self.n
+        # tqdm's own line without the bar graphic: `desc: 40%|| 4/10 [00:02<00:03, 1.9batch/s, loss=0.51]`
         line = tqdm.format_meter(self.n, self.total, now - self.start, prefix=self.desc, unit=self.unit,
-                                 postfix=self.postfix or None, bar_format=fmt)
+                                 postfix=self.postfix or None, bar_format="{l_bar}{r_bar}" if self.total else None)
         self.file.write(line + "\n")
         self.file.flush()
 
     def close(self) -> None:
         if not self._closed:
             self._closed = True
-            if self.n:
+            if self.n != self._written:
                 self._write(time.monotonic())
 
     def __enter__(self) -> "LineProgress":

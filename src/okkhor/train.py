@@ -33,7 +33,7 @@ from okkhor.distributed import barrier, is_main, process_group, resolve_device, 
 from okkhor.engine import (BatchPlan, Precision, TrainLoss, TrainStep, class_counts, create_evaluator,
                            create_trainer)
 from okkhor.errors import OkkhorError
-from okkhor.fsutil import write_text_atomic
+from okkhor.fsutil import check_writable, write_text_atomic
 from okkhor.graphemes import grapheme_classes, with_grapheme_column
 from okkhor.handlers import EpochMeter, Evaluation, NonFiniteStop, RunLog, RunState, metrics_columns, summary_line
 from okkhor.optim import SCHEDULES, build_optimizer, build_scheduler, steps_per_epoch
@@ -149,6 +149,7 @@ def _result(epoch: int, state: dict) -> dict:
 
 def _open(data_dir: Path, out_dir: Path, cfg: Config, resume: bool):
     """Checks before any work: the run dir, the device, the targets, the checkpoint to resume (or None)."""
+    check_writable(out_dir, "--out", folder=True)
     last = out_dir / "checkpoints" / "last.pt"
     if resume and not last.is_file():
         raise OkkhorError(f"--resume: {last} not found; nothing to resume")
@@ -237,7 +238,10 @@ def _build(cfg: Config, targets: Targets, loss_weights: list[float], precision: 
     oom = OomRecovery(plan, net, log=log, injector=FaultInjector(hooks.oom_at) if hooks.oom_at != -1 else None)
     step = TrainStep(model, optimizer, plan, TrainLoss(loss_weights, tcfg.label_smoothing, tcfg.ohem, mixer),
                      precision=precision, scheduler=schedule, clip_grad=tcfg.clip_grad, ema=ema, runner=oom)
-    return SimpleNamespace(**locals())
+    return SimpleNamespace(net=net, ema=ema, plan=plan, data=data, optimizer=optimizer, schedule=schedule,
+                           mixer=mixer, oom=oom, step=step, train_set=train_set, batches=batches, generator=generator,
+                           train_loader=train_loader, eval_loaders=eval_loaders, loss_weights=loss_weights,
+                           device=device, world=world, precision=precision, backend_flags=backend_flags)
 
 
 def _run(data_dir: Path, out_dir: Path, cfg: Config, resume: bool, show_progress: bool, log, hooks) -> dict:

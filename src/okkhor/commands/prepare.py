@@ -12,6 +12,8 @@ def command(
     size: int = typer.Option(128, "--size", help="Side of the square output images."),
     crop: bool = typer.Option(True, "--crop/--no-crop", help="Crop to the ink's bounding box before resizing."),
     out: Optional[Path] = typer.Option(None, "--out", help="Cache dir (default DATA_DIR/cache/<size>[-nocrop]/)."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Threads that read and preprocess (default: CPU "
+                                                                  "count); the cache is the same whatever it is."),
 ) -> None:
     """Build the training cache: invert, crop to the ink, pad to a square, resize (area).
 
@@ -22,6 +24,7 @@ def command(
       okkhor prepare data/
       okkhor prepare data/ --size 64 --out /tmp/cache64
       okkhor prepare data/ --no-crop
+      okkhor prepare data/ --workers 4
     """
     from okkhor.data.prepare import PrepareOptions, default_cache_dir, prepare
     from okkhor.fsutil import check_writable
@@ -31,7 +34,7 @@ def command(
     elif data_dir.is_dir():
         check_writable(default_cache_dir(data_dir, PrepareOptions(size=size, crop=crop)), "cache folder",
                        folder=True, hint="pass --out DIR")
-    result = prepare(data_dir, size=size, crop=crop, out=out)
+    result = prepare(data_dir, size=size, crop=crop, out=out, workers=workers)
     for split, info in result.items():
         state = "reused" if info["reused"] else "written"
         typer.echo(f"{split}: {info['count']} images, {state}: {info['path']}")

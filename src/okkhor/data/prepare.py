@@ -3,14 +3,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import deque
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterator, Sequence
 
 import cv2
 import numpy as np
 import pandas as pd
 
-from okkhor.data.kaggle import ImageFiles, image_parquet_files
+from okkhor.data.kaggle import N_PIXELS, ImageFiles, image_parquet_files
 from okkhor.errors import OkkhorError
 from okkhor.fsutil import atomic_path, write_text_atomic
 from okkhor.progress import progress
@@ -19,6 +22,7 @@ CACHE_VERSION = 1
 INK_THRESHOLD = 80   # on the inverted image: pixels above this count as ink
 EDGE = 5             # pixels ignored at each border when finding the ink (scanner edges, lines)
 MARGIN = 8           # pixels added around the ink's bounding box, in source pixels
+PREPROCESS_BYTES = 64 << 20  # working memory of the preprocessing batches in flight, all threads together
 
 
 @dataclass(frozen=True)
@@ -89,9 +93,26 @@ def cache_paths(cache_dir: Path, split: str) -> tuple[Path, Path, Path]:
     return cache_dir / f"{split}.npy", cache_dir / f"{split}_ids.csv", cache_dir / f"{split}.json"
 
 
+def _ordered(pool: Executor, fn: Callable, items: Sequence, ahead: int) -> Iterator:
+    """fn(item) for each item, in order, computed on `pool` with at most `ahead` results waiting."""
+    waiting: deque = deque()
+    for item in items:
+        waiting.append(pool.submit(fn, item))
+        if len(waiting) >= ahead:
+            yield waiting.popleft().result()
+    while waiting:
+        yield waiting.popleft().result()
+
+
 def prepare_split(data_dir: str | Path, split: str, opts: PrepareOptions, cache_dir: Path,
-                  batch_rows: int = 1024, show_progress: bool = True) -> tuple[Path, bool]:
-    """Build (or reuse) the cache of one split. Returns (npy path, reused)."""
+                  batch_rows: int | None = None, show_progress: bool = True, workers: int | None = None
+                  ) -> tuple[Path, bool]:
+    """Build (or reuse) the cache of one split. Returns (npy path, reused).
+
+    `workers`: threads that read and preprocess (default: every CPU); the cache is the same whatever it is.
+    `batch_rows`: images per preprocessing task (default: up to 512, fewer with many workers, so that the tasks in
+    flight stay within PREPROCESS_BYTES).
+    """
     files = image_parquet_files(data_dir, split)
     if not files:
         raise OkkhorError(f"{data_dir}: no {split}_image_data_*.parquet files")
@@ -103,20 +124,28 @@ def prepare_split(data_dir: str | Path, split: str, opts: PrepareOptions, cache_
                 return npy, True
         except (json.JSONDecodeError, OSError):
             pass
-    source = ImageFiles(files)
+    source = ImageFiles(files, workers=workers)
     total = source.total
+    ahead = 2 * source.workers  # preprocessing tasks in flight: `workers` running, as many done and waiting
+    per_image = 3 * N_PIXELS + opts.size ** 2  # the inverted image, its ink mask, and what they come from
+    batch_rows = batch_rows or max(8, min(512, PREPROCESS_BYTES // (ahead * per_image)))
     ids: list[str] = []
     # Written as a plain sequential file (header, then rows): a write memmap would keep every output page
     # resident, which counts against the memory budget on large files.
-    with atomic_path(npy) as tmp, open(tmp, "wb") as fh:
+    with atomic_path(npy) as tmp, open(tmp, "wb") as fh, \
+            ThreadPoolExecutor(source.workers, thread_name_prefix="okkhor-prepare") as pool:
         np.lib.format.write_array_header_1_0(
             fh, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False,
                  "shape": (total, opts.size, opts.size)})
         with progress(total=total, desc=f"prepare {split}", unit="img", disable=not show_progress) as bar:
-            for batch_ids, images in source.batches(batch_rows):
-                fh.write(np.ascontiguousarray(preprocess(images, opts.size, opts.crop)).tobytes())
-                ids.extend(batch_ids)
-                bar.update(len(images))
+            for chunk_ids, images in source.read(pool):
+                def work(start: int, images=images) -> np.ndarray:
+                    return preprocess(images[start:start + batch_rows], opts.size, opts.crop)
+
+                for out in _ordered(pool, work, range(0, len(images), batch_rows), ahead):
+                    fh.write(memoryview(np.ascontiguousarray(out)).cast("B"))
+                    bar.update(len(out))
+                ids.extend(chunk_ids)
         fh.flush()
     with atomic_path(ids_csv) as tmp:
         pd.DataFrame({"image_id": ids}).to_csv(tmp, index=False)
@@ -126,20 +155,23 @@ def prepare_split(data_dir: str | Path, split: str, opts: PrepareOptions, cache_
 
 
 def prepare(data_dir: str | Path, size: int = 128, crop: bool = True, out: str | Path | None = None,
-            splits: tuple[str, ...] = ("train", "test"), show_progress: bool = True) -> dict[str, dict]:
+            splits: tuple[str, ...] = ("train", "test"), show_progress: bool = True,
+            workers: int | None = None) -> dict[str, dict]:
     """Prepare the cache for train and test (test only where its parquet files exist)."""
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise OkkhorError(f"{data_dir}: data directory not found")
     if size < 16:
         raise OkkhorError(f"--size {size}: must be at least 16")
+    if workers is not None and workers < 1:
+        raise OkkhorError(f"--workers {workers}: must be at least 1")
     opts = PrepareOptions(size=size, crop=crop)
     cache_dir = Path(out) if out else default_cache_dir(data_dir, opts)
     result: dict[str, dict] = {}
     for split in splits:
         if split != "train" and not image_parquet_files(data_dir, split):
             continue
-        npy, reused = prepare_split(data_dir, split, opts, cache_dir, show_progress=show_progress)
+        npy, reused = prepare_split(data_dir, split, opts, cache_dir, show_progress=show_progress, workers=workers)
         result[split] = {"path": str(npy), "reused": reused, "count": int(np.load(npy, mmap_mode="r").shape[0])}
     return result
 

@@ -21,7 +21,6 @@ from okkhor.errors import OkkhorError
 from okkhor.memory.cuda import measure_here
 from okkhor.memory.fit import (HEADROOM, MAX_BATCH, MemoryFit, fit_line, format_bytes, parse_size,  # noqa: F401
                                plan_batch)
-from okkhor.memory.server import measure_forked
 from okkhor.memory.steps import ProgressFn
 from okkhor.targets import Targets
 
@@ -93,6 +92,8 @@ def probe_config(cfg: Config, targets: Targets, device: Any, batches: Optional[S
         method = "torch.cuda.max_memory_allocated by phase of two training steps"
         measured, failed = measure_here(model, cfg, targets, device, batches, progress)
     else:
+        from okkhor.memory.server import measure_forked  # not at import: `python -m okkhor.memory.server` runs it
+
         method = "peak anonymous RSS by phase of two training steps, in a freshly forked process per batch size"
         measured, failed = measure_forked(cfg, targets, batches, progress), None
     if len(measured) < 2:

@@ -1,15 +1,14 @@
 """The CPU probe server: a process that imported torch, timm and okkhor once and forks one fresh child per
 measurement, which meters the real training step by its peak anonymous resident memory.
 
-one fresh process per batch size, forked from a server (`python -m okkhor.memory`) that imported torch,
-  timm and okkhor but ran no torch operation. The child resets its peak resident set size (/proc/self/clear_refs,
-  "5"), builds the model, runs the steps and reads VmHWM. A fresh process because glibc keeps freed heap pages
-  resident: in one process a second measurement would reuse the first one's pages and read too low. The server
-  runs with a fixed mmap threshold, so large tensors are mapped and unmapped one by one and RSS follows the live
-  bytes (with glibc's dynamic threshold the peaks jumped by tens of MB with the heap layout). Resetting VmHWM
-  rather than comparing ru_maxrss keeps import-time transients out; forking from one server pays the import
-  (seconds) once instead of per batch size. The trainer's own heap may hold some freed pages beyond this:
-  the headroom covers that.
+The server (`python -m okkhor.memory.server`) imported torch, timm and okkhor but ran no torch operation. The child
+resets its peak resident set size (/proc/self/clear_refs, "5"), builds the model, runs the steps and reads VmHWM.
+A fresh process because glibc keeps freed heap pages resident: in one process a second measurement would reuse
+the first one's pages and read too low. The server runs with a fixed mmap threshold, so large tensors are mapped
+and unmapped one by one and RSS follows the live bytes (with glibc's dynamic threshold the peaks jumped by tens of
+MB with the heap layout). Resetting VmHWM rather than comparing ru_maxrss keeps import-time transients out;
+forking from one server pays the import (seconds) once instead of per batch size. The trainer's own heap may hold
+some freed pages beyond this: the headroom covers that.
 """
 from __future__ import annotations
 
