@@ -87,6 +87,19 @@ def choose_channels_last(value: bool | str, device: torch.device | str) -> bool:
     return bool(value)
 
 
+def resolve_auto(cfg, device: torch.device | str):
+    """A copy of the Config `cfg` with `train.amp` and `train.channels_last` resolved for `device` (itself when
+    neither is auto)."""
+    if cfg.train.amp != "auto" and cfg.train.channels_last != "auto":
+        return cfg
+    import copy
+
+    out = copy.deepcopy(cfg)
+    out.train.amp = choose_amp(cfg.train.amp, device)[0]
+    out.train.channels_last = choose_channels_last(cfg.train.channels_last, device)
+    return out
+
+
 def set_backend_flags(device: torch.device | str, deterministic: bool = False) -> str:
     """cudnn.benchmark and TF32 matmul/convolutions on CUDA unless `deterministic`; then deterministic cuDNN
     algorithms and full fp32 instead. Returns what was set (one phrase for the log; empty on CPU)."""

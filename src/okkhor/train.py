@@ -382,6 +382,8 @@ def _run(data_dir: Path, out_dir: Path, cfg: Config, resume: bool, show_progress
             trainer.run(b.train_loader, max_epochs=None if ckpt else epochs)
     finally:
         meter.completed()
+        for loader in (b.train_loader, *b.eval_loaders.values()):
+            loader._iterator = None  # persistent workers end now, not when the trainer's reference cycle is collected
         if run_log is not None:
             run_log.close()
         for tracker in trackers:

@@ -79,8 +79,10 @@ def probe_config(cfg: Config, targets: Targets, device: Any, batches: Optional[S
     import torch
 
     from okkhor.engine import check_amp
+    from okkhor.hardware import resolve_auto
 
     device = torch.device(device)
+    cfg = resolve_auto(cfg, device)
     check_amp(device, cfg.train.amp, "--precision", "fp32")
     batches = sorted(set(int(b) for b in (batches or DEFAULT_BATCHES[device.type])))
     if len(batches) < 2 or batches[0] < 1:
