@@ -37,10 +37,13 @@ def training_images_loader(data_dir: str | Path, cfg: Config, targets: Targets, 
 
 
 def recompute_bn(model: torch.nn.Module, loader: DataLoader, device: torch.device | None = None) -> None:
-    """Batch-norm running statistics of `model` recomputed over `loader` (torch.optim.swa_utils.update_bn)."""
+    """Batch-norm running statistics of `model` recomputed over `loader` (torch.optim.swa_utils.update_bn); the
+    loader's uint8 batches are scaled as the trainer scales them (data.dataset.normalize)."""
+    from okkhor.data.dataset import normalize
+
     if has_batch_norm(model):
         was_training = model.training
-        update_bn(loader, model, device)
+        update_bn((normalize(x[0] if isinstance(x, (list, tuple)) else x) for x in loader), model, device)
         model.train(was_training)
 
 
