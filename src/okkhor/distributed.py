@@ -88,3 +88,18 @@ def broadcast_error(message: str | None) -> str | None:
     if idist.get_world_size() == 1:
         return message
     return idist.broadcast(message or "", src=0, safe_mode=True) or None
+
+
+def sync_buffers(*modules: torch.nn.Module | None) -> None:
+    """Give every process the first process's buffers (batch-norm statistics). DDP broadcasts them before each
+    forward, but each process then updates them with its own batch, so after an epoch they differ a little between
+    processes; evaluating or saving without this would score each share of the valid set with other statistics
+    than the checkpoint holds."""
+    if world_size() <= 1:
+        return
+    import torch.distributed as dist
+
+    for module in modules:
+        if module is not None:
+            for buf in module.buffers():
+                dist.broadcast(buf, src=0)

@@ -32,7 +32,8 @@ from okkhor.checkpoint import (GlobalRng, PerProcess, RunCheckpoints, TrainerSta
 from okkhor.config import Config
 from okkhor.data.folds import check_same_data
 from okkhor.data.sets import EpochBatches, load_run_data
-from okkhor.distributed import barrier, is_main, process_group, resolve_device, rank, shard, world_size
+from okkhor.distributed import (barrier, is_main, process_group, rank, resolve_device, shard, sync_buffers,
+                                world_size)
 from okkhor.engine import (BatchPlan, Precision, TrainLoss, TrainStep, class_counts, create_evaluator,
                            create_trainer)
 from okkhor.errors import OkkhorError
@@ -195,6 +196,8 @@ def _open(data_dir: Path, out_dir: Path, cfg: Config, resume: bool, log, init: P
     device = resolve_device(cfg.train.device)
     targets, loss_weights = resolve_targets(data_dir, cfg)
     if fresh:
+        if not data_dir.is_dir():  # before the line below: a bad --data stays one error line
+            raise OkkhorError(f"{data_dir}: data directory not found")
         log(f"train: --resume: {out_dir} holds no checkpoint yet; starting from the beginning")
     ckpt = load_training_checkpoint(last) if resume and not fresh else None
     amp, channels_last = cfg.train.amp, cfg.train.channels_last
@@ -321,6 +324,8 @@ def _run(data_dir: Path, out_dir: Path, cfg: Config, resume: bool, show_progress
     evaluator = create_evaluator(eval_model, targets, b.loss_weights, precision)
     evaluation = Evaluation({split: (evaluator, eval_model, loader) for split, loader in b.eval_loaders.items()},
                             state, then=b.schedule.step_epoch)
+    # every process evaluates (and the first saves) the same batch-norm statistics
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda engine: sync_buffers(b.net, eval_model))
     trainer.add_event_handler(Events.EPOCH_COMPLETED, evaluation)
     early_stopping = EarlyStopping(cfg.train.patience, state.valid_score, trainer) if cfg.train.patience else None
     if early_stopping is not None:
