@@ -250,7 +250,8 @@ def test_two_nodes_write_one_run_and_resume_exactly(data, tmp_path):
     assert len(run_data.valid_idx) == 24
     valid = metrics[metrics.split == "valid"].iloc[-1]
     assert alone["score"] == pytest.approx(valid["score"], abs=1e-9)
-    assert alone["loss"] == pytest.approx(valid["loss"], rel=1e-5)
+    # the loss is a float32 mean over other batches (two shards against one loader): equal to float32 rounding
+    assert alone["loss"] == pytest.approx(valid["loss"], rel=1e-4)
     _two_nodes(data, resumed, "train.epochs=1")
     _two_nodes(data, resumed, "train.epochs=2", resume=True)
     pd.testing.assert_frame_equal(faults.values(resumed), faults.values(straight), check_exact=True)
