@@ -148,3 +148,20 @@ def assert_one_line_error(code: int, output: str, *needles: str) -> None:
     assert lines[0].startswith("okkhor: error: "), lines[0]
     for needle in needles:
         assert needle in lines[0], (needle, lines[0])
+
+
+# a one-epoch tiny-model run on 32 px images and 3 folds: the base of the cv, fine-tuning and averaging tests
+TINY_TRAIN = ["model.name=test_efficientnet", "data.image_size=32", "data.folds=3", "train.batch_size=16",
+              "data.workers=0", "eval.train_clean_size=16", "eval.batch_size=64", "train.epochs=1"]
+
+
+def prepared_tiny(tiny_kaggle_dir, **kwargs):
+    """A private copy of a tiny data set with its 32 px cache and 3 folds already made (as TINY_TRAIN reads it)."""
+    from okkhor.data.folds import split
+    from okkhor.data.kaggle import load_targets
+    from okkhor.data.prepare import prepare
+
+    tiny = tiny_kaggle_dir(copy=True, **kwargs)
+    prepare(tiny.root, size=32, show_progress=False)
+    split(tiny.root, load_targets(tiny.root), folds=3, seed=42)
+    return tiny

@@ -8,24 +8,18 @@ from typer.testing import CliRunner
 
 from okkhor.cli import app
 from okkhor.config import load_config
-from okkhor.data.folds import split
-from okkhor.data.kaggle import load_targets
-from okkhor.data.prepare import prepare
 from okkhor.model import load_checkpoint, load_for_inference
 from okkhor.train import train
-from helpers import assert_one_line_error
+from helpers import TINY_TRAIN, assert_one_line_error, prepared_tiny
 
-FAST = ["model.name=test_efficientnet", "data.image_size=32", "data.folds=3", "train.batch_size=16",
-        "data.workers=0", "eval.train_clean_size=16", "eval.batch_size=64", "train.epochs=3",
-        "train.keep_top=2", "train.swa_epochs=2", "train.lr=3e-3", "train.schedule=constant"]
+FAST = [*TINY_TRAIN, "train.epochs=3", "train.keep_top=2", "train.swa_epochs=2", "train.lr=3e-3",
+        "train.schedule=constant"]
 runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
 def run(tiny_kaggle_dir, tmp_path_factory):
-    tiny = tiny_kaggle_dir(copy=True, n_train=48, n_test=8)
-    prepare(tiny.root, size=32, show_progress=False)
-    split(tiny.root, load_targets(tiny.root), folds=3, seed=42)
+    tiny = prepared_tiny(tiny_kaggle_dir, n_train=48, n_test=8)
     out = tmp_path_factory.mktemp("avg") / "run"
     lines = []
     train(tiny.root, out, load_config(None, FAST), show_progress=False, log=lines.append)

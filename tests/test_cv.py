@@ -9,24 +9,22 @@ from typer.testing import CliRunner
 from okkhor.cli import app
 from okkhor.config import load_config
 from okkhor.cv import parse_folds, run_cv
-from okkhor.data.folds import read_folds, split
+from okkhor.data.folds import read_folds
 from okkhor.data.kaggle import load_targets
-from okkhor.data.prepare import PrepareOptions, default_cache_dir, load_cache, prepare
+from okkhor.data.prepare import PrepareOptions, default_cache_dir, load_cache
 from okkhor.errors import OkkhorError
 from okkhor.metrics import hierarchical_recall
 from okkhor.predict import ensemble_probs, load_members
+from helpers import TINY_TRAIN, prepared_tiny
 
-FAST = ["model.name=test_efficientnet", "data.image_size=32", "data.folds=3", "train.batch_size=16",
-        "data.workers=0", "eval.train_clean_size=16", "eval.batch_size=64", "train.epochs=1"]
+FAST = TINY_TRAIN
 runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
 def cv_run(tiny_kaggle_dir, tmp_path_factory):
     """Folds 0,1 of a 3-fold cv run, then the same command with folds 0,1,2 (as after a kill after fold 1)."""
-    tiny = tiny_kaggle_dir(copy=True, n_train=60, n_test=8)
-    prepare(tiny.root, size=32, show_progress=False)
-    split(tiny.root, load_targets(tiny.root), folds=3, seed=42)
+    tiny = prepared_tiny(tiny_kaggle_dir, n_train=60, n_test=8)
     runs = tmp_path_factory.mktemp("cv") / "runs"
     cfg = load_config(None, FAST)
     first, second = [], []

@@ -9,27 +9,22 @@ from typer.testing import CliRunner
 
 from okkhor.cli import app
 from okkhor.config import ModelConfig, load_config
-from okkhor.data.folds import split
 from okkhor.data.kaggle import load_targets
-from okkhor.data.prepare import prepare
 from okkhor.errors import OkkhorError
 from okkhor.finetune import init_from
 from okkhor.model import build_model, load_checkpoint
 from okkhor.targets import Targets
 from okkhor.train import train
-from helpers import assert_one_line_error
+from helpers import TINY_TRAIN, assert_one_line_error, prepared_tiny
 
-FAST = ["model.name=test_efficientnet", "data.image_size=32", "data.folds=3", "train.batch_size=16",
-        "data.workers=0", "eval.train_clean_size=16", "eval.batch_size=64", "train.epochs=1"]
+FAST = TINY_TRAIN
 runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
 def source(tiny_kaggle_dir, tmp_path_factory):
     """A tiny data set and a one-epoch run on it: (data, best.pt, its weights)."""
-    tiny = tiny_kaggle_dir(copy=True, n_train=48, n_test=0)
-    prepare(tiny.root, size=32, show_progress=False)
-    split(tiny.root, load_targets(tiny.root), folds=3, seed=42)
+    tiny = prepared_tiny(tiny_kaggle_dir, n_train=48, n_test=0)
     out = tmp_path_factory.mktemp("src") / "run"
     train(tiny.root, out, load_config(None, FAST), show_progress=False, log=lambda m: None)
     best = out / "checkpoints" / "best.pt"
