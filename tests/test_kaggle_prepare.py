@@ -14,7 +14,7 @@ from okkhor.cli import app
 from okkhor.data import kaggle
 from okkhor.data.kaggle import (IMAGE_HEIGHT, IMAGE_WIDTH, N_PIXELS, ImageParquetWriter, iter_image_parquet,
                                 pixel_columns, plan_chunks, write_image_parquet)
-from okkhor.data.prepare import crop_square, ink_bbox, load_cache, prepare, preprocess
+from okkhor.data.prepare import crop_to_shape, ink_bbox, load_cache, prepare, preprocess
 from helpers import assert_one_line_error
 
 runner = CliRunner()
@@ -104,10 +104,36 @@ def test_ink_bbox_finds_drawn_rectangle():
 def test_crop_square_is_centred_and_square():
     inv = np.zeros((IMAGE_HEIGHT, IMAGE_WIDTH), np.uint8)
     inv[40:60, 50:130] = 200
-    sq = crop_square(inv, np.array([40, 60, 50, 130]), margin=0)
+    sq = crop_to_shape(inv, np.array([40, 60, 50, 130]), margin=0)
     assert sq.shape == (80, 80)
     rows = np.flatnonzero(sq.any(axis=1))
     assert rows[0] == 30 and rows[-1] == 49  # 20 ink rows centred in 80
+
+
+def test_crop_to_shape_pads_to_the_output_aspect_ratio():
+    inv = np.zeros((IMAGE_HEIGHT, IMAGE_WIDTH), np.uint8)
+    inv[40:100, 50:90] = 200   # 60 high, 40 wide
+    wide = crop_to_shape(inv, np.array([40, 100, 50, 90]), (64, 112), margin=0)
+    assert wide.shape == (60, 105)  # the height fits; the width pads out to 112/64 of it
+    cols = np.flatnonzero(wide.any(axis=0))
+    assert cols[0] == 32 and cols[-1] == 71  # 40 ink columns centred in 105
+    flat = np.zeros((IMAGE_HEIGHT, IMAGE_WIDTH), np.uint8)
+    flat[60:70, 20:220] = 200  # 10 high, 200 wide: the width fits, the height pads to 64/112 of it
+    assert crop_to_shape(flat, np.array([60, 70, 20, 220]), (64, 112), margin=0).shape == (114, 200)
+
+
+def test_preprocess_non_square_keeps_the_ink_undistorted():
+    images, _ = draw_boxes(3, seed=5)
+    out = preprocess(images, (64, 112), crop=True)
+    assert out.shape == (3, 64, 112) and out.dtype == np.uint8
+    assert preprocess(images, "64x112", crop=False).shape == (3, 64, 112)
+    assert np.array_equal(preprocess(images, (48, 48)), preprocess(images, 48))  # [S, S] is the square S
+    # a square ink blob stays square in a wide frame: its ink box's height and width agree to a pixel or two
+    inv = np.zeros((1, IMAGE_HEIGHT, IMAGE_WIDTH), np.uint8)
+    inv[0, 30:90, 80:140] = 255
+    blob = preprocess(255 - inv, (64, 112))[0] > 127
+    rows, cols = np.flatnonzero(blob.any(axis=1)), np.flatnonzero(blob.any(axis=0))
+    assert abs((rows[-1] - rows[0]) - (cols[-1] - cols[0])) <= 2 and rows[-1] - rows[0] >= 40
 
 
 def test_blank_image_falls_back_to_whole_image():

@@ -11,11 +11,17 @@ from typing import Any, Literal, Union
 import yaml
 
 from okkhor.errors import OkkhorError
+from okkhor.sizes import MIN_SIDE, hw, yaml_value
+
+
+class ImageSize:
+    """The type of data.image_size: a square side (128) or a height and width ([128, 224], "128x224"); held as
+    an int when square, else as [H, W] (okkhor.sizes)."""
 
 
 @dataclass
 class DataConfig:
-    image_size: int = 128          # side of the square training image (prepare cache size)
+    image_size: ImageSize = 128    # side of the square training image, or [H, W] (prepare cache size)
     crop: bool = True              # crop to the ink's bounding box before resizing
     fold: int = 0                  # validation fold
     folds: int = 5                 # number of folds made when folds.csv is missing
@@ -131,6 +137,8 @@ def valid_keys(cls: type = Config, prefix: str = "") -> list[str]:
 
 
 def _describe(tp: Any) -> str:
+    if tp is ImageSize:
+        return "a side or [H, W] (128, 128x224, [128, 224])"
     origin = typing.get_origin(tp)
     if origin is Literal:
         return "one of " + "|".join(str(a) for a in typing.get_args(tp))
@@ -143,6 +151,8 @@ def _describe(tp: Any) -> str:
 
 def _coerce(value: Any, tp: Any) -> Any:
     """Convert `value` to type `tp` or raise ValueError. Strict: no truthy strings, no silent float->int."""
+    if tp is ImageSize:
+        return yaml_value(value)
     origin = typing.get_origin(tp)
     if origin is Literal:
         if isinstance(value, bool):  # YAML reads off/on/no/yes as booleans: map them back to the choice
@@ -302,7 +312,7 @@ def validate(cfg: Config) -> None:
         if not ok:
             raise OkkhorError(f"config: bad value for '{key}': {what}")
 
-    need(cfg.data.image_size >= 16, "data.image_size", "must be at least 16")
+    need(min(hw(cfg.data.image_size)) >= MIN_SIDE, "data.image_size", f"each side must be at least {MIN_SIDE}")
     need(cfg.data.folds >= 2, "data.folds", "must be at least 2")
     need(0 <= cfg.data.fold < cfg.data.folds, "data.fold", f"must be in 0..{cfg.data.folds - 1}")
     need(cfg.data.limit >= 0, "data.limit", "must be >= 0")

@@ -102,7 +102,7 @@ class Precision:
                               dtype=torch.bfloat16 if self.amp == "bf16" else torch.float16)
 
     def images(self, x: torch.Tensor) -> torch.Tensor:
-        """A batch from a loader (uint8 [B, 1, S, S], or float already in [0, 1]) -> float on the device: the
+        """A batch from a loader (uint8 [B, 1, H, W], or float already in [0, 1]) -> float on the device: the
         copy is non-blocking (from pinned memory on CUDA) and the scaling to [0, 1] runs on the device."""
         from okkhor.data.dataset import normalize
 

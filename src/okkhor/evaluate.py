@@ -37,11 +37,11 @@ class Evaluation:
     y_pred: np.ndarray               # int64 [n, T]
     probs: dict[str, np.ndarray]     # {target: float32 [n, C]}
     metrics: dict[str, Any]          # what metrics.json holds
-    images: np.ndarray | None = None  # the preprocessed images [N, S, S] (cache memory map), fold mode only
+    images: np.ndarray | None = None  # the preprocessed images [N, H, W] (cache memory map), fold mode only
     rows: np.ndarray | None = None    # row in `images` of each evaluated image
 
     def image(self, i: int) -> np.ndarray | None:
-        """The preprocessed image (uint8 [S, S], bright ink on black) of evaluated sample i, when known."""
+        """The preprocessed image (uint8 [H, W], bright ink on black) of evaluated sample i, when known."""
         if self.images is None or self.rows is None:
             return None
         return np.asarray(self.images[int(self.rows[i])])

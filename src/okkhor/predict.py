@@ -19,9 +19,11 @@ from okkhor.errors import OkkhorError
 from okkhor.fsutil import atomic_path, check_writable
 from okkhor.graphemes import GRAPHEME, route as route_by_head, union_classes
 from okkhor.progress import progress
+from okkhor.sizes import Size, parse_size
 from okkhor.targets import Targets
 
-# TTA views as (dx, dy, zoom): shifts in units of SHIFT_FRACTION of the image side (at least one pixel), zoom
+# TTA views as (dx, dy, zoom): shifts in units of SHIFT_FRACTION of the image's width (dx) or height (dy), at
+# least one pixel, zoom
 # about the centre (>1 enlarges the ink). View 0 is the untouched input, so --tta 1 is plain inference.
 TTA_VIEWS: tuple[tuple[int, int, float], ...] = (
     (0, 0, 1.0),
@@ -46,9 +48,9 @@ class Member:
     meta: dict[str, Any]   # the checkpoint dict without its weights (train_class_counts, data_dir, ...)
 
     @property
-    def preprocessing(self) -> tuple[int, bool]:
-        """(image size, crop): the preprocessing this model was trained on."""
-        return self.cfg.data.image_size, self.cfg.data.crop
+    def preprocessing(self) -> tuple[Size, bool]:
+        """(image size: a side or (H, W), crop): the preprocessing this model was trained on (hashable)."""
+        return parse_size(self.cfg.data.image_size), self.cfg.data.crop
 
     @property
     def graphemes(self) -> np.ndarray | None:
@@ -97,26 +99,26 @@ def check_tta(tta: int) -> None:
 
 
 def tta_view(x: torch.Tensor, view: int) -> torch.Tensor:
-    """View `view` (index into TTA_VIEWS) of a float batch [B, C, S, S]; the background (0) fills what moves in."""
+    """View `view` (index into TTA_VIEWS) of a float batch [B, C, H, W]; the background (0) fills what moves in."""
     dx, dy, zoom = TTA_VIEWS[view]
     if (dx, dy, zoom) == (0, 0, 1.0):
         return x
-    side = x.shape[-1]
-    step = max(1, round(SHIFT_FRACTION * side))
+    h, w = x.shape[-2:]
+    step_x, step_y = max(1, round(SHIFT_FRACTION * w)), max(1, round(SHIFT_FRACTION * h))
     # affine_grid maps output to input coordinates in [-1, 1]: moving the content by +d pixels reads from -d
-    theta = torch.tensor([[1.0 / zoom, 0.0, -2.0 * dx * step / side],
-                          [0.0, 1.0 / zoom, -2.0 * dy * step / side]], dtype=x.dtype, device=x.device)
+    theta = torch.tensor([[1.0 / zoom, 0.0, -2.0 * dx * step_x / w],
+                          [0.0, 1.0 / zoom, -2.0 * dy * step_y / h]], dtype=x.dtype, device=x.device)
     grid = F.affine_grid(theta.expand(x.shape[0], 2, 3), list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
 @torch.no_grad()
-def ensemble_probs(members: Sequence[Member], images: dict[tuple[int, bool], np.ndarray],
+def ensemble_probs(members: Sequence[Member], images: dict[tuple[Size, bool], np.ndarray],
                    tta: int = 1, batch_size: int = 128, rows: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Softmax averaged over members and TTA views: {target: float32 [n, C]}, plus {GRAPHEME: [n, G]} over
     grapheme_space(members) (averaged over the members that have a grapheme head) when any has one.
 
-    `images` maps each member's preprocessing (size, crop) to uint8 images [N, S, S] (arrays or memory maps);
+    `images` maps each member's preprocessing (size, crop) to uint8 images [N, H, W] (arrays or memory maps);
     `rows` picks the rows to predict (default all), read batch by batch so memory stays bounded.
     """
     check_tta(tta)

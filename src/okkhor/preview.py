@@ -17,6 +17,7 @@ from okkhor.data.prepare import load_cache, prepare
 from okkhor.errors import OkkhorError
 from okkhor.fsutil import atomic_path
 from okkhor.mixing import MIX_KINDS, MixedTargets, Mixer
+from okkhor.sizes import Size, size_text
 from okkhor.targets import Targets
 
 # short names for the Bengali targets in captions; other targets use their first letter (or full name if ambiguous)
@@ -41,7 +42,7 @@ def caption(labels: np.ndarray, weights: np.ndarray, names: Sequence[str]) -> st
 
 
 def render_grid(images: np.ndarray, captions: Sequence[str], title: str, out: Union[str, Path]) -> Path:
-    """Images [n, S, S] in [0, 1] with a caption under each, as a PNG written atomically."""
+    """Images [n, H, W] in [0, 1] with a caption under each, as a PNG written atomically."""
     from matplotlib.figure import Figure
 
     n = len(images)
@@ -80,7 +81,7 @@ def _labels_for(data_dir: Path, ids: Sequence[str], targets: Targets) -> np.ndar
 
 
 def preview(data_dir: Union[str, Path], out: Union[str, Path], aug: str = "medium", mix: str = "mixup", n: int = 32,
-            size: int = 64, seed: int = 0, aug_file: str = "", alpha: float = 1.0, k: int = 3,
+            size: Size = 64, seed: int = 0, aug_file: str = "", alpha: float = 1.0, k: int = 3,
             class_map: str = "") -> dict:
     """Write a grid of `n` training samples, augmented by `aug` (or `aug_file`) and mixed by `mix`, to `out`.
 
@@ -116,7 +117,7 @@ def preview(data_dir: Union[str, Path], out: Union[str, Path], aug: str = "mediu
     drawn = plan.kind if plan else "none"
     title = f"aug={Path(aug_file).name if aug_file else aug}  mix={mix}"
     title += f" (drew {drawn})" if mix == "both" else ""
-    title += f"  alpha={alpha:g}  size={size}  seed={seed}  labels: {' '.join(names)}"
+    title += f"  alpha={alpha:g}  size={size_text(size)}  seed={seed}  labels: {' '.join(names)}"
     if mix == "manifold":
         title += "\n(manifold mixes backbone features; shown: the same weights on the images)"
     path = render_grid(mixed[:, 0].numpy(), captions, title, out)

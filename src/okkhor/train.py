@@ -43,6 +43,7 @@ from okkhor.handlers import (EpochMeter, Evaluation, Preemption, RunLog, RunStat
                              summary_line)
 from okkhor.loggers import open_trackers
 from okkhor.optim import SCHEDULES, build_optimizer, build_scheduler, steps_per_epoch
+from okkhor.sizes import size_text
 from okkhor.targets import Targets
 
 __all__ = ["train", "EpochBatches", "load_run_data", "metrics_columns", "RESUMABLE_KEYS"]
@@ -427,7 +428,7 @@ def _announce(log, cfg: Config, b: SimpleNamespace, ckpt) -> None:
         start = (f"resuming in epoch {done + 1} after iteration {within}; " if within else
                  f"resuming after epoch {done}; ")
     log(f"train: {start}{len(data.train_idx)} training images, {len(data.valid_idx)} valid, "
-        f"{len(data.clean_idx)} train_clean; {cfg.model.name} at {cfg.data.image_size} px on "
+        f"{len(data.clean_idx)} train_clean; {cfg.model.name} at {size_text(cfg.data.image_size)} px on "
         f"{b.device.type} (amp {cfg.train.amp}{', channels_last' if cfg.train.channels_last else ''})")
     log(f"train: precision {'fp32' if b.precision.amp == 'off' else b.precision.amp} ({b.precision.amp_reason})"
         f"{'; ' + b.backend_flags if b.backend_flags else ''}")

@@ -14,8 +14,8 @@ def command(
 ) -> None:
     """Export a checkpoint to ONNX, one logits output per target (named after it), dynamic batch axis.
 
-    Input `image`: float32, batch x 1 x S x S, in 0..1, bright ink on black, as `okkhor prepare` makes it
-    (S = the checkpoint's data.image_size). Needs the optional extra: pip install 'okkhor\\[export]'.
+    Input `image`: float32, batch x 1 x H x W, in 0..1, bright ink on black, as `okkhor prepare` makes it
+    (H x W = the checkpoint's data.image_size; H = W = S for a square size). Needs the optional extra: pip install 'okkhor\\[export]'.
 
     Examples:
       okkhor export runs/r1/checkpoints/best.pt --onnx model.onnx
@@ -26,5 +26,5 @@ def command(
     result = export_onnx(checkpoint, onnx, opset=opset, check=check)
     checked = (f"; max |onnx - torch| = {result['max_abs_diff']:.1e}" if result["max_abs_diff"] is not None
                else "; not checked")
-    typer.echo(f"wrote {result['out']}: outputs {', '.join(result['outputs'])}, input [batch, 1, "
-               f"{result['image_size']}, {result['image_size']}]{checked}")
+    h, w = result["image_size"]
+    typer.echo(f"wrote {result['out']}: outputs {', '.join(result['outputs'])}, input [batch, 1, {h}, {w}]{checked}")

@@ -20,7 +20,12 @@ PANEL = "Short flags (each is its --set KEY=VALUE; --set wins)"
 
 
 def _metavar(tp: typing.Any) -> str:
-    """`INT`, `FLOAT`, `TEXT`, the choices of a Literal (`off|bf16|fp16`), or a union of them (`INT|auto`)."""
+    """`INT`, `FLOAT`, `TEXT`, `S|HxW` (an image size), the choices of a Literal (`off|bf16|fp16`), or a union of
+    them (`INT|auto`)."""
+    from okkhor.config import ImageSize
+
+    if tp is ImageSize:
+        return "S|HxW"
     origin = typing.get_origin(tp)
     if origin is typing.Literal:
         return "|".join(str(c) for c in typing.get_args(tp))

@@ -9,7 +9,8 @@ import typer
 
 def command(
     model: str = typer.Option(..., "--model", help="timm model name, e.g. resnet18, efficientnet_b0."),
-    image_size: int = typer.Option(..., "--image-size", help="Side of the square training image in pixels."),
+    image_size: str = typer.Option(..., "--image-size", metavar="S|HxW",
+                                   help="Side of the square training image in pixels, or HEIGHTxWIDTH (64x112)."),
     precision: str = typer.Option("fp32", "--precision", help="fp32, bf16 or fp16 (fp16: CUDA only)."),
     device: str = typer.Option("auto", "--device", help="cpu, cuda or auto (cuda when available)."),
     budget: Optional[str] = typer.Option(None, "--budget", help="Memory to fit in, e.g. 6GB, 6GiB, 512MB (default: "
@@ -36,6 +37,7 @@ def command(
     """
     from okkhor.errors import OkkhorError
     from okkhor.memory import HEADROOM, default_budget, format_bytes, parse_size, plan_batch, probe
+    from okkhor.sizes import size_text
 
     try:
         sizes = [int(b) for b in batches.split(",") if b.strip()] if batches.strip() else None
@@ -60,7 +62,7 @@ def command(
                                "max_batch": largest, "effective_batch": effective_batch, "micro_batch": micro,
                                "accum": accum}))
         return
-    typer.echo(f"{fit.model} at {fit.image_size} px, {fit.precision} on {fit.device} ({fit.method})")
+    typer.echo(f"{fit.model} at {size_text(fit.image_size)} px, {fit.precision} on {fit.device} ({fit.method})")
     typer.echo(f"{'batch':>6}  {'measured':>12}  {'predicted':>12}  {'error':>7}")
     for b, peak in zip(fit.batches, fit.peaks):
         pred = fit.predict(b)
@@ -71,8 +73,8 @@ def command(
         typer.echo(f"note: {note}")
     typer.echo(f"budget: {format_bytes(limit)} ({source}), {HEADROOM:.0%} usable")
     if not largest:
-        raise OkkhorError(f"{fit.model} at {fit.image_size} px needs {format_bytes(fit.predict(1))} at batch 1; it "
-                          f"does not fit {format_bytes(limit)}")
+        raise OkkhorError(f"{fit.model} at {size_text(fit.image_size)} px needs {format_bytes(fit.predict(1))} at "
+                          f"batch 1; it does not fit {format_bytes(limit)}")
     typer.echo(f"largest micro-batch that fits: {largest}")
     if effective_batch:
         typer.echo(f"effective batch {effective_batch}: micro-batch {micro} x accum {accum} "

@@ -16,7 +16,8 @@ def command(
     alpha: float = typer.Option(1.0, "--alpha", help="Beta/Dirichlet concentration of the mixing weights."),
     k: int = typer.Option(3, "--k", help="Images mixed per sample with --mix dirichlet."),
     n: int = typer.Option(32, "--n", help="Number of samples shown."),
-    size: int = typer.Option(64, "--size", help="Image side (the prepare cache of this size is reused or built)."),
+    size: str = typer.Option("64", "--size", metavar="S|HxW", help="Image side or HEIGHTxWIDTH (the prepare cache "
+                                                                   "of this size is reused or built)."),
     seed: int = typer.Option(0, "--seed", help="Seed for the sample choice, augmentation and mixing."),
 ) -> None:
     """Show what a recipe feeds the model: augmented, mixed samples with their mixed labels under each.
@@ -31,8 +32,9 @@ def command(
     """
     from okkhor.fsutil import check_writable
     from okkhor.preview import preview
+    from okkhor.sizes import size_option
 
     check_writable(out, "--out")
-    result = preview(data_dir, out, aug=aug, mix=mix, n=n, size=size, seed=seed, aug_file=aug_file, alpha=alpha,
+    result = preview(data_dir, out, aug=aug, mix=mix, n=n, size=size_option(size), seed=seed, aug_file=aug_file, alpha=alpha,
                      k=k)
     typer.echo(f"wrote {result['path']} ({result['count']} samples, mix {result['mix']})")

@@ -15,6 +15,7 @@ from okkhor.config import AugConfig
 from okkhor.data.dataset import Augment
 from okkhor.errors import OkkhorError
 from okkhor.registry import Registry
+from okkhor.sizes import hw
 
 # the cache holds bright ink on black: everything moved in from outside the image is background (0).
 # The cache is cropped to the ink with a small margin, so scales stay near 1 and shifts small: strokes pushed
@@ -156,15 +157,17 @@ def load_pipeline(path: Union[str, os.PathLike]) -> Transform:
     return pipeline
 
 
-def build_augment(cfg: Union[AugConfig, str, Transform], image_size: int) -> Optional[Augment]:
+def build_augment(cfg: Union[AugConfig, str, Transform], image_size: Any) -> Optional[Augment]:
     """The augmentation for training (None for preset `none` without a file).
 
     `cfg` is an AugConfig (its `file` overrides its `preset`), a preset name, or an albumentations transform.
+    `image_size` is a side or (H, W); a preset's size-dependent strengths follow the shorter side.
     """
-    if isinstance(image_size, bool) or not isinstance(image_size, int):
-        raise TypeError(f"image_size must be an int, got {type(image_size).__name__}")
-    if image_size < 8:
-        raise ValueError(f"image_size must be at least 8, got {image_size}")
+    if isinstance(image_size, (bool, float)) or not isinstance(image_size, (int, list, tuple)):
+        raise TypeError(f"image_size must be an int or (H, W), got {type(image_size).__name__}")
+    height, width = hw(image_size)
+    if min(height, width) < 8:
+        raise ValueError(f"image_size must be at least 8 on each side, got {image_size}")
     if isinstance(cfg, (A.BasicTransform, A.BaseCompose)):
         return AlbumentationsAugment(cfg)
     if isinstance(cfg, str):
@@ -175,11 +178,11 @@ def build_augment(cfg: Union[AugConfig, str, Transform], image_size: int) -> Opt
     if cfg.file:
         augment = AlbumentationsAugment(load_pipeline(cfg.file), source=str(cfg.file))
         try:  # fail now, naming the file, rather than inside a DataLoader worker
-            augment(np.zeros((image_size, image_size), dtype=np.uint8), 0)
+            augment(np.zeros((height, width), dtype=np.uint8), 0)
         except Exception as exc:
-            raise OkkhorError(f"{cfg.file}: the pipeline fails on a {image_size}x{image_size} uint8 image "
+            raise OkkhorError(f"{cfg.file}: the pipeline fails on a {height}x{width} uint8 image "
                               f"({str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__})") from None
         return augment
     if cfg.preset == "none":
         return None
-    return AlbumentationsAugment(preset_pipeline(cfg.preset, image_size), source=f"aug.preset={cfg.preset}")
+    return AlbumentationsAugment(preset_pipeline(cfg.preset, min(height, width)), source=f"aug.preset={cfg.preset}")

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-# an augmentation takes (image uint8 [S, S], seed) and returns an image uint8 [S, S]
+# an augmentation takes (image uint8 [H, W], seed) and returns an image uint8 [H, W]
 Augment = Callable[[np.ndarray, int], np.ndarray]
 
 
@@ -19,7 +19,7 @@ def normalize(x: torch.Tensor) -> torch.Tensor:
 
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:
-    """uint8 [n, S, S] -> float32 [n, 1, S, S] in [0, 1] (normalize, on the CPU)."""
+    """uint8 [n, H, W] -> float32 [n, 1, H, W] in [0, 1] (normalize, on the CPU)."""
     return normalize(torch.from_numpy(np.ascontiguousarray(images)).unsqueeze(1))
 
 
@@ -31,7 +31,7 @@ def sample_seed(base: int, epoch: int, index: int) -> int:
 class GraphemeDataset(Dataset):
     """Images from the cache (memory-mapped) with labels [n, T]; `indices` selects the rows used.
 
-    An item is uint8 [1, S, S] (and its labels): the device scales it (`normalize`, via Precision.images). The
+    An item is uint8 [1, H, W] (and its labels): the device scales it (`normalize`, via Precision.images). The
     key is a position i, or a pair (i, epoch) as okkhor.data.sets.EpochBatches yields them: augmentation is
     seeded per (seed, epoch, row), and the epoch travels with the key rather than in the dataset object, so
     persistent workers see every epoch's augmentations and results do not depend on worker count or order.
@@ -40,7 +40,7 @@ class GraphemeDataset(Dataset):
     def __init__(self, images: np.ndarray, labels: Optional[np.ndarray], indices: Optional[np.ndarray] = None,
                  augment: Optional[Augment] = None, seed: int = 0):
         if images.ndim != 3:
-            raise ValueError(f"images must be [n, S, S], got shape {images.shape}")
+            raise ValueError(f"images must be [n, H, W], got shape {images.shape}")
         if labels is not None and len(labels) != len(images):
             raise ValueError(f"{len(labels)} label rows for {len(images)} images")
         self.images = images

@@ -1,4 +1,4 @@
-"""The prepare cache: crop to the ink, pad to a square, resize; a memory-mappable uint8 array per split."""
+"""The prepare cache: crop to the ink, pad to the output's shape, resize; a memory-mappable uint8 array per split."""
 from __future__ import annotations
 
 import hashlib
@@ -17,6 +17,7 @@ from okkhor.data.kaggle import N_PIXELS, ImageFiles, image_parquet_files
 from okkhor.errors import OkkhorError
 from okkhor.fsutil import atomic_path, write_text_atomic
 from okkhor.progress import progress
+from okkhor.sizes import Size, hw, parse_size, size_option, size_text, yaml_value
 
 CACHE_VERSION = 1
 INK_THRESHOLD = 80   # on the inverted image: pixels above this count as ink
@@ -27,11 +28,14 @@ PREPROCESS_BYTES = 64 << 20  # working memory of the preprocessing batches in fl
 
 @dataclass(frozen=True)
 class PrepareOptions:
-    size: int = 128
+    size: Size = 128      # a square side or (H, W); any form okkhor.sizes.parse_size takes, kept canonical
     crop: bool = True
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "size", parse_size(self.size))
+
     def dirname(self) -> str:
-        return f"{self.size}" if self.crop else f"{self.size}-nocrop"
+        return size_text(self.size) if self.crop else f"{size_text(self.size)}-nocrop"
 
 
 def ink_bbox(inverted: np.ndarray, threshold: int = INK_THRESHOLD, edge: int = EDGE) -> np.ndarray:
@@ -49,35 +53,40 @@ def ink_bbox(inverted: np.ndarray, threshold: int = INK_THRESHOLD, edge: int = E
     return boxes
 
 
-def crop_square(inverted: np.ndarray, box: np.ndarray, margin: int = MARGIN) -> np.ndarray:
-    """Cut the box plus a margin out of one inverted image and pad it with zeros to a centred square."""
+def crop_to_shape(inverted: np.ndarray, box: np.ndarray, shape: tuple[int, int] = (1, 1),
+                  margin: int = MARGIN) -> np.ndarray:
+    """Cut the box plus a margin out of one inverted image and pad it with zeros, centred, to the smallest
+    frame of `shape`'s aspect ratio (height, width) that holds it: a square for (1, 1)."""
     h, w = inverted.shape
     y0, y1, x0, x1 = (int(v) for v in box)
     y0, y1, x0, x1 = max(y0 - margin, 0), min(y1 + margin, h), max(x0 - margin, 0), min(x1 + margin, w)
     part = inverted[y0:y1, x0:x1]
-    side = max(part.shape)
-    out = np.zeros((side, side), dtype=np.uint8)
-    oy, ox = (side - part.shape[0]) // 2, (side - part.shape[1]) // 2
+    scale = max(part.shape[0] / shape[0], part.shape[1] / shape[1])
+    fh, fw = max(part.shape[0], round(scale * shape[0])), max(part.shape[1], round(scale * shape[1]))
+    out = np.zeros((fh, fw), dtype=np.uint8)
+    oy, ox = (fh - part.shape[0]) // 2, (fw - part.shape[1]) // 2
     out[oy:oy + part.shape[0], ox:ox + part.shape[1]] = part
     return out
 
 
-def preprocess(images: np.ndarray, size: int, crop: bool = True) -> np.ndarray:
-    """Raw images uint8 [n, 137, 236] (dark ink on white) -> uint8 [n, size, size] with bright ink on black."""
+def preprocess(images: np.ndarray, size: Size, crop: bool = True) -> np.ndarray:
+    """Raw images uint8 [n, 137, 236] (dark ink on white) -> uint8 [n, H, W] with bright ink on black; `size`
+    is a square side or (H, W). With `crop` the ink is cut out and padded to the output's aspect ratio first."""
+    h, w = hw(size)
     inverted = 255 - np.asarray(images, dtype=np.uint8)
-    out = np.empty((len(inverted), size, size), dtype=np.uint8)
+    out = np.empty((len(inverted), h, w), dtype=np.uint8)
     if crop:
         boxes = ink_bbox(inverted)
         for i in range(len(inverted)):
-            out[i] = cv2.resize(crop_square(inverted[i], boxes[i]), (size, size), interpolation=cv2.INTER_AREA)
+            out[i] = cv2.resize(crop_to_shape(inverted[i], boxes[i], (h, w)), (w, h), interpolation=cv2.INTER_AREA)
     else:
         for i in range(len(inverted)):
-            out[i] = cv2.resize(inverted[i], (size, size), interpolation=cv2.INTER_AREA)
+            out[i] = cv2.resize(inverted[i], (w, h), interpolation=cv2.INTER_AREA)
     return out
 
 
 def _fingerprint(files: list[Path], opts: PrepareOptions) -> str:
-    h = hashlib.sha256(f"v{CACHE_VERSION}|{opts.size}|{opts.crop}|{INK_THRESHOLD}|{EDGE}|{MARGIN}".encode())
+    h = hashlib.sha256(f"v{CACHE_VERSION}|{size_text(opts.size)}|{opts.crop}|{INK_THRESHOLD}|{EDGE}|{MARGIN}".encode())
     for f in files:
         st = f.stat()
         h.update(f"{f.name}|{st.st_size}|{st.st_mtime_ns}".encode())
@@ -127,7 +136,7 @@ def prepare_split(data_dir: str | Path, split: str, opts: PrepareOptions, cache_
     source = ImageFiles(files, workers=workers)
     total = source.total
     ahead = 2 * source.workers  # preprocessing tasks in flight: `workers` running, as many done and waiting
-    per_image = 3 * N_PIXELS + opts.size ** 2  # the inverted image, its ink mask, and what they come from
+    per_image = 3 * N_PIXELS + hw(opts.size)[0] * hw(opts.size)[1]  # the inverted image, its ink mask, and what they come from
     batch_rows = batch_rows or max(8, min(512, PREPROCESS_BYTES // (ahead * per_image)))
     ids: list[str] = []
     # Written as a plain sequential file (header, then rows): a write memmap would keep every output page
@@ -136,7 +145,7 @@ def prepare_split(data_dir: str | Path, split: str, opts: PrepareOptions, cache_
             ThreadPoolExecutor(source.workers, thread_name_prefix="okkhor-prepare") as pool:
         np.lib.format.write_array_header_1_0(
             fh, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False,
-                 "shape": (total, opts.size, opts.size)})
+                 "shape": (total, *hw(opts.size))})
         with progress(total=total, desc=f"prepare {split}", unit="img", disable=not show_progress) as bar:
             for chunk_ids, images in source.read(pool):
                 def work(start: int, images=images) -> np.ndarray:
@@ -149,20 +158,20 @@ def prepare_split(data_dir: str | Path, split: str, opts: PrepareOptions, cache_
         fh.flush()
     with atomic_path(ids_csv) as tmp:
         pd.DataFrame({"image_id": ids}).to_csv(tmp, index=False)
-    write_text_atomic(meta, json.dumps({"fingerprint": fp, "size": opts.size, "crop": opts.crop,
+    write_text_atomic(meta, json.dumps({"fingerprint": fp, "size": yaml_value(opts.size), "crop": opts.crop,
                                         "count": total, "files": [f.name for f in files]}, indent=1))
     return npy, False
 
 
-def prepare(data_dir: str | Path, size: int = 128, crop: bool = True, out: str | Path | None = None,
+def prepare(data_dir: str | Path, size: Size | str = 128, crop: bool = True, out: str | Path | None = None,
             splits: tuple[str, ...] = ("train", "test"), show_progress: bool = True,
             workers: int | None = None) -> dict[str, dict]:
-    """Prepare the cache for train and test (test only where its parquet files exist)."""
+    """Prepare the cache for train and test (test only where its parquet files exist); `size` is a square side
+    or (H, W) ("128x224")."""
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise OkkhorError(f"{data_dir}: data directory not found")
-    if size < 16:
-        raise OkkhorError(f"--size {size}: must be at least 16")
+    size = size_option(size)
     if workers is not None and workers < 1:
         raise OkkhorError(f"--workers {workers}: must be at least 1")
     opts = PrepareOptions(size=size, crop=crop)
@@ -177,7 +186,7 @@ def prepare(data_dir: str | Path, size: int = 128, crop: bool = True, out: str |
 
 
 def load_cache(cache_dir: str | Path, split: str) -> tuple[np.ndarray, list[str]]:
-    """The memory-mapped images [n, s, s] and their image ids."""
+    """The memory-mapped images [n, H, W] and their image ids."""
     npy, ids_csv, _ = cache_paths(Path(cache_dir), split)
     if not npy.is_file() or not ids_csv.is_file():
         raise OkkhorError(f"{cache_dir}: no prepared {split} cache (run `okkhor prepare`)")

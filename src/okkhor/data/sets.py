@@ -37,13 +37,14 @@ def _ensure_cache_and_folds(data_dir: Path, cfg: Config, targets: Targets, log: 
     from okkhor.data.folds import split
     from okkhor.data.kaggle import image_parquet_files
     from okkhor.data.prepare import PrepareOptions, cache_paths, default_cache_dir, prepare_split
+    from okkhor.sizes import size_text
 
     opts = PrepareOptions(size=cfg.data.image_size, crop=cfg.data.crop)
     cache_dir = default_cache_dir(data_dir, opts)
     if image_parquet_files(data_dir, "train"):
         npy, reused = prepare_split(data_dir, "train", opts, cache_dir, show_progress=show_progress)
         if not reused:
-            log(f"train: prepared the training images at {opts.size} px (crop={opts.crop}) into {cache_dir}")
+            log(f"train: prepared the training images at {size_text(opts.size)} px (crop={opts.crop}) into {cache_dir}")
     elif not cache_paths(cache_dir, "train")[0].is_file():
         raise OkkhorError(f"{data_dir}: no train_image_data_*.parquet files and no prepared cache {cache_dir}")
     folds = data_dir / "folds.csv"

@@ -18,6 +18,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from okkhor.config import Config, DataConfig, ModelConfig, TrainConfig
 from okkhor.errors import OkkhorError
+from okkhor.sizes import size_option, size_text, yaml_value
 from okkhor.memory.cuda import measure_here
 from okkhor.memory.fit import (HEADROOM, MAX_BATCH, MemoryFit, fit_line, format_bytes, parse_size,  # noqa: F401
                                plan_batch)
@@ -97,9 +98,9 @@ def probe_config(cfg: Config, targets: Targets, device: Any, batches: Optional[S
         method = "peak anonymous RSS by phase of two training steps, in a freshly forked process per batch size"
         measured, failed = measure_forked(cfg, targets, batches, progress), None
     if len(measured) < 2:
-        raise OkkhorError(f"memory: {cfg.model.name} at {cfg.data.image_size} px ran out of memory at batch "
+        raise OkkhorError(f"memory: {cfg.model.name} at {size_text(cfg.data.image_size)} px ran out of memory at batch "
                           f"{failed}; probe smaller batch sizes (--batches)")
-    fit = MemoryFit.fitted(cfg.model.name, cfg.data.image_size, precision, device.type, method, measured,
+    fit = MemoryFit.fitted(cfg.model.name, yaml_value(cfg.data.image_size), precision, device.type, method, measured,
                            failed_batch=failed)
     if failed is not None:
         fit.notes.append(f"batch {failed} ran out of memory; larger batch sizes were not probed")
@@ -109,12 +110,12 @@ def probe_config(cfg: Config, targets: Targets, device: Any, batches: Optional[S
     return fit
 
 
-def probe_settings(model_name: str, image_size: int, precision: str = "fp32", channels_last: bool = False) -> Config:
-    """The config `probe` measures: defaults (AdamW, no mixing, no EMA) with this model, size and precision."""
+def probe_settings(model_name: str, image_size: Any, precision: str = "fp32", channels_last: bool = False) -> Config:
+    """The config `probe` measures: defaults (AdamW, no mixing, no EMA) with this model, size (a side or (H, W),
+    "64x112") and precision."""
     if precision not in PRECISIONS:
         raise OkkhorError(f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
-    if image_size < 16:
-        raise OkkhorError(f"image size {image_size}: must be at least 16")
+    image_size = yaml_value(size_option(image_size, "image size"))
     import timm
 
     if not timm.is_model(model_name):
@@ -123,7 +124,7 @@ def probe_settings(model_name: str, image_size: int, precision: str = "fp32", ch
                   train=TrainConfig(amp=PRECISIONS[precision], channels_last=channels_last))  # type: ignore[arg-type]
 
 
-def probe(model_name: str, image_size: int, precision: str = "fp32", device: str = "auto",
+def probe(model_name: str, image_size: Any, precision: str = "fp32", device: str = "auto",
           batches: Optional[Sequence[int]] = None, *, channels_last: bool = False,
           targets: Optional[Targets] = None,
           progress: ProgressFn = None) -> MemoryFit:
@@ -180,7 +181,7 @@ def choose_batch(model: Any, cfg: Config, device: Any, *, budget: Optional[int] 
 
         largest = int(idist.all_reduce(torch.tensor(largest, device=device), op="MIN").item())
     if largest < 1:
-        raise OkkhorError(f"train.batch_size=auto: {cfg.model.name} at {cfg.data.image_size} px needs "
+        raise OkkhorError(f"train.batch_size=auto: {cfg.model.name} at {size_text(cfg.data.image_size)} px needs "
                           f"{format_bytes(fit.predict(1))} at batch 1 but the budget is {format_bytes(budget)} "
                           f"({source}, {HEADROOM:.0%} usable)")
     micro, accum = plan_batch(largest, per_process)

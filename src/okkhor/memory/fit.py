@@ -66,7 +66,7 @@ class MemoryFit:
     """
 
     model: str
-    image_size: int
+    image_size: Any                        # a side, or [H, W]
     precision: str
     device: str
     method: str
@@ -80,7 +80,7 @@ class MemoryFit:
     notes: list[str] = field(default_factory=list)
 
     @classmethod
-    def fitted(cls, model: str, image_size: int, precision: str, device: str, method: str,
+    def fitted(cls, model: str, image_size: Any, precision: str, device: str, method: str,
                measured: Sequence[tuple[int, dict[str, int]]], **extra: Any) -> "MemoryFit":
         """The fit through (batch, {"peak", "backward", "optimizer"}) measurements."""
         batches = [b for b, _ in measured]

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any, Callable, Optional
 
 from okkhor.config import Config
+from okkhor.sizes import hw
 from okkhor.targets import Targets
 
 # (batch, {"backward", "optimizer", "peak"}) per measured batch size; progress(batch, peak or None when out of memory)
@@ -35,8 +36,7 @@ def train_steps(model: Any, cfg: Config, targets: Targets, device: Any, batch: i
     loss = TrainLoss(weights, tcfg.label_smoothing, tcfg.ohem, mixer)
     peaks: dict[str, int] = {}
     meter.reset()
-    size = cfg.data.image_size
-    x = precision.images(torch.rand(batch, 1, size, size, generator=generator))
+    x = precision.images(torch.rand(batch, 1, *hw(cfg.data.image_size), generator=generator))
     y = torch.stack([torch.randint(0, n, (batch,), generator=generator) for n in classes], 1).to(device)
     optimizer = build_optimizer(model, tcfg)
     ema = None
