@@ -99,3 +99,26 @@ def test_parse_folds():
     for bad in ("5", "a", "1,1"):
         with pytest.raises(OkkhorError, match="--folds"):
             parse_folds(bad, 5)
+
+
+def test_a_fold_interrupted_mid_run_is_resumed_not_restarted(tiny_kaggle_dir, tmp_path):
+    """A fold stopped after epoch 1 of 2 (as a kill after its first save leaves it) continues from its last.pt."""
+    import pandas as pd
+
+    from okkhor.train import _train
+
+    tiny = prepared_tiny(tiny_kaggle_dir, n_train=60, n_test=8)
+    cfg = load_config(None, FAST + ["train.epochs=2"])
+    fold_cfg = load_config(None, FAST + ["train.epochs=2", "data.fold=1"])
+    runs = tmp_path / "runs"
+    _train(tiny.root, runs / "fold1", fold_cfg, show_progress=False, log=lambda m: None, stop_after=1)
+    first = pd.read_csv(runs / "fold1" / "metrics.csv")
+    lines: list[str] = []
+    result = run_cv(tiny.root, runs, cfg, [1], show_progress=False, log=lines.append)
+    assert any(line.startswith("cv: fold 1 (resuming) -> ") for line in lines), lines
+    assert any("resuming after epoch 1" in line for line in lines), lines
+    after = pd.read_csv(runs / "fold1" / "metrics.csv")
+    assert sorted(after["epoch"].unique()) == [1, 2]
+    pd.testing.assert_frame_equal(after[after["epoch"] == 1].reset_index(drop=True),
+                                  first[first["epoch"] == 1].reset_index(drop=True))  # epoch 1 was not retrained
+    assert set(result["folds"]) == {1}
