@@ -542,17 +542,11 @@ def _write_file(task: FileTask) -> tuple[str, int]:
     return task.path, len(task.texts)
 
 
-def _write_csv(path: Path, frame) -> None:
-    from okkhor.fsutil import atomic_path
-
-    with atomic_path(path) as tmp:
-        frame.to_csv(tmp, index=False, encoding="utf-8")
-
-
 def _write_label_files(out_dir: Path, train: list[Sample], test: list[Sample], draws: dict[str, list[Draw]],
                        fonts: Sequence[FontSpec]) -> None:
     import pandas as pd
 
+    from okkhor.data.layout import write_split_csvs
     from okkhor.fsutil import atomic_path
 
     def labels(split: str, samples: list[Sample], seen: bool = False) -> "pd.DataFrame":
@@ -569,13 +563,8 @@ def _write_label_files(out_dir: Path, train: list[Sample], test: list[Sample], d
         columns["font_seen"] = [d.font_seen for d in draws[split]]
         return pd.DataFrame(columns)
 
-    _write_csv(out_dir / "train.csv", labels("train", train))
-    _write_csv(out_dir / "test_labels.csv", labels("test", test, seen=True))
-    ids = [f"Test_{i}" for i in range(len(test)) for _ in TEST_COMPONENTS]
-    components = list(TEST_COMPONENTS) * len(test)
-    row_ids = [f"{i}_{c}" for i, c in zip(ids, components)]
-    _write_csv(out_dir / "test.csv", pd.DataFrame({"row_id": row_ids, "image_id": ids, "component": components}))
-    _write_csv(out_dir / "sample_submission.csv", pd.DataFrame({"row_id": row_ids, "target": [0] * len(row_ids)}))
+    write_split_csvs(out_dir, "train", labels("train", train), TEST_COMPONENTS)
+    write_split_csvs(out_dir, "test", labels("test", test, seen=True), TEST_COMPONENTS)
     with atomic_path(out_dir / "class_map.csv") as tmp:
         tmp.write_bytes(resources.files("okkhor.resources").joinpath("class_map.csv").read_bytes())
 
