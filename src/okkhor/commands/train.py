@@ -45,6 +45,7 @@ def command(
       okkhor train --data data --out runs/b0 --resume
       okkhor train --data data --out runs/b0-160 --init runs/b0/checkpoints/best.pt --image-size 160 --lr 3e-4
       okkhor train --data data --out runs/quick --model resnet18 --epochs 2 --set data.limit=2000
+      okkhor train --data data --out runs/wide --image-size 128x224 --set data.crop=false
       okkhor train --config demo-cpu --epochs 3 --print-config
     """
     if config is None and resume and out is not None and (out / "config.yaml").is_file():
