@@ -45,9 +45,10 @@ def export_onnx(ckpt: str | Path, out: str | Path, opset: int = OPSET, check: bo
     """Export a checkpoint (EMA weights when present) to ONNX, written atomically.
 
     The graph takes `image`: float32 [batch, 1, H, W] in [0, 1], bright ink on black, i.e. the raw image through
-    okkhor.data.prepare.preprocess(size=(H, W), crop) and divided by 255 (H = W = S for a square data.image_size); it returns one logits output per target,
-    named after the target. The metadata records the targets and the preprocessing. With `check` (and
-    onnxruntime installed) the outputs are compared with torch on a random batch and must agree within `atol`.
+    okkhor.data.prepare.preprocess(size=(H, W), crop) and divided by 255 (H = W = S for a square
+    data.image_size); it returns one logits output per target, named after the target. The metadata records the
+    targets and the preprocessing. With `check` (and onnxruntime installed) the outputs are compared with torch on
+    a random batch and must agree within `atol`.
     Returns {"out", "outputs", "image_size" ((H, W)), "crop", "max_abs_diff" (None when not checked)}.
     """
     onnx = _require_onnx()
@@ -72,7 +73,8 @@ def export_onnx(ckpt: str | Path, out: str | Path, opset: int = OPSET, check: bo
         graph = onnx.load(str(tmp))
         meta = {"okkhor.targets": json.dumps(targets.to_dict()), "okkhor.image_size": size_text((h, w)),
                 "okkhor.crop": json.dumps(cfg.data.crop),
-                "okkhor.input": f"float32 [batch,1,{h},{w}] in [0,1], bright ink on black (okkhor prepare preprocessing)"}
+                "okkhor.input": f"float32 [batch,1,{h},{w}] in [0,1], bright ink on black "
+                                "(okkhor prepare preprocessing)"}
         if classes is not None:
             meta["okkhor.grapheme_classes"] = json.dumps(classes.tolist())
         for key, value in meta.items():

@@ -15,7 +15,8 @@ def command(
     """Export a checkpoint to ONNX, one logits output per target (named after it), dynamic batch axis.
 
     Input `image`: float32, batch x 1 x H x W, in 0..1, bright ink on black, as `okkhor prepare` makes it
-    (H x W = the checkpoint's data.image_size; H = W = S for a square size). Needs the optional extra: pip install 'okkhor\\[export]'.
+    (H x W = the checkpoint's data.image_size; H = W = S for a square size). Needs the optional extra:
+    pip install 'okkhor\\[export]'.
 
     Examples:
       okkhor export runs/r1/checkpoints/best.pt --onnx model.onnx

@@ -35,6 +35,6 @@ def command(
     from okkhor.sizes import size_option
 
     check_writable(out, "--out")
-    result = preview(data_dir, out, aug=aug, mix=mix, n=n, size=size_option(size), seed=seed, aug_file=aug_file, alpha=alpha,
-                     k=k)
+    result = preview(data_dir, out, aug=aug, mix=mix, n=n, size=size_option(size), seed=seed, aug_file=aug_file,
+                     alpha=alpha, k=k)
     typer.echo(f"wrote {result['path']} ({result['count']} samples, mix {result['mix']})")

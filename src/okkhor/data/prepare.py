@@ -136,7 +136,8 @@ def prepare_split(data_dir: str | Path, split: str, opts: PrepareOptions, cache_
     source = ImageFiles(files, workers=workers)
     total = source.total
     ahead = 2 * source.workers  # preprocessing tasks in flight: `workers` running, as many done and waiting
-    per_image = 3 * N_PIXELS + hw(opts.size)[0] * hw(opts.size)[1]  # the inverted image, its ink mask, and what they come from
+    height, width = hw(opts.size)
+    per_image = 3 * N_PIXELS + height * width  # the inverted image, its ink mask, and what they come from
     batch_rows = batch_rows or max(8, min(512, PREPROCESS_BYTES // (ahead * per_image)))
     ids: list[str] = []
     # Written as a plain sequential file (header, then rows): a write memmap would keep every output page
@@ -145,7 +146,7 @@ def prepare_split(data_dir: str | Path, split: str, opts: PrepareOptions, cache_
             ThreadPoolExecutor(source.workers, thread_name_prefix="okkhor-prepare") as pool:
         np.lib.format.write_array_header_1_0(
             fh, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False,
-                 "shape": (total, *hw(opts.size))})
+                 "shape": (total, height, width)})
         with progress(total=total, desc=f"prepare {split}", unit="img", disable=not show_progress) as bar:
             for chunk_ids, images in source.read(pool):
                 def work(start: int, images=images) -> np.ndarray:
