@@ -2,6 +2,8 @@
 TTA, evaluate and export; the ONNX graph agrees with torch and with `okkhor predict`."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -10,10 +12,12 @@ from typer.testing import CliRunner
 
 from okkhor.cli import app
 from okkhor.config import load_config
-from okkhor.data.kaggle import ImageFiles, image_parquet_files
+from okkhor.data.folds import read_folds
+from okkhor.data.kaggle import ImageFiles, image_parquet_files, load_targets
 from okkhor.data.prepare import PrepareOptions, default_cache_dir, load_cache, preprocess
+from okkhor.metrics import hierarchical_recall
 from okkhor.model import load_for_inference
-from okkhor.predict import TTA_VIEWS, tta_view
+from okkhor.predict import TTA_VIEWS, ensemble_probs, load_members, tta_view
 from okkhor.sizes import hw, parse_size, size_text
 from helpers import TINY_TRAIN, assert_one_line_error
 
@@ -109,9 +113,20 @@ def test_predict_with_tta_and_evaluate(wide_run, tmp_path):
     probs = np.load(tmp_path / "p.npz")
     assert probs["grapheme_root"].shape == (len(tiny.test_ids), 4)
     np.testing.assert_allclose(probs["grapheme_root"].sum(axis=1), 1.0, atol=1e-5)
-    code, out = cli("evaluate", ckpt, "--data", tiny.root)
+    code, out = cli("evaluate", ckpt, "--data", tiny.root, "--out", tmp_path / "ev")
     assert code == 0, out
-    assert "score" in out
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    # independently: the checkpoint on the validation fold's rows of the HxW cache, scored by the metric
+    images, ids = load_cache(default_cache_dir(tiny.root, PrepareOptions(SHAPE)), "train")
+    folds = read_folds(tiny.root / "folds.csv", ids)
+    rows = np.flatnonzero(folds == 0)
+    members = load_members([ckpt])
+    want = ensemble_probs(members, {members[0].preprocessing: images}, rows=rows)
+    label_of = dict(zip(tiny.train_ids, tiny.train_labels.tolist()))
+    truth = np.array([label_of[ids[r]] for r in rows])
+    pred = np.stack([want[name].argmax(1) for name in tiny.names], axis=1)
+    assert metrics["images"] == len(rows)
+    assert metrics["score"] == pytest.approx(hierarchical_recall(truth, pred, load_targets(tiny.root))[0], abs=1e-9)
 
 
 def test_onnx_export_matches_torch_and_predict(wide_run, tmp_path):
