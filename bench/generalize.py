@@ -50,6 +50,14 @@ def score(truth: Path, sub: Path, log: Path) -> dict:
     return json.loads(okkhor("score", "--truth", truth, "--submission", sub, "--json", log=log).splitlines()[-1])
 
 
+def synthesis_code_digest() -> str:
+    """sha1 of the modules that draw the synthetic images."""
+    digest = hashlib.sha1()
+    for name in ("synth.py", "hand.py", "render.py"):
+        digest.update((ROOT / "src" / "okkhor" / "data" / name).read_bytes())
+    return digest.hexdigest()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", required=True, help="a preset's name (okkhor configs) or a YAML file")
@@ -75,9 +83,11 @@ def main() -> int:
     times = {}
     start = time.time()
     stamp = data / "synth-args.json"
-    if not (stamp.is_file() and json.loads(stamp.read_text()) == synth + extra):
+    # the data is reused only for the same arguments and the same synthesis code (a changed renderer re-draws it)
+    made_by = {"args": synth + extra, "code": synthesis_code_digest()}
+    if not (stamp.is_file() and json.loads(stamp.read_text()) == made_by):
         okkhor("synth", *[str(data) if a == "DATA" else a for a in synth], *extra, "--overwrite", log=log)
-        stamp.write_text(json.dumps(synth + extra))
+        stamp.write_text(json.dumps(made_by))
     times["synth"] = time.time() - start
     t = time.time()
     sets = [x for o in args.overrides for x in ("--set", o)]

@@ -136,3 +136,18 @@ def test_hand_style_is_identical_whatever_the_workers(tmp_path):
                            for _, batch in iter_image_parquet(path, batch_rows=256)])
     here = np.stack([image for _, image in iter_samples("train", 16, seed=4, style="hand")])
     assert np.array_equal(made, here)
+
+
+def test_the_bend_field_keeps_even_its_largest_bends_inside_the_frame():
+    fonts = select_fonts()
+    straight = Imager(fonts, hand=HandStyle(artefacts=0.0, bend_px=0.0))
+    bent = Imager(fonts, hand=HandStyle(artefacts=0.0, bend_px=20.0))
+    for k, text in enumerate(TEXTS * 2):
+        face = k % len(bent.renderers)
+        img = bent(text, image_rng(1, "train", k), face, hand=True)
+        assert not np.array_equal(img, straight(text, image_rng(1, "train", k), face, hand=True))
+        assert img.min() < 100 and (img < 128).mean() > 0.004, (k, text)
+        border = np.concatenate([img[:3].ravel(), img[-3:].ravel(), img[:, :3].ravel(), img[:, -3:].ravel()])
+        assert border.min() > 200, (k, text)
+    with pytest.raises(ValueError, match="bend_px"):
+        HandStyle(bend_px=21.0)

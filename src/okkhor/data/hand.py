@@ -25,6 +25,7 @@ class HandStyle:
     headline: float = 0.5  # chance that the headline (matra) is a stroke of its own, jittered like a mark
     slant: float = 0.35  # +- horizontal shear of the whole text (replaces the font style's shear)
     distort_px: float = 5.0  # largest displacement of the smooth distortion (replaces the font style's)
+    bend_px: float = 5.0  # largest displacement of a second field at half its wavelength (a letter's local shape)
     pen_px: tuple[float, float] = (1.0, 4.5)  # pen radius in output pixels
     pen_share: float = 0.04  # and at most this fraction of the text's height (small text, thinner pen)
     pen_vary: float = 0.35  # the radius varies along the strokes by up to this fraction (pressure)
@@ -37,7 +38,8 @@ class HandStyle:
     def __post_init__(self) -> None:
         scalars = {"glyph_shift": (self.glyph_shift, 0.0, 0.5), "glyph_scale": (self.glyph_scale, 0.0, 1.0),
                    "glyph_rotate_deg": (self.glyph_rotate_deg, 0, 45), "slant": (self.slant, 0.0, 1.0),
-                   "distort_px": (self.distort_px, 0.0, 20.0), "headline": (self.headline, 0.0, 1.0),
+                   "distort_px": (self.distort_px, 0.0, 20.0), "bend_px": (self.bend_px, 0.0, 20.0),
+                   "headline": (self.headline, 0.0, 1.0),
                    "pen_share": (self.pen_share, 0.005, 0.2), "pen_vary": (self.pen_vary, 0.0, 0.9),
                    "gaps": (self.gaps, 0.0, 10.0),
                    "tremor_px": (self.tremor_px, 0.0, 10.0), "artefacts": (self.artefacts, 0.0, 1.0)}

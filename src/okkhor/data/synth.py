@@ -154,9 +154,10 @@ class Imager:
             src = steps.compose(placed, steps.glyph_jitter(placed, rng, hs))
             pen = hs.pen_px[0] + (hs.pen_px[1] - hs.pen_px[0]) * float(rng.random())
             tremor = hs.tremor_px * float(rng.random())
+            bend = hs.bend_px * float(rng.random())
         else:
             src = renderer.render(text)
-            pen = tremor = 0.0
+            pen = tremor = bend = 0.0
         sh, sw = src.shape
 
         # pose: stretch, shear (slant), rotation; then the largest scale that fits, times a random fill
@@ -168,7 +169,7 @@ class Imager:
         half_w = (abs(m00) * sw + abs(m01) * sh) / 2
         half_h = (abs(m10) * sw + abs(m11) * sh) / 2
         amp = (hs.distort_px if hand else v.distort_px) * (0.3 + 0.7 * u[8])
-        keep = pen + tremor + (amp if hand else 0.0)  # the hand's extra reach stays inside the margin
+        keep = pen + tremor + bend + (amp if hand else 0.0)  # the hand's extra reach stays inside the margin
         room_w, room_h = self.width / 2 - v.margin_px - keep, self.height / 2 - v.margin_px - keep
         scale = min(room_w / half_w, room_h / half_h) * (v.fill[0] + (v.fill[1] - v.fill[0]) * u[5])
         if hand:
@@ -181,16 +182,19 @@ class Imager:
         # one remap: the inverse pose applied to the output grid displaced by a smooth random field; ink work
         # happens only in the box the ink can reach (pose, distortion, pen and blur included)
         cells = (3 + int(u[9] * 3), 4 + int(u[10] * 4))
-        reach = amp + tremor + max(v.stroke_px[1], 0) + pen + 4
+        reach = amp + tremor + bend + max(v.stroke_px[1], 0) + pen + 4
         y0, y1 = self.height / 2 + cy - half_h * scale - reach, self.height / 2 + cy + half_h * scale + reach
         x0, x1 = self.width / 2 + cx - half_w * scale - reach, self.width / 2 + cx + half_w * scale + reach
         roi = (slice(max(int(y0), 0), min(int(y1) + 1, self.height)),
                slice(max(int(x0), 0), min(int(x1) + 1, self.width)))
         fields = rng.uniform(-amp, amp, size=(2, *cells)).astype(np.float32)
-        if hand:  # multi-scale: the smooth field on a grid three times finer, plus a tremor on that grid
+        if hand:  # multi-scale: the smooth field and one of half its wavelength (bends within a letter), both on
+            # a grid three times finer, plus a tremor on that grid
             fine = (3 * cells[0], 3 * cells[1])
-            fields = np.stack([cv2.resize(f, fine[::-1], interpolation=cv2.INTER_CUBIC) for f in fields])
-            fields += rng.uniform(-tremor, tremor, size=fields.shape).astype(np.float32)
+            half = rng.uniform(-bend, bend, size=(2, 2 * cells[0], 2 * cells[1])).astype(np.float32)
+            fields = np.stack([cv2.resize(f, fine[::-1], interpolation=cv2.INTER_CUBIC)
+                               for f in (*fields, *half)])
+            fields = fields[:2] + fields[2:] + rng.uniform(-tremor, tremor, size=(2, *fine)).astype(np.float32)
         mx, my = self._maps(fields, inv, (sw / 2 - 0.5, sh / 2 - 0.5), (cx, cy), roi)
         cov = cv2.remap(src, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
 
