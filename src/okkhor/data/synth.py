@@ -154,7 +154,7 @@ class Imager:
             src = steps.compose(placed, steps.glyph_jitter(placed, rng, hs))
             pen = hs.pen_px[0] + (hs.pen_px[1] - hs.pen_px[0]) * float(rng.random())
             tremor = hs.tremor_px * float(rng.random())
-            bend = hs.bend_px * float(rng.random())
+            bend = hs.bend_px * float(rng.random()) if hs.bend_px else 0.0  # nothing drawn when it is off
         else:
             src = renderer.render(text)
             pen = tremor = bend = 0.0
@@ -188,13 +188,15 @@ class Imager:
         roi = (slice(max(int(y0), 0), min(int(y1) + 1, self.height)),
                slice(max(int(x0), 0), min(int(x1) + 1, self.width)))
         fields = rng.uniform(-amp, amp, size=(2, *cells)).astype(np.float32)
-        if hand:  # multi-scale: the smooth field and one of half its wavelength (bends within a letter), both on
-            # a grid three times finer, plus a tremor on that grid
+        if hand:  # multi-scale: the smooth field and (bend_px > 0) one of half its wavelength, bends within a
+            # letter, both on a grid three times finer, plus a tremor on that grid
             fine = (3 * cells[0], 3 * cells[1])
-            half = rng.uniform(-bend, bend, size=(2, 2 * cells[0], 2 * cells[1])).astype(np.float32)
-            fields = np.stack([cv2.resize(f, fine[::-1], interpolation=cv2.INTER_CUBIC)
-                               for f in (*fields, *half)])
-            fields = fields[:2] + fields[2:] + rng.uniform(-tremor, tremor, size=(2, *fine)).astype(np.float32)
+            parts = [*fields]
+            if bend:
+                parts += [*rng.uniform(-bend, bend, size=(2, 2 * cells[0], 2 * cells[1])).astype(np.float32)]
+            fine_parts = np.stack([cv2.resize(f, fine[::-1], interpolation=cv2.INTER_CUBIC) for f in parts])
+            fields = fine_parts[:2] + fine_parts[2:] if bend else fine_parts
+            fields += rng.uniform(-tremor, tremor, size=fields.shape).astype(np.float32)
         mx, my = self._maps(fields, inv, (sw / 2 - 0.5, sh / 2 - 0.5), (cx, cy), roi)
         cov = cv2.remap(src, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
 
