@@ -23,7 +23,8 @@ from okkhor.sizes import Size, parse_size
 from okkhor.targets import Targets
 
 # TTA views as (dx, dy, zoom): shifts in units of SHIFT_FRACTION of the image's width (dx) or height (dy), at
-# least one pixel; zoom about the centre (>1 enlarges the ink). View 0 is the untouched input, so --tta 1 is plain inference.
+# least one pixel; zoom about the centre (>1 enlarges the ink). View 0 is the untouched input, so --tta 1 is plain
+# inference.
 TTA_VIEWS: tuple[tuple[int, int, float], ...] = (
     (0, 0, 1.0),
     (1, 0, 1.0), (-1, 0, 1.0), (0, 1, 1.0), (0, -1, 1.0),

@@ -191,11 +191,12 @@ class Imager:
         if hand:  # multi-scale: the smooth field and (bend_px > 0) one of half its wavelength, bends within a
             # letter, both on a grid three times finer, plus a tremor on that grid
             fine = (3 * cells[0], 3 * cells[1])
-            parts = [*fields]
+            def on_fine(grid: np.ndarray) -> np.ndarray:
+                return np.stack([cv2.resize(f, fine[::-1], interpolation=cv2.INTER_CUBIC) for f in grid])
+
+            fields = on_fine(fields)
             if bend:
-                parts += [*rng.uniform(-bend, bend, size=(2, 2 * cells[0], 2 * cells[1])).astype(np.float32)]
-            fine_parts = np.stack([cv2.resize(f, fine[::-1], interpolation=cv2.INTER_CUBIC) for f in parts])
-            fields = fine_parts[:2] + fine_parts[2:] if bend else fine_parts
+                fields += on_fine(rng.uniform(-bend, bend, size=(2, 2 * cells[0], 2 * cells[1])).astype(np.float32))
             fields += rng.uniform(-tremor, tremor, size=fields.shape).astype(np.float32)
         mx, my = self._maps(fields, inv, (sw / 2 - 0.5, sh / 2 - 0.5), (cx, cy), roi)
         cov = cv2.remap(src, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
