@@ -321,16 +321,32 @@ def test_early_stopping_on_a_flat_valid_score_with_the_bengali_map(tiny_kaggle_d
 
 # ------------------------------------------------------------------------------------------- several processes
 
+# the CLI, and at exit (before the interpreter tears down) how many DDP models are still alive: one left over is
+# freed by a cyclic collection that can fall in interpreter shutdown, where gloo's threads abort the process
+CLI_THEN_COUNT_DDP = """
+import atexit, gc, sys
+def count():
+    from torch.nn.parallel import DistributedDataParallel
+    print("DDP models alive at exit:", sum(isinstance(o, DistributedDataParallel) for o in gc.get_objects()))
+atexit.register(count)
+from okkhor.cli import main
+main()
+"""
+
+
 def test_two_processes_with_gloo_write_one_run(data, tmp_path):
     out = tmp_path / "ddp"
+    script = tmp_path / "okkhor_cli.py"
+    script.write_text(CLI_THEN_COUNT_DDP)
     env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "okkhor",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
            "train", "--data", str(data.root), "--out", str(out), "--no-progress",
            *sum((["--set", s] for s in FAST + ["train.device=cpu"]), [])]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.count("effective batch 32 = batch 16 x accum 1 x 2 processes") == 1
     assert proc.stdout.count("epoch 2/2") == 1
+    assert proc.stdout.count("DDP models alive at exit: 0") == 2, proc.stdout  # freed while the group was up
     metrics = pd.read_csv(out / "metrics.csv")
     assert list(zip(metrics["epoch"], metrics["split"])) == [(1, "train"), (1, "train_clean"), (1, "valid"),
                                                              (2, "train"), (2, "train_clean"), (2, "valid")]

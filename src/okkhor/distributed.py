@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import re
 from typing import Iterator
@@ -50,7 +51,15 @@ def process_group(device_name: str) -> Iterator[None]:
     if use_cuda:
         resolve_device(device_name)
     with idist.Parallel(backend="nccl" if use_cuda else "gloo"):
-        yield
+        try:
+            yield
+        finally:
+            # The DDP model (and its reducer, which holds the group) sits in reference cycles through the engines'
+            # handlers, so without this it is freed by a later cyclic collection, which can fall in interpreter
+            # shutdown: gloo's threads are then torn down without the GIL and the process aborts (SIGABRT) after
+            # training has finished, and the other launcher waits at torchrun's exit barrier. Free it here, while
+            # the group is still up and the interpreter whole.
+            gc.collect()
 
 
 def rank() -> int:
