@@ -558,8 +558,9 @@ def write_markdown(path: Path, report: dict) -> None:
              f"Measured {report['date']} by `{report['command']}` in {report['seconds']:.0f} s on {m['platform']}, "
              f"{m['cpus']} CPUs (torch {m['torch']}, {m['torch_threads']} threads, device {m['device']}); load "
              f"average {m['loadavg_1m_before']} before, {m.get('loadavg_1m_after', '?')} after. Every figure is a "
-             "ratio or a rate measured within one run on this machine; rerun its command to reproduce it. On a shared machine the rates "
-             "are lower bounds and the ratios carry the noise shown in results.json (per-round values).",
+             "ratio or a rate measured within one run on this machine; rerun its command to reproduce it. On a shared "
+             "machine the rates are lower bounds and the ratios carry the noise shown in results.json (per-round "
+             "values).",
              *[f"Rerun {r['date']}: {', '.join(r['sections'])} by `{r['command']}`." for r in report.get("reruns", [])],
              "",
              "| figure | value | unit | goal | met | reproduce |", "|---|---|---|---|---|---|"]

@@ -1,4 +1,4 @@
-"""`make demo`: the main job on synthetic data, end to end (synth -> prepare -> split -> train -> predict -> score -> report)."""
+"""`make demo`: the main job on synthetic data, end to end: synth, prepare, split, train, predict, score, report."""
 from __future__ import annotations
 
 import argparse

@@ -84,8 +84,8 @@ def summarize(y_true: np.ndarray, y_pred: np.ndarray, targets: Targets, top_pair
 
 
 def _fold_set(member: Member, data_dir: Path, fold: int, show_progress: bool):
-    """(image ids, labels, cache images, rows, group columns) of the validation fold, from the prepare cache (built when missing
-    and the train parquet files are there)."""
+    """(image ids, labels, cache images, rows, group columns) of the validation fold, from the prepare cache (built
+    when missing and the train parquet files are there)."""
     targets = member.targets
     df, labels_all = read_train_labels(data_dir / "train.csv", targets)
     folds_csv = data_dir / "folds.csv"

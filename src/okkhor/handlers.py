@@ -257,9 +257,10 @@ class Preemption:
 
     `install()` (a context manager) catches the signals on the main thread: the first one only sets a flag (a
     second SIGINT interrupts at once). ITERATION_COMPLETED, between optimizer steps (`at_boundary()`) and before
-    the epoch's last iteration, saves `last_path` with `save(trainer)` when due; after a signal it then raises `Interrupted` with one line saying how to
-    resume (`resume_hint`: the command to continue; empty on all processes but the first, whose line it is).
-    With several processes the flag is all-reduced, so all stop after the same step. EPOCH_COMPLETED
+    the epoch's last iteration, saves `last_path` with `save(trainer)` when due; after a signal it then raises
+    `Interrupted` with one line saying how to resume (`resume_hint`: the command to continue; empty on all
+    processes but the first, whose line it is). With several processes the flag is all-reduced, so all stop after
+    the same step. EPOCH_COMPLETED
     (after the epoch's checkpoint, attach it last) stops there when a signal came during the evaluation.
     """
 

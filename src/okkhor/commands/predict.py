@@ -15,8 +15,9 @@ def command(
     out: Path = typer.Option(Path("submission.csv"), "--out", help="Submission CSV to write (row_id,target)."),
     tta: int = typer.Option(1, "--tta", help="Views per image, 1..8: 1 is the plain image; then shifts right/left/"
                                              "down/up by 3% of the side, zoom 0.92 and 1.08, a diagonal shift."),
-    probs: Optional[Path] = typer.Option(None, "--probs", help="Also save the averaged probabilities, before any prior correction (.npz: "
-                                                               "image_ids and one n x classes array per target)."),
+    probs: Optional[Path] = typer.Option(None, "--probs", help="Also save the averaged probabilities, before any "
+                                                               "prior correction (.npz: image_ids and one n x "
+                                                               "classes array per target)."),
     batch_size: int = typer.Option(128, "--batch-size", help="Images read and predicted at a time."),
     prior_correction: bool = typer.Option(False, "--prior-correction/--no-prior-correction",
                                           help="Divide probabilities by the training class frequencies before the "

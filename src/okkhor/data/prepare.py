@@ -39,7 +39,8 @@ class PrepareOptions:
 
 
 def ink_bbox(inverted: np.ndarray, threshold: int = INK_THRESHOLD, edge: int = EDGE) -> np.ndarray:
-    """Bounding boxes [n, 4] (y0, y1, x0, x1; half-open) of ink in inverted images [n, h, w]; the whole image if none."""
+    """Bounding boxes [n, 4] (y0, y1, x0, x1; half-open) of ink in inverted images [n, h, w]; the whole image if
+    none."""
     n, h, w = inverted.shape
     core = inverted[:, edge:h - edge, edge:w - edge] > threshold
     rows = core.any(axis=2)

@@ -90,8 +90,8 @@ def load_run_data(data_dir: str | Path, cfg: Config, targets: Targets, log: Call
     valid_idx = np.flatnonzero(folds == cfg.data.fold)
     train_idx = np.flatnonzero(folds != cfg.data.fold)
     if len(valid_idx) == 0 or len(train_idx) == 0:
-        raise OkkhorError(f"{folds_path}: fold {cfg.data.fold} leaves no {'validation' if not len(valid_idx) else 'training'}"
-                          " images")
+        missing = "validation" if not len(valid_idx) else "training"
+        raise OkkhorError(f"{folds_path}: fold {cfg.data.fold} leaves no {missing} images")
     if cfg.data.limit:
         train_idx = train_idx[stratified_subset(labels[train_idx], targets, cfg.data.limit, cfg.seed)]
     n_clean = min(cfg.eval.train_clean_size, len(train_idx))

@@ -137,7 +137,7 @@ def probe(model_name: str, image_size: Any, precision: str = "fp32", device: str
     return probe_config(cfg, targets or Targets.from_class_map(), dev, batches, progress=progress)
 
 
-# ------------------------------------------------------------------------------------------------ train.batch_size: auto
+# ---------------------------------------------------------------------------------------------- train.batch_size: auto
 
 def _model_targets(model: Any) -> Targets:
     """The targets of a GraphemeModel (names and head sizes), through DDP / compile wrappers."""
