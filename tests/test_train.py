@@ -324,7 +324,7 @@ def test_early_stopping_on_a_flat_valid_score_with_the_bengali_map(tiny_kaggle_d
 # the CLI, and at exit (before the interpreter tears down) how many DDP models are still alive: one left over is
 # freed by a cyclic collection that can fall in interpreter shutdown, where gloo's threads abort the process
 CLI_THEN_COUNT_DDP = """
-import atexit, gc, sys
+import atexit, gc
 def count():
     from torch.nn.parallel import DistributedDataParallel
     print("DDP models alive at exit:", sum(isinstance(o, DistributedDataParallel) for o in gc.get_objects()))

@@ -260,8 +260,8 @@ class Preemption:
     the epoch's last iteration, saves `last_path` with `save(trainer)` when due; after a signal it then raises
     `Interrupted` with one line saying how to resume (`resume_hint`: the command to continue; empty on all
     processes but the first, whose line it is). With several processes the flag is all-reduced, so all stop after
-    the same step. EPOCH_COMPLETED
-    (after the epoch's checkpoint, attach it last) stops there when a signal came during the evaluation.
+    the same step. EPOCH_COMPLETED (after the epoch's checkpoint, attach it last) stops there when a signal came
+    during the evaluation.
     """
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
