@@ -10,7 +10,7 @@ WHEELHOUSE_STAMP := $(WHEELHOUSE)/.okkhor-wheelhouse
 export NO_ALBUMENTATIONS_UPDATE := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup demo test bench faults wheelhouse clean
+.PHONY: setup demo test lint bench faults wheelhouse clean
 
 setup: $(STAMP)
 
@@ -26,6 +26,10 @@ demo: setup
 # the wheelhouse lets tests/test_install.py check an offline install (it is skipped without one)
 test: setup $(WHEELHOUSE_STAMP)
 	$(PY) -m pytest tests
+
+# ruff: pyflakes, pycodestyle, isort and bugbear at 120 columns (pyproject.toml's [tool.ruff])
+lint: setup
+	$(VENV)/bin/ruff check .
 
 bench: setup
 	$(PY) bench/run.py

@@ -56,7 +56,7 @@ if ! $PY -c 'import ignite, timm, typer, pandas, yaml' 2>/dev/null; then
   fi
   export PYTHONPATH="/tmp/site:$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 fi
-$PY -c 'import okkhor.engine, okkhor.model, okkhor.memory' || { echo "gpu.sh: okkhor does not import" >&2; exit 1; }
+$PY -c 'import okkhor.training.step, okkhor.models.model, okkhor.training.memory' || { echo "gpu.sh: okkhor does not import" >&2; exit 1; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$WORK/gpu.txt" 2>/dev/null || true
 [ "$DRY" = 1 ] && echo "dry run on the CPU" > "$WORK/gpu.txt"
 log "device: $(cat "$WORK/gpu.txt" 2>/dev/null)"

@@ -30,7 +30,7 @@ DATA_VERSION = 1  # bump when the way the files are made changes: they are then 
 
 def make_files(root: Path, rows: int) -> dict[str, Path]:
     """The data dir of each layout, made once (a marker names the rows and the version)."""
-    from okkhor.data.kaggle import ImageFiles, ImageParquetWriter, image_parquet_files
+    from okkhor.io.kaggle import ImageFiles, ImageParquetWriter, image_parquet_files
 
     dirs = {name: root / f"{name}-{rows}" for name in LAYOUTS}
     marker = root / f".made-{rows}-v{DATA_VERSION}"

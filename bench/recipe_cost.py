@@ -18,9 +18,9 @@ from typing import Callable, Sequence
 import torch
 
 from okkhor.config import MixConfig, ModelConfig
-from okkhor.mixing import Mixer, backbone_stages, multihead_loss
-from okkhor.model import build_model
+from okkhor.models.model import build_model
 from okkhor.targets import Targets
+from okkhor.training.mixing import Mixer, backbone_stages, multihead_loss
 
 BENGALI = Targets.make(["grapheme_root", "vowel_diacritic", "consonant_diacritic"], [168, 11, 7])
 

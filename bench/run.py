@@ -93,12 +93,11 @@ def _okkhor_engine(model, cfg, targets, device, mixer=None):
     GradScaler, OomRecovery as the micro-batch runner, and the step's epoch handlers."""
     import logging
 
-    import torch
     from ignite.engine import Engine
 
-    from okkhor.engine import BatchPlan, Precision, TrainLoss, TrainStep
-    from okkhor.oom import OomRecovery
-    from okkhor.optim import build_optimizer, build_scheduler
+    from okkhor.training.oom import OomRecovery
+    from okkhor.training.optim import build_optimizer, build_scheduler
+    from okkhor.training.step import BatchPlan, Precision, TrainLoss, TrainStep
 
     plan = BatchPlan(int(cfg.train.batch_size), 1)
     optimizer = build_optimizer(model, cfg.train)
@@ -133,7 +132,8 @@ def _bare_loop(model, cfg, targets, device) -> Callable[[list], None]:
             with (torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
                   if amp != "off" else contextlib.nullcontext()):
                 outs = model(x)
-                loss = sum(w * F.cross_entropy(o.float(), y[:, t]) for t, (o, w) in enumerate(zip(outs, weights)))
+                loss = sum(w * F.cross_entropy(o.float(), y[:, t])
+                           for t, (o, w) in enumerate(zip(outs, weights, strict=True)))
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -180,7 +180,7 @@ def _threads() -> int:
 def _setup_model(args: argparse.Namespace):
     import torch
 
-    from okkhor.model import build_model
+    from okkhor.models.model import build_model
     from okkhor.targets import Targets
 
     device = torch.device(args.device)
@@ -209,7 +209,8 @@ def trainer_overhead(args: argparse.Namespace) -> dict:
         torch.cuda.reset_peak_memory_stats(device)
     rates = _paired_rates({"okkhor": lambda: engine.run(data, max_epochs=1), "bare": lambda: bare(data)},
                           iters * args.batch, rounds, device)
-    ratios = {kind: [o / b for o, b in zip(rates["okkhor"][kind], rates["bare"][kind])] for kind in ("wall", "cpu")}
+    ratios = {kind: [o / b for o, b in zip(rates["okkhor"][kind], rates["bare"][kind], strict=True)]
+              for kind in ("wall", "cpu")}
     python_ms = {"okkhor": _python_ms(lambda: engine.run(data, max_epochs=1), iters),
                  "bare": _python_ms(lambda: bare(data), iters)}
     step_ms = 1e3 * args.batch / statistics.median(rates["bare"]["cpu"])
@@ -256,8 +257,8 @@ def data_stall(args: argparse.Namespace) -> dict:
 
     from okkhor.data.augment import build_augment
     from okkhor.data.dataset import GraphemeDataset
-    from okkhor.engine import BatchPlan
-    from okkhor.train import EpochBatches
+    from okkhor.training.step import BatchPlan
+    from okkhor.training.train import EpochBatches
 
     cfg, targets, model, device = _setup_model(args)
     presets = [cfg.aug.preset] + ([] if args.quick else [p for p in ("medium",) if p != cfg.aug.preset])
@@ -284,13 +285,13 @@ def data_stall(args: argparse.Namespace) -> dict:
             waits: list[float] = []
             marks: dict[str, float] = {}
 
-            def started(engine) -> None:
+            def started(engine, marks=marks) -> None:
                 marks["get"] = time.perf_counter()
                 if engine.state.iteration == warm:
                     _sync(device)
                     marks["start"] = marks["get"]
 
-            def completed(engine) -> None:
+            def completed(engine, marks=marks, waits=waits) -> None:
                 if engine.state.iteration >= warm:
                     waits.append(time.perf_counter() - marks["get"])
 
@@ -315,12 +316,12 @@ def precision(args: argparse.Namespace) -> dict:
     this machine, interleaved rounds; with what `train.amp: auto` picks here and why."""
     import torch
 
-    from okkhor.hardware import bf16_support, choose_amp, cpu_name
+    from okkhor.utils.devices import bf16_support, choose_amp, cpu_name
 
     device = torch.device(args.device)
     model_name = "resnet10t" if args.model == DEFAULTS["model"] else args.model  # the demo's model
     batch, iters, rounds = (16, 1, 3) if device.type == "cpu" else (args.batch, 10, 3)
-    runners, setup = {}, None
+    runners = {}
     for amp in ("off", "bf16"):
         run = argparse.Namespace(**{**vars(args), "model": model_name, "batch": batch, "amp": amp,
                                     "channels_last": True})
@@ -344,13 +345,12 @@ def precision(args: argparse.Namespace) -> dict:
 
 
 def predict_speed(args: argparse.Namespace) -> dict:
-    """okkhor.predict.ensemble_probs images/s (the path of `okkhor predict` and `okkhor evaluate`: uint8 batches,
-    TTA views in one forward, autocast and channels_last where the device runs them fast, one host copy per batch)
-    of a fresh model on random uint8 images."""
+    """okkhor.inference.predict.ensemble_probs images/s (the path of `okkhor predict` and `okkhor evaluate`: uint8
+    batches, TTA views in one forward, autocast and channels_last where the device runs them fast, one host copy per
+    batch) of a fresh model on random uint8 images."""
     import numpy as np
-    import torch
 
-    from okkhor.predict import Member, ensemble_probs
+    from okkhor.inference.predict import Member, ensemble_probs
 
     cfg, targets, model, device = _setup_model(args)
     model.eval()
@@ -416,13 +416,13 @@ def activation_cost(args: argparse.Namespace) -> dict:
 
 def memory_fit(args: argparse.Namespace) -> dict:
     """`okkhor memory`'s prediction at a batch size it did not measure, against the measured peak."""
-    from okkhor import memory
+    from okkhor.training import memory
 
     batches = (2, 4, 8, 16) if args.quick else (8, 16, 32, 64)
     size = 32 if args.quick else 64
     fit = memory.probe(args.model, size, "fp32", args.device, batches=batches)
     measured = [(b, {"backward": bw, "optimizer": fit.optimizer_bytes, "peak": p})
-                for b, bw, p in zip(fit.batches, fit.backward_peaks, fit.peaks)]
+                for b, bw, p in zip(fit.batches, fit.backward_peaks, fit.peaks, strict=False)]
     partial = memory.MemoryFit.fitted(fit.model, size, "fp32", fit.device, fit.method, measured[:-1])
     error = (partial.predict(batches[-1]) - fit.peaks[-1]) / fit.peaks[-1]
     return {"value": round(abs(error), 4), "goal": "<= 0.15", "ok": abs(error) <= 0.15,
@@ -551,7 +551,7 @@ def _fmt(value: Any) -> str:
 
 
 def write_markdown(path: Path, report: dict) -> None:
-    from okkhor.fsutil import write_text_atomic
+    from okkhor.utils.files import write_text_atomic
 
     m = report["machine"]
     lines = ["# Benchmark results", "",
@@ -657,7 +657,7 @@ def main(argv: list[str] | None = None) -> dict:
     report["machine"]["loadavg_1m_after"] = round(os.getloadavg()[0], 2)
     report["seconds"] = round(time.perf_counter() - started, 1)
     if args.write:
-        from okkhor.fsutil import write_text_atomic
+        from okkhor.utils.files import write_text_atomic
 
         written = _merged(args, report) if args.only else report
         write_text_atomic(args.out, json.dumps(written, indent=1) + "\n")

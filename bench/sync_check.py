@@ -47,13 +47,13 @@ def tiny_step(device: str = "cpu", model: str = "", size: int = 8, batch: int = 
     import torch.nn as nn
 
     from okkhor.config import TrainConfig
-    from okkhor.engine import BatchPlan, Precision, TrainStep
-    from okkhor.optim import build_optimizer
+    from okkhor.training.optim import build_optimizer
+    from okkhor.training.step import BatchPlan, Precision, TrainStep
 
     classes = (3, 2)
     if model:
         from okkhor.config import ModelConfig
-        from okkhor.model import build_model
+        from okkhor.models.model import build_model
         from okkhor.targets import Targets
 
         net = build_model(ModelConfig(name=model), Targets.make(("a", "b"), classes))

@@ -98,7 +98,7 @@ def main() -> None:
     SUBS.update({str(data): "DATA", str(tmp): "TMP"})
     py = f"{sys.executable} -m okkhor"
     from okkhor.data.folds import split
-    from okkhor.data.kaggle import load_targets
+    from okkhor.io.kaggle import load_targets
     split(data, load_targets(data), folds=2, seed=0)
     from test_predict import make_checkpoint
     ckpt = make_checkpoint(tmp / "good.pt", data)
@@ -180,7 +180,7 @@ def main() -> None:
     cli_case("cli", "synth into a dataset", "synth", data, "--train", 5, "--test", 0)
     cli_case("cli", "synth fraction > 1", "synth", tmp / "s", "--train", 5, "--test", 1, "--unseen-test-fraction", 2)
     cli_case("cli", "synth unknown font", "synth", tmp / "s", "--train", 5, "--test", 0, "--fonts", "no-such-font")
-    from okkhor.data.render import select_fonts
+    from okkhor.sources.synth.render import select_fonts
     families = sorted({f.family for f in select_fonts()})
     cli_case("cli", "synth unknown --holdout-fonts", "synth", tmp / "s", "--train", 5, "--test", 5,
              "--holdout-fonts", "no-such")
@@ -253,7 +253,7 @@ def main() -> None:
             return (open, (str(made), "w"))
 
     raw = ckpt.read_bytes()
-    from okkhor.model import load_checkpoint
+    from okkhor.models.model import load_checkpoint
     real = load_checkpoint(tmp / "run" / "checkpoints" / "last.pt")
     other = copy.deepcopy(real)
     other["config"]["model"]["name"] = "test_resnet"
@@ -284,11 +284,12 @@ def main() -> None:
         shutil.copytree(tmp / "run", resumed)
         shutil.copyfile(tmp / f"bad{k}.pt", resumed / "checkpoints" / "last.pt")
         cli_case("checkpoint", fault, "train", "--data", data, "--out", resumed, "--resume")
-    from okkhor.checkpoint import load_training_checkpoint
+    from okkhor.training.checkpoints import load_training_checkpoint
     lib_case("checkpoint", "hostile pickle as last.pt (train --resume's loader)",
-             "okkhor.checkpoint.load_training_checkpoint(bad0.pt)", lambda: load_training_checkpoint(tmp / "bad0.pt"))
+             "okkhor.training.checkpoints.load_training_checkpoint(bad0.pt)",
+             lambda: load_training_checkpoint(tmp / "bad0.pt"))
     lib_case("checkpoint", "inference-only checkpoint for --resume",
-             "okkhor.checkpoint.load_training_checkpoint(good.pt)", lambda: load_training_checkpoint(ckpt))
+             "okkhor.training.checkpoints.load_training_checkpoint(good.pt)", lambda: load_training_checkpoint(ckpt))
     assert not made.exists(), "a checkpoint ran code"
     import random
     old = {**load_checkpoint(ckpt), "best_score": np.float64(0.5),
@@ -346,7 +347,7 @@ def main() -> None:
             proc_case("disk", "read-only file system (tmpfs, ro)",
                       f"unshare -m sh -c 'mount -t tmpfs -o ro none {ro} && {py} {verb} {args}'",
                       f"okkhor {verb} {short(args)}")
-    from okkhor.fsutil import write_text_atomic
+    from okkhor.utils.files import write_text_atomic
     (tmp / "metrics.csv").write_text("previous")
     real_replace = os.replace
 
@@ -356,7 +357,7 @@ def main() -> None:
     os.replace = full
     try:
         lib_case("disk", "ENOSPC while writing (previous file kept, temp removed)",
-                 "okkhor.fsutil.write_text_atomic(TMP/metrics.csv, ...)",
+                 "okkhor.utils.files.write_text_atomic(TMP/metrics.csv, ...)",
                  lambda: write_text_atomic(tmp / "metrics.csv", "new"))
     finally:
         os.replace = real_replace

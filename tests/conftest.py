@@ -27,3 +27,19 @@ def tiny_kaggle_dir(tmp_path_factory):
         return copy_tiny_kaggle(data, tmp_path_factory.mktemp("tiny-copy")) if copy else data
 
     return make
+
+
+@pytest.fixture(scope="module")
+def prepared_tiny_kaggle(tiny_kaggle_dir):
+    """Factory: a private tiny data set (96 training images) with its 32 px cache and 4 folds already made."""
+    from okkhor.data.folds import split
+    from okkhor.data.prepare import prepare
+    from okkhor.io.kaggle import load_targets
+
+    def make():
+        tiny = tiny_kaggle_dir(copy=True, n_train=96, n_test=0)
+        prepare(tiny.root, size=32, show_progress=False)
+        split(tiny.root, load_targets(tiny.root), folds=4, seed=42)
+        return tiny
+
+    return make

@@ -17,8 +17,13 @@ from typing import Optional, Sequence
 
 import numpy as np
 import pandas as pd
+import torch
+from typer.testing import CliRunner
 
-from okkhor.data.kaggle import IMAGE_HEIGHT, IMAGE_WIDTH, write_image_parquet
+from okkhor.cli import app
+from okkhor.config import Config
+from okkhor.io.kaggle import IMAGE_HEIGHT, IMAGE_WIDTH, load_targets, write_image_parquet
+from okkhor.models.model import build_model
 from okkhor.targets import BENGALI_TARGETS
 
 # frame (inclusive outer edge, thickness) and inner drawing area of every tiny image
@@ -76,7 +81,7 @@ def _class_map(root: Path, classes: Optional[Sequence[int]]) -> tuple[tuple[str,
         counts = df.groupby("component_type", sort=False).size()
         return tuple(counts.index), tuple(int(v) for v in counts.to_numpy())
     names = BENGALI_TARGETS[:len(classes)] if len(classes) <= 3 else tuple(f"target_{t}" for t in range(len(classes)))
-    rows = [(name, c, f"{name[0]}{c}") for name, n in zip(names, classes) for c in range(n)]
+    rows = [(name, c, f"{name[0]}{c}") for name, n in zip(names, classes, strict=False) for c in range(n)]
     pd.DataFrame(rows, columns=["component_type", "label", "component"]).to_csv(root / "class_map.csv", index=False)
     return tuple(names), tuple(int(n) for n in classes)
 
@@ -131,7 +136,7 @@ def copy_tiny_kaggle(src: TinyKaggle, dst: str | Path) -> TinyKaggle:
 
 
 def _is_progress(line: str) -> bool:
-    """A progress line: tqdm's bar ("... 40%|####  | ...") or okkhor.progress.LineProgress's, tqdm's line without
+    """A progress line: tqdm's bar ("... 40%|####  | ...") or okkhor.utils.progress.LineProgress's, tqdm's line without
     the bar graphic ("desc: 100%|| 8/8 [00:02<00:00, 3.5img/s]", or "desc: 8img [00:02, 3.5img/s]" without a total)."""
     import re
 
@@ -158,10 +163,44 @@ TINY_TRAIN = ["model.name=test_efficientnet", "data.image_size=32", "data.folds=
 def prepared_tiny(tiny_kaggle_dir, **kwargs):
     """A private copy of a tiny data set with its 32 px cache and 3 folds already made (as TINY_TRAIN reads it)."""
     from okkhor.data.folds import split
-    from okkhor.data.kaggle import load_targets
     from okkhor.data.prepare import prepare
+    from okkhor.io.kaggle import load_targets
 
     tiny = tiny_kaggle_dir(copy=True, **kwargs)
     prepare(tiny.root, size=32, show_progress=False)
     split(tiny.root, load_targets(tiny.root), folds=3, seed=42)
     return tiny
+
+
+# a small, fast timm model and tiny images keep each epoch to a second or two on two CPU cores
+FAST = ["model.name=test_efficientnet", "data.image_size=32", "data.folds=4", "train.batch_size=16",
+        "data.workers=0", "eval.train_clean_size=32", "eval.batch_size=64", "train.epochs=2"]
+
+runner = CliRunner()
+
+
+def cli(*args) -> tuple[int, str]:
+    result = runner.invoke(app, [str(a) for a in args])
+    return result.exit_code, result.output
+
+
+
+def make_checkpoint(path: Path, data_dir: Path, seed: int = 0, image_size: int = 32, crop: bool = True,
+                    counts: bool = True, record_data_dir: bool = True, fold: int = 0) -> Path:
+    """A checkpoint as the trainer writes it (the keys inference reads), with a small timm model, random init."""
+    targets = load_targets(data_dir)
+    cfg = Config()
+    cfg.data.image_size, cfg.data.crop, cfg.data.fold = image_size, crop, fold
+    cfg.model.name = "test_resnet"
+    torch.manual_seed(seed)
+    model = build_model(cfg.model, targets)
+    ckpt = {"config": cfg.to_dict(), "targets": targets.to_dict(), "model": model.state_dict(), "ema": None}
+    if counts:
+        labels = pd.read_csv(data_dir / "train.csv")
+        ckpt["train_class_counts"] = {name: np.bincount(labels[name], minlength=n).tolist()
+                                      for name, n in zip(targets.names, targets.num_classes, strict=False)}
+    if record_data_dir:
+        ckpt["data_dir"] = str(data_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(ckpt, path)
+    return path

@@ -6,11 +6,10 @@ import timm
 import torch
 import torch.nn as nn
 
-from okkhor.activations import (count_activations, create_backbone, is_se_block, resolve_act_layer,
-                                set_activation)
 from okkhor.config import ModelConfig
 from okkhor.errors import OkkhorError
-from okkhor.model import build_model
+from okkhor.models.activations import count_activations, create_backbone, is_se_block, resolve_act_layer, set_activation
+from okkhor.models.model import build_model
 from okkhor.targets import Targets
 
 ACTS = {"relu": nn.ReLU, "silu": nn.SiLU, "mish": nn.Mish}

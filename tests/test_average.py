@@ -6,11 +6,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from helpers import TINY_TRAIN, assert_one_line_error, prepared_tiny
 from okkhor.cli import app
 from okkhor.config import load_config
-from okkhor.model import load_checkpoint, load_for_inference
-from okkhor.train import train
-from helpers import TINY_TRAIN, assert_one_line_error, prepared_tiny
+from okkhor.models.model import load_checkpoint, load_for_inference
+from okkhor.training.train import train
 
 FAST = [*TINY_TRAIN, "train.epochs=3", "train.keep_top=2", "train.swa_epochs=2", "train.lr=3e-3",
         "train.schedule=constant"]
@@ -38,7 +38,8 @@ def test_keep_top_keeps_the_two_best_epochs(run):
     # on a tie ignite drops the earlier epoch: best score first, then the latest epoch
     best = valid.sort_values(["score", "epoch"], ascending=[False, False]).head(2)
     kept = sorted(p.name for p in (out / "checkpoints").glob("top-*.pt"))
-    assert kept == sorted(f"top-epoch{int(e)}-score{s:.4f}.pt" for e, s in zip(best["epoch"], best["score"]))
+    pairs = zip(best["epoch"], best["score"], strict=True)
+    assert kept == sorted(f"top-epoch{int(e)}-score{s:.4f}.pt" for e, s in pairs)
     assert len(load_checkpoint(out / "checkpoints" / "last.pt")["top"]["saved"]) == 2
 
 
@@ -62,7 +63,7 @@ def test_averaging_two_identical_checkpoints_gives_the_same_outputs(run, tmp_pat
     res = runner.invoke(app, ["average", str(best), str(best), "--out", str(avg)])
     assert res.exit_code == 0, res.output
     x = torch.rand(4, 1, 32, 32)
-    for a, b in zip(_outputs(best, x), _outputs(avg, x)):
+    for a, b in zip(_outputs(best, x), _outputs(avg, x), strict=False):
         torch.testing.assert_close(a, b)
     sub = tmp_path / "sub.csv"
     res = runner.invoke(app, ["predict", str(avg), "--data", str(tiny.root), "--out", str(sub)])

@@ -10,13 +10,13 @@ from ignite.engine import Engine
 from ignite.handlers import EarlyStopping
 from timm.utils import ModelEmaV3
 
-from okkhor.checkpoint import GlobalRng, PerProcess, RunCheckpoints, TrainerState
 from okkhor.config import MixConfig, TrainConfig
-from okkhor.engine import BatchPlan, TrainStep
 from okkhor.errors import OkkhorError
-from okkhor.handlers import RunState
-from okkhor.mixing import Mixer
-from okkhor.optim import build_optimizer, build_scheduler
+from okkhor.training.checkpoints import GlobalRng, PerProcess, RunCheckpoints, TrainerState
+from okkhor.training.handlers import RunState
+from okkhor.training.mixing import Mixer
+from okkhor.training.optim import build_optimizer, build_scheduler
+from okkhor.training.step import BatchPlan, TrainStep
 
 
 def same(a, b) -> bool:
@@ -26,7 +26,7 @@ def same(a, b) -> bool:
     if isinstance(a, dict):
         return isinstance(b, dict) and a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
     if isinstance(a, (list, tuple)):
-        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=False))
     return a == b or (isinstance(a, float) and isinstance(b, float) and np.isnan(a) and np.isnan(b))
 
 

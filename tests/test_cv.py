@@ -6,16 +6,16 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+from helpers import TINY_TRAIN, prepared_tiny
 from okkhor.cli import app
 from okkhor.config import load_config
-from okkhor.cv import parse_folds, run_cv
 from okkhor.data.folds import read_folds
-from okkhor.data.kaggle import load_targets
 from okkhor.data.prepare import PrepareOptions, default_cache_dir, load_cache
 from okkhor.errors import OkkhorError
+from okkhor.inference.predict import ensemble_probs, load_members
+from okkhor.io.kaggle import load_targets
 from okkhor.metrics import hierarchical_recall
-from okkhor.predict import ensemble_probs, load_members
-from helpers import TINY_TRAIN, prepared_tiny
+from okkhor.training.cv import parse_folds, run_cv
 
 FAST = TINY_TRAIN
 runner = CliRunner()
@@ -55,7 +55,7 @@ def test_oof_covers_every_image_once_and_scores_the_fold_predictions(cv_run):
     targets = load_targets(tiny.root)
     images, cache_ids = load_cache(default_cache_dir(tiny.root, PrepareOptions(32, True)), "train")
     folds = read_folds(tiny.root / "folds.csv", cache_ids)
-    label_of = dict(zip(tiny.train_ids, tiny.train_labels.tolist()))
+    label_of = dict(zip(tiny.train_ids, tiny.train_labels.tolist(), strict=False))
     # independently: each fold's best.pt on its own validation rows, concatenated
     truth, preds, fold_ids = [], [], []
     for k in range(3):
@@ -105,7 +105,7 @@ def test_a_fold_interrupted_mid_run_is_resumed_not_restarted(tiny_kaggle_dir, tm
     """A fold stopped after epoch 1 of 2 (as a kill after its first save leaves it) continues from its last.pt."""
     import pandas as pd
 
-    from okkhor.train import _train
+    from okkhor.training.train import _train
 
     tiny = prepared_tiny(tiny_kaggle_dir, n_train=60, n_test=8)
     cfg = load_config(None, FAST + ["train.epochs=2"])

@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 
 from okkhor import demo
+from okkhor.inference.scoring import submission_labels
 from okkhor.metrics import hierarchical_recall
-from okkhor.scoring import submission_labels
 from okkhor.targets import Targets
 
 

@@ -7,11 +7,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from helpers import assert_one_line_error, cli, make_checkpoint
 from okkhor.data.folds import split
-from okkhor.data.kaggle import load_targets
-from okkhor.evaluate import confused_pairs, summarize
+from okkhor.inference.evaluate import confused_pairs, summarize
+from okkhor.io.kaggle import load_targets
 from okkhor.targets import Targets
-from test_predict import assert_one_line_error, cli, make_checkpoint
 
 
 def score_json(truth, submission) -> dict:
@@ -24,7 +24,7 @@ def test_perfect_submission_scores_one(tiny_kaggle_dir, tmp_path):
     data = tiny_kaggle_dir()
     truth = pd.read_csv(data.root / "test_labels.csv")
     rows = [(f"{i}_{name}", int(v)) for i, *values in truth.itertuples(index=False)
-            for name, v in zip(truth.columns[1:], values)]
+            for name, v in zip(truth.columns[1:], values, strict=False)]
     pd.DataFrame(rows, columns=["row_id", "target"]).to_csv(tmp_path / "perfect.csv", index=False)
     result = score_json(data.root / "test_labels.csv", tmp_path / "perfect.csv")
     assert result["score"] == 1.0
@@ -42,7 +42,7 @@ def test_evaluate_fold_matches_score_cli(tiny_kaggle_dir, tmp_path):
     assert metrics["source"] == "fold 1"
     folds = pd.read_csv(data.root / "folds.csv")
     assert metrics["images"] == int((folds["fold"] == 1).sum())
-    for name, n in zip(data.names, data.num_classes):
+    for name, n in zip(data.names, data.num_classes, strict=False):
         assert len(metrics["per_class_recall"][name]) == n
         assert sum(metrics["support"][name]) == metrics["images"]
         assert (ev_dir / f"recall_{name}.png").stat().st_size > 1000

@@ -6,8 +6,8 @@ import sys
 import numpy as np
 import torch
 
-from okkhor.model import load_for_inference
-from test_predict import assert_one_line_error, cli, make_checkpoint
+from helpers import assert_one_line_error, cli, make_checkpoint
+from okkhor.models.model import load_for_inference
 
 
 def test_onnx_matches_torch(tiny_kaggle_dir, tmp_path):
@@ -29,7 +29,7 @@ def test_onnx_matches_torch(tiny_kaggle_dir, tmp_path):
         got = session.run(list(data.names), {"image": x})
         with torch.no_grad():
             want = model(torch.from_numpy(x))
-        for g, w, n in zip(got, want, data.num_classes):
+        for g, w, n in zip(got, want, data.num_classes, strict=False):
             assert g.shape == (batch, n)
             np.testing.assert_allclose(g, w.numpy(), atol=1e-4, rtol=0)
 

@@ -14,12 +14,12 @@ import torch
 from ignite.engine import Engine
 from typer.testing import CliRunner
 
-import okkhor.hardware
+import okkhor.utils.devices
+from helpers import assert_one_line_error
 from okkhor.cli import app
 from okkhor.config import load_config
-from okkhor.engine import NonFiniteLoss, Precision
 from okkhor.errors import OkkhorError
-from helpers import assert_one_line_error
+from okkhor.training.step import NonFiniteLoss, Precision
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
@@ -60,7 +60,7 @@ def test_a_nan_loss_is_found_on_the_device_at_the_next_check():
 @pytest.mark.parametrize("flags, amp", [({"avx2", "fma"}, "off"), ({"avx2", "avx512_bf16"}, "bf16"),
                                         ({"amx_bf16", "avx512_bf16"}, "bf16")])
 def test_amp_auto_follows_the_cpu_flags_and_info_says_so(monkeypatch, flags, amp):
-    monkeypatch.setattr(okkhor.hardware, "cpu_flags", lambda: set(flags))
+    monkeypatch.setattr(okkhor.utils.devices, "cpu_flags", lambda: set(flags))
     precision = Precision("cpu", "auto", "auto")
     assert precision.amp == amp and precision.channels_last is False  # channels_last auto: on for CUDA only
     assert ("CPU flags: " if amp == "bf16" else "CPU without amx_bf16 or avx512_bf16") in precision.amp_reason
@@ -88,7 +88,7 @@ def test_defaults_and_the_compile_manifold_refusal(tmp_path):
 
 
 def test_cutmix_and_fmix_masks_are_built_on_the_batch_device_with_host_known_areas():
-    from okkhor.mixing import _cutmix_boxes, _fmix_masks
+    from okkhor.training.mixing import _cutmix_boxes, _fmix_masks
 
     area = np.array([0.25, 0.5, 0.0, 1.0])
     for masks in (_cutmix_boxes, _fmix_masks):

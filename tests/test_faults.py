@@ -9,12 +9,18 @@ import pandas as pd
 import pytest
 import torch
 
+from helpers import FAST
 from okkhor.config import load_config
 from okkhor.data.folds import split
-from okkhor.data.kaggle import load_targets
 from okkhor.errors import Interrupted, OkkhorError
-from okkhor.train import _train, train
-from test_train import FAST, data  # noqa: F401  (the tiny data set with its cache and 4 folds, as a fixture)
+from okkhor.io.kaggle import load_targets
+from okkhor.training.train import _train, train
+
+
+@pytest.fixture(scope="module")
+def data(prepared_tiny_kaggle):
+    return prepared_tiny_kaggle()
+
 
 QUIET = {"show_progress": False, "log": lambda m: None}
 
@@ -66,7 +72,7 @@ def test_sigterm_mid_epoch_saves_and_resume_is_exact(data, reference, tmp_path):
 def test_checkpoint_every_saves_mid_epoch(data, tmp_path, monkeypatch):
     """train.checkpoint_every=2 with accum 2: last.pt after iterations 2 and 4 of each 5-iteration epoch, and at
     each epoch's end."""
-    from okkhor.checkpoint import RunCheckpoints
+    from okkhor.training.checkpoints import RunCheckpoints
 
     saved: list[tuple[int, int]] = []
     real = RunCheckpoints.save_last
@@ -168,7 +174,7 @@ def test_a_changed_process_count_on_resume_is_refused(data, one_epoch, tmp_path)
 def test_a_re_split_folds_file_is_refused_by_resume_and_evaluate(data, one_epoch, tmp_path):
     import shutil
 
-    from okkhor.evaluate import evaluate
+    from okkhor.inference.evaluate import evaluate
 
     folds = data.root / "folds.csv"
     kept = tmp_path / "folds.csv"
@@ -233,16 +239,16 @@ def _two_nodes(data, out, *sets: str, resume: bool = False) -> str:
 def test_two_nodes_write_one_run_and_resume_exactly(data, tmp_path):
     from okkhor.data.dataset import GraphemeDataset
     from okkhor.data.sets import load_run_data
-    from okkhor.engine import Precision, create_evaluator, evaluate
-    from okkhor.model import load_for_inference
+    from okkhor.models.model import load_for_inference
+    from okkhor.training.step import Precision, create_evaluator, evaluate
 
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     output = _two_nodes(data, straight)
     assert output.count("x 2 processes") == 1 and output.count("epoch 2/2") == 1  # only the first process prints
     assert sorted(p.name for p in (straight / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
     metrics = pd.read_csv(straight / "metrics.csv")
-    assert list(zip(metrics["epoch"], metrics["split"])) == [(1, "train"), (1, "train_clean"), (1, "valid"),
-                                                             (2, "train"), (2, "train_clean"), (2, "valid")]
+    rows = list(zip(metrics["epoch"], metrics["split"], strict=True))
+    assert rows == [(1, "train"), (1, "train_clean"), (1, "valid"), (2, "train"), (2, "train_clean"), (2, "valid")]
     # the valid rows cover the whole valid fold once: the same score and loss as one process evaluating the
     # checkpoint with the trainer's evaluator
     last = torch.load(straight / "checkpoints" / "last.pt", weights_only=True)

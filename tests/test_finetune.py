@@ -7,15 +7,15 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from helpers import TINY_TRAIN, assert_one_line_error, prepared_tiny
 from okkhor.cli import app
 from okkhor.config import ModelConfig, load_config
-from okkhor.data.kaggle import load_targets
 from okkhor.errors import OkkhorError
-from okkhor.finetune import init_from
-from okkhor.model import build_model, load_checkpoint
+from okkhor.io.kaggle import load_targets
+from okkhor.models.model import build_model, load_checkpoint
 from okkhor.targets import Targets
-from okkhor.train import train
-from helpers import TINY_TRAIN, assert_one_line_error, prepared_tiny
+from okkhor.training.finetune import init_from
+from okkhor.training.train import train
 
 FAST = TINY_TRAIN
 runner = CliRunner()

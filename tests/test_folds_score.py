@@ -8,11 +8,10 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+from helpers import assert_one_line_error
 from okkhor.cli import app
 from okkhor.data.folds import make_folds, stratified_subset
 from okkhor.targets import Targets
-
-from test_kaggle_prepare import assert_one_line_error
 
 runner = CliRunner()
 BENGALI = Targets.from_class_map()
@@ -142,7 +141,7 @@ def test_missing_truth_file(tmp_path):
 def hand_recall(t, p):
     """Macro recall written out: per class present in truth or prediction, hits / support (0 without support)."""
     classes = sorted(set(t) | set(p))
-    return sum((sum(1 for a, b in zip(t, p) if a == b == c) / max(sum(1 for a in t if a == c), 1))
+    return sum((sum(1 for a, b in zip(t, p, strict=False) if a == b == c) / max(sum(1 for a in t if a == c), 1))
                for c in classes) / len(classes)
 
 
@@ -212,7 +211,7 @@ def test_grouped_folds_never_split_a_triple():
     fold = make_group_folds(labels, BENGALI, folds=5, seed=1)
     assert set(fold) == {0, 1, 2, 3, 4}
     folds_of = {}
-    for row, k in zip(map(tuple, labels), fold):
+    for row, k in zip(map(tuple, labels), fold, strict=False):
         folds_of.setdefault(row, set()).add(int(k))
     assert all(len(ks) == 1 for ks in folds_of.values())
     sizes = np.bincount(fold)

@@ -9,15 +9,22 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from helpers import assert_one_line_error, cli, make_checkpoint
 from okkhor.config import Config
-from okkhor.data.kaggle import load_targets
-from okkhor.graphemes import (ABSENT, grapheme_classes, grapheme_index, route, seen_auroc, seen_score,
-                              with_grapheme_column)
+from okkhor.io.kaggle import load_targets
 from okkhor.metrics import HierarchicalRecall
-from okkhor.mixing import MixedTargets, multihead_loss
-from okkhor.model import build_model, load_for_inference
+from okkhor.models.graphemes import (
+    ABSENT,
+    grapheme_classes,
+    grapheme_index,
+    route,
+    seen_auroc,
+    seen_score,
+    with_grapheme_column,
+)
+from okkhor.models.model import build_model, load_for_inference
 from okkhor.targets import Targets
-from test_predict import assert_one_line_error, cli, make_checkpoint
+from okkhor.training.mixing import MixedTargets, multihead_loss
 
 TOY = Targets.make(["a", "b"], [4, 3])
 
@@ -47,7 +54,7 @@ def test_model_shapes_and_inference_round_trip(tmp_path):
     torch.save({"config": cfg.to_dict(), "targets": TOY.to_dict(), "model": model.state_dict(), "ema": None}, path)
     again, *_ = load_for_inference(path)
     x = torch.rand(3, 1, 32, 32)
-    for a, b in zip(model(x), again(x)):
+    for a, b in zip(model(x), again(x), strict=False):
         assert torch.equal(a, b)
 
 
@@ -113,7 +120,7 @@ def test_predict_route_through_the_cli(tiny_kaggle_dir, tmp_path):
     n = len(data.test_ids)
     assert f"{n} routed to the grapheme head" in out
     sub = pd.read_csv(tmp_path / "r.csv")
-    for name, value in zip(data.names, triple):
+    for name, value in zip(data.names, triple, strict=False):
         assert (sub.loc[sub["row_id"].str.endswith("_" + name), "target"] == value).all()
     # a head that is not sure enough routes nothing: the submission is the component heads' own
     code, out = cli("predict", sure, "--data", data.root, "--out", tmp_path / "r2.csv", "--route",
@@ -154,7 +161,7 @@ def test_training_with_the_grapheme_head(tiny_kaggle_dir, tmp_path):
     """A tiny run: the head's classes are the training fold's triples, its loss falls, and evaluate reports it."""
     from okkhor.config import load_config
     from okkhor.data.folds import read_folds
-    from okkhor.train import train
+    from okkhor.training.train import train
 
     data = tiny_kaggle_dir(copy=True, n_train=64, n_test=16)
     cfg = load_config(None, ["data.image_size=32", "model.name=test_resnet", "train.epochs=3", "train.batch_size=16",

@@ -12,11 +12,17 @@ from typer.testing import CliRunner
 
 from helpers import _class_map, draw_images
 from okkhor.cli import app
-from okkhor.data.imagefolder import (IMAGE_EXTENSIONS, background_level, list_image_folder, load_image,
-                                     read_label_map, to_page)
-from okkhor.data.kaggle import IMAGE_HEIGHT, IMAGE_WIDTH, ImageFiles, image_parquet_files
 from okkhor.data.prepare import load_cache, prepare
 from okkhor.errors import OkkhorError
+from okkhor.io.kaggle import IMAGE_HEIGHT, IMAGE_WIDTH, ImageFiles, image_parquet_files
+from okkhor.sources.imagefolder import (
+    IMAGE_EXTENSIONS,
+    background_level,
+    list_image_folder,
+    load_image,
+    read_label_map,
+    to_page,
+)
 
 CLASSES = (4, 3, 2)
 # folder -> its label triple; every class of every target occurs
@@ -38,7 +44,7 @@ def folder(tmp_path_factory):
     images = root / "images"
     rng = np.random.default_rng(0)
     originals = {}
-    for f, (name, triple) in enumerate(FOLDERS.items()):
+    for name, triple in FOLDERS.items():
         (images / name).mkdir(parents=True)
         drawn = draw_images(np.array([triple] * PER_FOLDER), CLASSES, rng)
         for i, img in enumerate(drawn):
@@ -52,7 +58,7 @@ def folder(tmp_path_factory):
     (images / "ka" / "notes.txt").write_text("not an image")
     (images / "unmapped").mkdir()
     cv2.imwrite(str(images / "unmapped" / "0.png"), originals[("ka", 1)])
-    rows = [{"folder": n, **dict(zip(names, t)), "grapheme": n} for n, t in FOLDERS.items()]
+    rows = [{"folder": n, **dict(zip(names, t, strict=False)), "grapheme": n} for n, t in FOLDERS.items()]
     pd.DataFrame(rows).to_csv(root / "map.csv", index=False)
     return root, images, originals
 
@@ -119,7 +125,7 @@ def test_import_then_prepare_and_train(folder, tmp_path):
         assert tuple(row[["grapheme_root", "vowel_diacritic", "consonant_diacritic"]]) == FOLDERS[row["grapheme"]]
     assert pd.read_csv(out / "class_map.csv").equals(pd.read_csv(root / "class_map.csv"))
     ids, pages = zip(*[(i, p) for b_ids, b in ImageFiles(image_parquet_files(out, "train")).batches()
-                       for i, p in zip(b_ids, b)])
+                       for i, p in zip(b_ids, b, strict=False)], strict=False)
     pages = np.stack(pages)
     assert list(ids) == train["image_id"].tolist() and pages.shape == (n, IMAGE_HEIGHT, IMAGE_WIDTH)
     # every page is dark ink on light paper, whatever the file's polarity
@@ -192,10 +198,10 @@ def test_import_needs_no_synth_extra(folder, tmp_path, monkeypatch):
     root, images, _ = folder
     for name in ("uharfbuzz", "freetype"):
         monkeypatch.setitem(sys.modules, name, None)   # import fails, as when the package is not installed
-    for name in ("okkhor.data.render", "okkhor.data.synth", "okkhor.data.imagefolder"):
+    for name in ("okkhor.sources.synth.render", "okkhor.sources.synth.generate", "okkhor.sources.imagefolder"):
         if name in sys.modules:
             monkeypatch.delitem(sys.modules, name)
     code, output = cli("import", images, tmp_path / "data", "--labels", root / "map.csv", "--class-map",
                        root / "class_map.csv", "--no-progress")
     assert code == 0, output
-    assert "okkhor.data.render" not in sys.modules
+    assert "okkhor.sources.synth.render" not in sys.modules

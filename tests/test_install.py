@@ -6,10 +6,10 @@ import ast
 import os
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 from typer.testing import CliRunner
 
 from okkhor.presets import presets
@@ -65,14 +65,14 @@ def test_nothing_imports_the_synth_extra_eagerly():
     graph = {name: {m for m in _module_level_imports(p) if m in modules or m.split(".")[0] in SYNTH_MODULES}
              for name, p in modules.items()}
     needs = {name for name, deps in graph.items() if any(d.split(".")[0] in SYNTH_MODULES for d in deps)}
-    assert needs == {"okkhor.data.render"}
+    assert needs == {"okkhor.sources.synth.render"}
     while True:   # everything that imports, at import time, a module that needs the extra
         more = {name for name, deps in graph.items() if deps & needs} - needs
         if not more:
             break
         needs |= more
-    assert needs == {"okkhor.data.render"}
-    assert "okkhor.cli" in graph and "okkhor.data.synth" in graph
+    assert needs == {"okkhor.sources.synth.render"}
+    assert "okkhor.cli" in graph and "okkhor.sources.synth.generate" in graph
 
 
 def test_synth_without_the_extra_says_how_to_install_it(monkeypatch, tmp_path):

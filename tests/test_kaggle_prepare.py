@@ -10,12 +10,20 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from okkhor.cli import app
-from okkhor.data import kaggle
-from okkhor.data.kaggle import (IMAGE_HEIGHT, IMAGE_WIDTH, N_PIXELS, ImageParquetWriter, iter_image_parquet,
-                                pixel_columns, plan_chunks, write_image_parquet)
-from okkhor.data.prepare import crop_to_shape, ink_bbox, load_cache, prepare, preprocess
 from helpers import assert_one_line_error
+from okkhor.cli import app
+from okkhor.data.prepare import crop_to_shape, ink_bbox, load_cache, prepare, preprocess
+from okkhor.io import kaggle
+from okkhor.io.kaggle import (
+    IMAGE_HEIGHT,
+    IMAGE_WIDTH,
+    N_PIXELS,
+    ImageParquetWriter,
+    iter_image_parquet,
+    pixel_columns,
+    plan_chunks,
+    write_image_parquet,
+)
 
 runner = CliRunner()
 
@@ -30,8 +38,10 @@ def draw_boxes(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     images = blank(n)
     boxes = np.zeros((n, 4), dtype=np.int64)
     for i in range(n):
-        y0 = rng.integers(10, 60); y1 = y0 + rng.integers(10, 60)
-        x0 = rng.integers(10, 120); x1 = x0 + rng.integers(10, 100)
+        y0 = rng.integers(10, 60)
+        y1 = y0 + rng.integers(10, 60)
+        x0 = rng.integers(10, 120)
+        x1 = x0 + rng.integers(10, 100)
         images[i, y0:y1, x0:x1] = 20
         boxes[i] = (y0, y1, x0, x1)
     return images, boxes

@@ -1,14 +1,14 @@
-"""Optional W&B / MLflow logging (okkhor.loggers): off by default, one line when the package is missing, and the
-ignite logger's calls reach the package (a stand-in module here: no test touches the network)."""
+"""Optional W&B / MLflow logging (okkhor.training.tracking): off by default, one line when the package is missing,
+and the ignite logger's calls reach the package (a stand-in module here: no test touches the network)."""
 from __future__ import annotations
 
 import sys
 import types
 
-from ignite.engine import Engine, Events
+from ignite.engine import Engine
 
 from okkhor.config import load_config
-from okkhor.loggers import open_trackers
+from okkhor.training.tracking import open_trackers
 
 
 def _engine():

@@ -6,10 +6,10 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from okkhor import memory
 from okkhor.cli import app
 from okkhor.config import Config, apply_overrides
 from okkhor.errors import OkkhorError
+from okkhor.training import memory
 
 runner = CliRunner()
 MB = 1 << 20
@@ -33,7 +33,7 @@ class FakeServer:
 @pytest.fixture
 def fake_server(monkeypatch):
     server = FakeServer()
-    monkeypatch.setattr("okkhor.memory.server.ForkServer", lambda: server)
+    monkeypatch.setattr("okkhor.training.memory.server.ForkServer", lambda: server)
     return server
 
 
@@ -42,7 +42,7 @@ def test_prediction_at_an_unmeasured_batch_is_within_15_percent():
     fit = memory.probe("resnet18", 32, "fp32", "cpu", batches=(2, 4, 8, 16))
     assert fit.batches == [2, 4, 8, 16]
     measured = [(b, {"backward": bw, "optimizer": fit.optimizer_bytes, "peak": p})
-                for b, bw, p in zip(fit.batches, fit.backward_peaks, fit.peaks)]
+                for b, bw, p in zip(fit.batches, fit.backward_peaks, fit.peaks, strict=False)]
     partial = memory.MemoryFit.fitted("resnet18", 32, "fp32", "cpu", fit.method, measured[:3])
     peak16 = fit.peaks[3]
     error = abs(partial.predict(16) - peak16) / peak16
@@ -116,7 +116,7 @@ def test_plan_batch(largest, effective, expected):
 
 
 def test_choose_batch_reaches_the_effective_batch(fake_server):
-    from okkhor.model import build_model
+    from okkhor.models.model import build_model
     from okkhor.targets import Targets
 
     cfg = apply_overrides(Config(), ["train.batch_size=auto", "train.effective_batch=300", "data.image_size=32"])
@@ -158,17 +158,16 @@ def test_in_process_probe_restores_the_model_and_stops_at_out_of_memory(monkeypa
     """The CUDA path's bookkeeping, run on the CPU: the trainer's own TrainStep, then weights and RNG put back."""
     import torch
 
-    from okkhor.engine import TrainStep
+    from okkhor.training.step import TrainStep
 
     steps: list[int] = []
     real_step = TrainStep.optimizer_step
     monkeypatch.setattr(TrainStep, "optimizer_step", lambda self: steps.append(1) or real_step(self))
 
-    from okkhor.memory.cuda import measure_here
-    from okkhor.memory.steps import train_steps
-
-    from okkhor.model import build_model
+    from okkhor.models.model import build_model
     from okkhor.targets import Targets
+    from okkhor.training.memory.cuda import measure_here
+    from okkhor.training.memory.steps import train_steps
 
     cfg = memory.probe_settings("resnet18", 32)
     targets = Targets.from_class_map()

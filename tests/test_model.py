@@ -10,7 +10,7 @@ import torch
 
 from okkhor.config import ModelConfig
 from okkhor.errors import OkkhorError
-from okkhor.model import GraphemeModel, build_model
+from okkhor.models.model import GraphemeModel, build_model
 from okkhor.targets import Targets
 
 BENGALI = Targets.make(("grapheme_root", "vowel_diacritic", "consonant_diacritic"), (168, 11, 7))

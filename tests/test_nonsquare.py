@@ -10,16 +10,16 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
+from helpers import TINY_TRAIN, assert_one_line_error
 from okkhor.cli import app
 from okkhor.config import load_config
 from okkhor.data.folds import read_folds
-from okkhor.data.kaggle import ImageFiles, image_parquet_files, load_targets
 from okkhor.data.prepare import PrepareOptions, default_cache_dir, load_cache, preprocess
+from okkhor.inference.predict import TTA_VIEWS, ensemble_probs, load_members, tta_view
+from okkhor.io.kaggle import ImageFiles, image_parquet_files, load_targets
 from okkhor.metrics import hierarchical_recall
-from okkhor.model import load_for_inference
-from okkhor.predict import TTA_VIEWS, ensemble_probs, load_members, tta_view
-from okkhor.sizes import hw, parse_size, size_text
-from helpers import TINY_TRAIN, assert_one_line_error
+from okkhor.models.model import load_for_inference
+from okkhor.utils.sizes import hw, parse_size, size_text
 
 runner = CliRunner()
 H, W = 64, 112   # the shape the issue names (the 10th place trained at 128x224: the same aspect ratio)
@@ -122,7 +122,7 @@ def test_predict_with_tta_and_evaluate(wide_run, tmp_path):
     rows = np.flatnonzero(folds == 0)
     members = load_members([ckpt])
     want = ensemble_probs(members, {members[0].preprocessing: images}, rows=rows)
-    label_of = dict(zip(tiny.train_ids, tiny.train_labels.tolist()))
+    label_of = dict(zip(tiny.train_ids, tiny.train_labels.tolist(), strict=False))
     truth = np.array([label_of[ids[r]] for r in rows])
     pred = np.stack([want[name].argmax(1) for name in tiny.names], axis=1)
     assert metrics["images"] == len(rows)
@@ -144,13 +144,13 @@ def test_onnx_export_matches_torch_and_predict(wide_run, tmp_path):
     x = np.random.default_rng(1).random((5, 1, H, W), dtype=np.float32)
     with torch.no_grad():
         want = model(torch.from_numpy(x))
-    for g, w in zip(session.run(list(tiny.names), {"image": x}), want):
+    for g, w in zip(session.run(list(tiny.names), {"image": x}), want, strict=False):
         np.testing.assert_allclose(g, w.numpy(), atol=1e-4, rtol=0)
     # the raw test images through prepare's preprocessing and the graph give `okkhor predict`'s probabilities
     assert cli("predict", ckpt, "--data", tiny.root, "--out", tmp_path / "s.csv", "--probs", tmp_path / "p.npz")[0] == 0
     probs = np.load(tmp_path / "p.npz")
-    ids, raw = zip(*ImageFiles(image_parquet_files(tiny.root, "test")).batches(1000))
+    ids, raw = zip(*ImageFiles(image_parquet_files(tiny.root, "test")).batches(1000), strict=False)
     images = preprocess(np.concatenate(raw), (H, W))[:, None].astype(np.float32) / 255.0
     assert list(probs["image_ids"]) == [i for part in ids for i in part]
-    for name, logits in zip(tiny.names, session.run(list(tiny.names), {"image": images})):
+    for name, logits in zip(tiny.names, session.run(list(tiny.names), {"image": images}), strict=False):
         np.testing.assert_allclose(torch.from_numpy(logits).softmax(1).numpy(), probs[name], atol=1e-4, rtol=0)

@@ -9,12 +9,12 @@ import torch
 import torch.nn as nn
 from ignite.engine import Engine, Events
 
-from okkhor.engine import BatchPlan
 from okkhor.errors import OkkhorError
-from okkhor.mixing import MixedTargets, multihead_loss
-from okkhor.model import GraphemeModel
-from okkhor.oom import FaultInjector, OomRecovery, is_oom
+from okkhor.models.model import GraphemeModel
 from okkhor.targets import Targets
+from okkhor.training.mixing import MixedTargets, multihead_loss
+from okkhor.training.oom import FaultInjector, OomRecovery, is_oom
+from okkhor.training.step import BatchPlan
 
 TARGETS = Targets.make(["a", "b", "c"], [7, 3, 2])
 # SGD's update is proportional to the gradient, so any wrong chunk weight shows (AdamW's is blind to a gradient
@@ -42,7 +42,7 @@ class TinyBackbone(nn.Module):
 def count_collections(monkeypatch):
     """Recovery collects garbage (0.1-1 s with torch and timm loaded): count the calls instead of paying them."""
     calls: list[int] = []
-    monkeypatch.setattr("okkhor.oom.gc.collect", lambda *a: calls.append(1) or 0)
+    monkeypatch.setattr("okkhor.training.oom.gc.collect", lambda *a: calls.append(1) or 0)
     return calls
 
 
@@ -101,7 +101,7 @@ def reference_run(accum: int, optimizer: str = "sgd"):
 
 
 def assert_same_weights(a: nn.Module, b: nn.Module) -> None:
-    for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
+    for (name, pa), pb in zip(a.named_parameters(), b.parameters(), strict=False):
         torch.testing.assert_close(pa, pb, **TOL, msg=name)
 
 

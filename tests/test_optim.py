@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from okkhor.cli import app
 from okkhor.config import TrainConfig, load_config
 from okkhor.errors import OkkhorError
-from okkhor.optim import OPTIMIZERS, SCHEDULES, build_optimizer, build_scheduler, steps_per_epoch
+from okkhor.training.optim import OPTIMIZERS, SCHEDULES, build_optimizer, build_scheduler, steps_per_epoch
 
 CURVES = json.loads((Path(__file__).parent / "fixtures" / "lr_curves.json").read_text())["cases"]
 ROOT = Path(__file__).resolve().parents[1]

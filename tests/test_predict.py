@@ -1,54 +1,16 @@
-"""okkhor predict: submission rows and order, determinism, ensembling, TTA, prior correction, errors.
-
-Also home of `make_checkpoint` and `cli`, which the evaluate, report and export tests import.
-"""
+"""okkhor predict: submission rows and order, determinism, ensembling, TTA, prior correction, errors."""
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from okkhor.cli import app
-from okkhor.config import Config
+from helpers import assert_one_line_error, cli, make_checkpoint
 from okkhor.data.dataset import to_tensor
-from okkhor.data.kaggle import iter_image_parquet, load_targets
 from okkhor.data.prepare import preprocess
-from okkhor.model import build_model
-from okkhor.predict import (MAX_TTA, check_tta, class_priors, decide, load_members, tta_view)
-from helpers import assert_one_line_error
-
-runner = CliRunner()
-
-
-def cli(*args) -> tuple[int, str]:
-    result = runner.invoke(app, [str(a) for a in args])
-    return result.exit_code, result.output
-
-
-
-def make_checkpoint(path: Path, data_dir: Path, seed: int = 0, image_size: int = 32, crop: bool = True,
-                    counts: bool = True, record_data_dir: bool = True, fold: int = 0) -> Path:
-    """A checkpoint as the trainer writes it (the keys inference reads), with a small timm model, random init."""
-    targets = load_targets(data_dir)
-    cfg = Config()
-    cfg.data.image_size, cfg.data.crop, cfg.data.fold = image_size, crop, fold
-    cfg.model.name = "test_resnet"
-    torch.manual_seed(seed)
-    model = build_model(cfg.model, targets)
-    ckpt = {"config": cfg.to_dict(), "targets": targets.to_dict(), "model": model.state_dict(), "ema": None}
-    if counts:
-        labels = pd.read_csv(data_dir / "train.csv")
-        ckpt["train_class_counts"] = {name: np.bincount(labels[name], minlength=n).tolist()
-                                      for name, n in zip(targets.names, targets.num_classes)}
-    if record_data_dir:
-        ckpt["data_dir"] = str(data_dir)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(ckpt, path)
-    return path
+from okkhor.inference.predict import MAX_TTA, check_tta, class_priors, decide, load_members, tta_view
+from okkhor.io.kaggle import iter_image_parquet
 
 
 @pytest.fixture(scope="module")
@@ -70,8 +32,8 @@ def test_submission_rows_probs_and_determinism(setup):
     assert list(sub.columns) == ["row_id", "target"]
     assert sub["row_id"].tolist() == test["row_id"].tolist()
     assert sub["target"].dtype.kind == "i"
-    limits = dict(zip(data.names, data.num_classes))
-    assert all(0 <= t < limits[c] for t, c in zip(sub["target"], test["component"]))
+    limits = dict(zip(data.names, data.num_classes, strict=False))
+    assert all(0 <= t < limits[c] for t, c in zip(sub["target"], test["component"], strict=False))
 
     # --tta 1 is plain inference: the model's softmax on the prepare preprocessing, nothing else
     probs = np.load(tmp / "p1.npz")
@@ -80,10 +42,10 @@ def test_submission_rows_probs_and_determinism(setup):
     (_, raw), = list(iter_image_parquet(data.root / "test_image_data_0.parquet", batch_rows=1000))
     with torch.no_grad():
         want = member.model(to_tensor(preprocess(raw, 32, True)))
-    for name, logits in zip(data.names, want):
+    for name, logits in zip(data.names, want, strict=False):
         np.testing.assert_allclose(probs[name], logits.softmax(1).numpy(), atol=1e-6)
         np.testing.assert_allclose(probs[name].sum(axis=1), 1.0, atol=1e-5)
-    by_row = dict(zip(sub["row_id"], sub["target"]))
+    by_row = dict(zip(sub["row_id"], sub["target"], strict=False))
     for i, image_id in enumerate(data.test_ids):
         for name in data.names:
             assert by_row[f"{image_id}_{name}"] == probs[name][i].argmax()
@@ -136,7 +98,7 @@ def test_prior_correction_favours_rare_classes(setup):
     no_counts = make_checkpoint(tmp / "no_counts.pt", data.root, counts=False)
     from_ckpt = class_priors(load_members([a], "cpu"))
     from_csv = class_priors(load_members([no_counts], "cpu"), data.root)
-    for name, n in zip(data.names, data.num_classes):
+    for name, n in zip(data.names, data.num_classes, strict=False):
         np.testing.assert_allclose(from_ckpt[name], from_csv[name])
         assert from_ckpt[name].shape == (n,) and from_ckpt[name].sum() == pytest.approx(1.0)
 

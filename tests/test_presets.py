@@ -53,7 +53,7 @@ def test_okkhor_configs_lists_every_preset_with_its_purpose():
     assert code == 0
     lines = out.strip().splitlines()
     assert len(lines) == len(presets())
-    for line, p in zip(lines, presets()):
+    for line, p in zip(lines, presets(), strict=False):
         assert line.split()[0] == p.name and line.endswith(p.purpose)
 
 
@@ -113,7 +113,7 @@ def test_generalize_preset_names_a_synth_line_that_runs(tmp_path):
     import shlex
 
     path = find_config("generalize-cpu")
-    lines = [l for l in path.read_text(encoding="utf-8").splitlines() if l.startswith("# synth:")]
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.startswith("# synth:")]
     assert len(lines) == 1 and re.match(r"^# synth: okkhor synth DATA --train \d+ ", lines[0]), lines
     args = shlex.split(lines[0][len("# synth: okkhor "):])
     assert args[:2] == ["synth", "DATA"]

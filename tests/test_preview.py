@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from okkhor.cli import app
 from okkhor.errors import OkkhorError
-from okkhor.preview import caption, preview, short_names
+from okkhor.reporting.preview import caption, preview, short_names
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import io
 
-from okkhor.progress import LineProgress, progress
+from okkhor.utils.progress import LineProgress, progress
 
 
 def test_line_progress_writes_lines_not_redraws(monkeypatch):
     out = io.StringIO()
     clock = iter(float(t) for t in range(100))
-    monkeypatch.setattr("okkhor.progress.time.monotonic", lambda: next(clock))
+    monkeypatch.setattr("okkhor.utils.progress.time.monotonic", lambda: next(clock))
     with LineProgress(total=10, desc="epoch 1/2", unit="batch", interval=3.0, file=out) as bar:
         for _ in range(10):
             bar.set_postfix(loss="0.5000")

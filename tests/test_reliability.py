@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import errno
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -21,12 +20,11 @@ import pandas as pd
 import pytest
 import torch
 
-from okkhor.checkpoint import load_training_checkpoint
+from helpers import _is_progress, assert_one_line_error, cli, make_checkpoint
 from okkhor.errors import OkkhorError
-from okkhor.fsutil import atomic_path, check_writable, write_text_atomic
-from okkhor.model import load_checkpoint, load_for_inference
-from helpers import _is_progress
-from test_predict import assert_one_line_error, cli, make_checkpoint
+from okkhor.models.model import load_checkpoint, load_for_inference
+from okkhor.training.checkpoints import load_training_checkpoint
+from okkhor.utils.files import atomic_path, check_writable, write_text_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,7 +43,7 @@ class OpensAFile:
 def ckpts(tiny_kaggle_dir, tmp_path_factory):
     """A data set (with folds), a good checkpoint and a folder of bad ones, and the file the hostile one makes."""
     from okkhor.data.folds import split
-    from okkhor.data.kaggle import load_targets
+    from okkhor.io.kaggle import load_targets
 
     data = tiny_kaggle_dir(copy=True, n_train=32, n_test=8)
     split(data.root, load_targets(data.root), folds=2, seed=0)
@@ -194,16 +192,16 @@ def no_work(monkeypatch):
 
     import okkhor.data.folds
     import okkhor.data.prepare
-    import okkhor.data.synth
-    import okkhor.evaluate
-    import okkhor.model
-    import okkhor.predict
-    import okkhor.preview
-    import okkhor.report
-    for module, name in ((okkhor.predict, "load_members"), (okkhor.evaluate, "load_members"),
-                         (okkhor.model, "load_for_inference"), (okkhor.data.synth, "synthesize"),
-                         (okkhor.data.prepare, "prepare"), (okkhor.preview, "prepare"),
-                         (okkhor.data.folds, "split"), (okkhor.report, "write_report")):
+    import okkhor.inference.evaluate
+    import okkhor.inference.predict
+    import okkhor.models.model
+    import okkhor.reporting.preview
+    import okkhor.reporting.report
+    import okkhor.sources.synth.generate
+    for module, name in ((okkhor.inference.predict, "load_members"), (okkhor.inference.evaluate, "load_members"),
+                         (okkhor.models.model, "load_for_inference"), (okkhor.sources.synth.generate, "synthesize"),
+                         (okkhor.data.prepare, "prepare"), (okkhor.reporting.preview, "prepare"),
+                         (okkhor.data.folds, "split"), (okkhor.reporting.report, "write_report")):
         monkeypatch.setattr(module, name, mark)
     return started
 
@@ -310,7 +308,7 @@ def test_check_writable(tmp_path, monkeypatch):
     def read_only(*args, **kwargs):
         raise OSError(errno.EROFS, os.strerror(errno.EROFS))
 
-    monkeypatch.setattr("okkhor.fsutil.tempfile.mkstemp", read_only)
+    monkeypatch.setattr("okkhor.utils.files.tempfile.mkstemp", read_only)
     with pytest.raises(OkkhorError, match=r"--out .*out.csv: cannot be written: Read-only file system \("):
         check_writable(target, "--out")
 
@@ -350,7 +348,7 @@ def test_failed_rename_keeps_the_previous_file(tmp_path, monkeypatch):
     def full(src, dst):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr("okkhor.fsutil.os.replace", full)
+    monkeypatch.setattr("okkhor.utils.files.os.replace", full)
     with pytest.raises(OkkhorError, match="last.pt: could not be written: No space left on device; the previous"):
         write_text_atomic(path, "new")
     assert path.read_text() == "previous"

@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 import torch
 
+from helpers import assert_one_line_error, cli, make_checkpoint
 from okkhor.config import Config
 from okkhor.errors import OkkhorError
-from okkhor.report import resolve_data_dir
-from test_predict import assert_one_line_error, cli, make_checkpoint
+from okkhor.reporting.report import resolve_data_dir
 
 
 def fake_run(run: Path, data_dir: Path, names, epochs: int = 4, **ckpt_kwargs) -> Path:
@@ -37,7 +37,7 @@ def references(page: str) -> list[str]:
 def test_report_of_a_real_tiny_run(tiny_kaggle_dir, tmp_path):
     """Integration: `okkhor train` on tiny data, then the report; its evaluation matches the trainer's best."""
     from okkhor.config import load_config
-    from okkhor.train import train
+    from okkhor.training.train import train
 
     # the built-in Bengali map, so graphemes can be drawn; no test images are needed
     data = tiny_kaggle_dir(copy=True, classes=None, n_train=48, n_test=0)

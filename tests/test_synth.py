@@ -8,14 +8,21 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+from helpers import assert_one_line_error
 from okkhor.cli import app
-from okkhor.data.kaggle import IMAGE_HEIGHT, IMAGE_WIDTH, N_PIXELS, image_parquet_files, iter_image_parquet
-from okkhor.data.render import (FontRenderer, check_shaping, grapheme_string, known_graphemes, render_grapheme,
-                                seen_triples, select_fonts, self_check_fonts)
-from okkhor.data.synth import Imager, file_rows, image_rng, plan_draws, sample_labels, synthesize
 from okkhor.errors import OkkhorError
-
-from test_kaggle_prepare import assert_one_line_error
+from okkhor.io.kaggle import IMAGE_HEIGHT, IMAGE_WIDTH, N_PIXELS, image_parquet_files, iter_image_parquet
+from okkhor.sources.synth.generate import Imager, file_rows, image_rng, plan_draws, sample_labels, synthesize
+from okkhor.sources.synth.render import (
+    FontRenderer,
+    check_shaping,
+    grapheme_string,
+    known_graphemes,
+    render_grapheme,
+    seen_triples,
+    select_fonts,
+    self_check_fonts,
+)
 
 runner = CliRunner()
 N_TRAIN, N_TEST, SEED = 60, 30, 7

@@ -16,37 +16,27 @@ import torch.nn as nn
 from ignite.engine import Engine, Events
 from typer.testing import CliRunner
 
+from helpers import FAST, assert_one_line_error
 from okkhor.cli import app
 from okkhor.config import TrainConfig, load_config
-from okkhor.data.folds import split
-from okkhor.data.kaggle import load_targets
-from okkhor.data.prepare import prepare
-from okkhor.engine import BatchPlan, TrainStep
-from okkhor.optim import build_optimizer
-from okkhor.model import load_for_inference
+from okkhor.models.model import load_for_inference
 from okkhor.targets import Targets
-from okkhor.train import EpochBatches, _train, metrics_columns, train
-from helpers import assert_one_line_error
+from okkhor.training.optim import build_optimizer
+from okkhor.training.step import BatchPlan, TrainStep
+from okkhor.training.train import EpochBatches, _train, metrics_columns, train
 
-# what every checkpoint of a run holds (okkhor.train lists the objects in one place); ema and early_stopping
+# what every checkpoint of a run holds (okkhor.training.train lists the objects in one place); ema and early_stopping
 # appear when the run has them
 CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "scaler", "mixer", "trainer", "run", "meter", "rng", "config",
                    "targets", "train_class_counts", "data")
 
 runner = CliRunner()
-# a small, fast timm model and tiny images keep each epoch to a second or two on two CPU cores
-FAST = ["model.name=test_efficientnet", "data.image_size=32", "data.folds=4", "train.batch_size=16",
-        "data.workers=0", "eval.train_clean_size=32", "eval.batch_size=64", "train.epochs=2"]
 VALUE_COLUMNS = ["loss", "score", "recall_grapheme_root", "recall_vowel_diacritic", "recall_consonant_diacritic"]
 
 
 @pytest.fixture(scope="module")
-def data(tiny_kaggle_dir):
-    """A private tiny data set with its 32 px cache and 4 folds already made."""
-    tiny = tiny_kaggle_dir(copy=True, n_train=96, n_test=0)
-    prepare(tiny.root, size=32, show_progress=False)
-    split(tiny.root, load_targets(tiny.root), folds=4, seed=42)
-    return tiny
+def data(prepared_tiny_kaggle):
+    return prepared_tiny_kaggle()
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +102,7 @@ def test_four_micro_batches_of_8_update_like_one_batch_of_32(optimizer):
     step_a = run_steps(a, micro, accum=4, optimizer=optimizer)
     step_b = run_steps(b, [merge(micro)], accum=1, optimizer=optimizer)
     assert step_a.optimizer_steps == step_b.optimizer_steps == 1
-    for pa, pb, p0 in zip(a.parameters(), b.parameters(), start.parameters()):
+    for pa, pb, p0 in zip(a.parameters(), b.parameters(), start.parameters(), strict=False):
         assert (pa - p0).abs().max() > 1e-4  # the step moved the weights
         torch.testing.assert_close(pa, pb, atol=1e-6, rtol=0)  # tolerance: float32 summation order
 
@@ -126,13 +116,13 @@ def test_short_last_group_of_an_epoch_still_steps_with_its_mean_gradient():
     step_a = run_steps(a, micro, accum=4, optimizer="sgd")
     step_b = run_steps(b, [merge(micro[:4]), merge(micro[4:])], accum=1, optimizer="sgd")
     assert step_a.optimizer_steps == step_b.optimizer_steps == 2
-    for pa, pb in zip(a.parameters(), b.parameters()):
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=False):
         torch.testing.assert_close(pa, pb, atol=1e-6, rtol=0)
     assert all(p.grad is None for p in a.parameters())  # nothing left over for the next epoch
 
 
 def test_schedules_count_optimizer_steps_and_bf16_runs_on_cpu():
-    from okkhor.optim import build_scheduler
+    from okkhor.training.optim import build_scheduler
 
     model = NoNormNet()
     onecycle = build_scheduler(build_optimizer(model, TrainConfig(epochs=3)), TrainConfig(epochs=3), 5, 2)
@@ -155,7 +145,7 @@ def test_training_loss_halves_on_a_toy_set(data):
     from okkhor.config import ModelConfig
     from okkhor.data.dataset import GraphemeDataset
     from okkhor.data.prepare import load_cache
-    from okkhor.model import build_model
+    from okkhor.models.model import build_model
 
     images, _ = load_cache(data.root / "cache" / "32", "train")
     targets = Targets.make(data.names, data.num_classes)
@@ -199,8 +189,8 @@ def test_run_dir_contract(two_epoch_run):
     targets = Targets.make(("grapheme_root", "vowel_diacritic", "consonant_diacritic"), (4, 3, 2))
     assert list(metrics.columns) == metrics_columns(targets)
     assert list(metrics.columns) == ["epoch", "split", *VALUE_COLUMNS, "lr", "seconds"]
-    assert list(zip(metrics["epoch"], metrics["split"])) == [(1, "train"), (1, "train_clean"), (1, "valid"),
-                                                             (2, "train"), (2, "train_clean"), (2, "valid")]
+    rows = list(zip(metrics["epoch"], metrics["split"], strict=True))
+    assert rows == [(1, "train"), (1, "train_clean"), (1, "valid"), (2, "train"), (2, "train_clean"), (2, "valid")]
     evaluated = metrics[metrics.split != "train"]
     assert evaluated[VALUE_COLUMNS].notna().all().all()
     train_rows = metrics[metrics.split == "train"]  # the mean training loss of each epoch, no score
@@ -282,16 +272,16 @@ def test_cli_resume_with_more_epochs_on_a_constant_schedule(data, tmp_path):
 
 
 def test_nan_loss_stops_with_one_line_and_keeps_the_last_good_checkpoint(data, tmp_path, monkeypatch):
-    import okkhor.engine
+    import okkhor.training.step
 
-    real = okkhor.engine.multihead_loss
+    real = okkhor.training.step.multihead_loss
 
     def poisoned(logits, mixed, *args, **kwargs):
         loss = real(logits, mixed, *args, **kwargs)
         return loss * float("nan") if calls.append(1) or len(calls) > 6 else loss
 
     calls: list[int] = []
-    monkeypatch.setattr(okkhor.engine, "multihead_loss", poisoned)
+    monkeypatch.setattr(okkhor.training.step, "multihead_loss", poisoned)
     out = tmp_path / "nan"
     code, output = cli("train", "--data", data.root, "--out", out, "--no-progress", *sum(
         (["--set", s] for s in FAST + ["train.epochs=3"]), []))
@@ -305,11 +295,11 @@ def test_nan_loss_stops_with_one_line_and_keeps_the_last_good_checkpoint(data, t
 
 
 def test_early_stopping_on_a_flat_valid_score_with_the_bengali_map(tiny_kaggle_dir, tmp_path, monkeypatch):
-    import okkhor.handlers
+    import okkhor.training.handlers
 
     bengali = tiny_kaggle_dir(copy=True, classes=None, n_train=64, n_test=0)
     flat = {"loss": 1.0, "score": 0.5, **{f"recall_{n}": 0.5 for n in bengali.names}}
-    monkeypatch.setattr(okkhor.handlers.Evaluation, "evaluate", lambda self, split: dict(flat))
+    monkeypatch.setattr(okkhor.training.handlers.Evaluation, "evaluate", lambda self, split: dict(flat))
     result = train(bengali.root, tmp_path / "es", load_config(None, FAST + ["train.epochs=5", "train.patience=1"]),
                    show_progress=False, log=lambda m: None)
     assert result["stop_reason"] == "early_stopping" and result["epoch"] == 2 and result["best_epoch"] == 1
@@ -348,8 +338,8 @@ def test_two_processes_with_gloo_write_one_run(data, tmp_path):
     assert proc.stdout.count("epoch 2/2") == 1
     assert proc.stdout.count("DDP models alive at exit: 0") == 2, proc.stdout  # freed while the group was up
     metrics = pd.read_csv(out / "metrics.csv")
-    assert list(zip(metrics["epoch"], metrics["split"])) == [(1, "train"), (1, "train_clean"), (1, "valid"),
-                                                             (2, "train"), (2, "train_clean"), (2, "valid")]
+    rows = list(zip(metrics["epoch"], metrics["split"], strict=True))
+    assert rows == [(1, "train"), (1, "train_clean"), (1, "valid"), (2, "train"), (2, "train_clean"), (2, "valid")]
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
     assert len(list((out / "tb").iterdir())) == 1
     load_for_inference(out / "checkpoints" / "best.pt")
@@ -378,11 +368,11 @@ def test_bad_key_in_a_config_file(tmp_path):
 def test_batch_size_auto_takes_the_plan_from_choose_batch(monkeypatch):
     import types
 
-    from okkhor.train import initial_batch_plan
+    from okkhor.training.train import initial_batch_plan
 
     calls = []
     fake = types.SimpleNamespace(choose_batch=lambda model, cfg, device: calls.append(cfg) or (8, 4))
-    monkeypatch.setitem(sys.modules, "okkhor.memory", fake)
+    monkeypatch.setitem(sys.modules, "okkhor.training.memory", fake)
     cfg = load_config(None, ["train.batch_size=auto", "train.effective_batch=32"])
     plan = initial_batch_plan(cfg, nn.Linear(1, 1), torch.device("cpu"))
     assert (plan.batch_size, plan.accum) == (8, 4) and calls == [cfg]

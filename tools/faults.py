@@ -50,8 +50,8 @@ def make_data(work: Path) -> Path:
     sys.path.insert(0, str(ROOT / "tests"))
     from helpers import make_tiny_kaggle
     from okkhor.data.folds import split
-    from okkhor.data.kaggle import load_targets
     from okkhor.data.prepare import prepare
+    from okkhor.io.kaggle import load_targets
 
     data = make_tiny_kaggle(work / "data", n_train=96, n_test=0)
     prepare(data.root, size=32, show_progress=False)

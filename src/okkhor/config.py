@@ -11,12 +11,12 @@ from typing import Any, Literal, Union
 import yaml
 
 from okkhor.errors import OkkhorError
-from okkhor.sizes import MIN_SIDE, hw, yaml_value
+from okkhor.utils.sizes import MIN_SIDE, hw, yaml_value
 
 
 class ImageSize:
     """The type of data.image_size: a square side (128) or a height and width ([128, 224], "128x224"); held as
-    an int when square, else as [H, W] (okkhor.sizes)."""
+    an int when square, else as [H, W] (okkhor.utils.sizes)."""
 
 
 @dataclass
@@ -50,11 +50,11 @@ class TrainConfig:
     batch_size: Union[int, Literal["auto"]] = 64   # micro-batch; "auto" probes memory (needs effective_batch)
     effective_batch: int = 0       # with batch_size=auto: the batch to reach with accumulation
     accum: int = 1                 # micro-batches per optimizer step
-    optimizer: str = "adamw"       # any timm optimizer name (okkhor.optim.OPTIMIZERS: adamw, adam, sgd, lamb, ...)
+    optimizer: str = "adamw"       # any timm optimizer name (training.optim.OPTIMIZERS: adamw, adam, sgd, lamb, ...)
     lr: float = 1e-3
     weight_decay: float = 1e-4
     momentum: float = 0.9          # sgd only
-    schedule: str = "onecycle"     # okkhor.optim.SCHEDULES: onecycle, cosine, poly, step, plateau, constant
+    schedule: str = "onecycle"     # okkhor.training.optim.SCHEDULES: onecycle, cosine, poly, step, plateau, constant
     warmup_epochs: float = 1.0     # cosine, poly, step: linear warmup length
     decay_rate: float = 0.1        # step, plateau: multiply the lr by this
     decay_epochs: float = 10.0     # step: every this many epochs; plateau: after this many epochs without a gain
@@ -90,7 +90,7 @@ class AugConfig:
 
 @dataclass
 class MixConfig:
-    kind: str = "none"             # okkhor.mixing.MIX_KINDS: none, mixup, cutmix, fmix, both, dirichlet, manifold
+    kind: str = "none"             # training.mixing.MIX_KINDS: none, mixup, cutmix, fmix, both, dirichlet, manifold
     alpha: float = 1.0
     prob: float = 1.0              # share of batches mixed
     switch: float = 0.5            # kind=both: chance of cutmix instead of mixup
@@ -294,10 +294,10 @@ def config_from_dict(data: dict) -> Config:
 
 def check_choices(cfg: Config) -> None:
     """Named options against the registries that own their names (one line listing the valid ones)."""
-    from okkhor.activations import ACTIVATIONS
     from okkhor.data.augment import AUG_PRESETS
-    from okkhor.mixing import MIX_KINDS
-    from okkhor.optim import OPTIMIZERS, SCHEDULES
+    from okkhor.models.activations import ACTIVATIONS
+    from okkhor.training.mixing import MIX_KINDS
+    from okkhor.training.optim import OPTIMIZERS, SCHEDULES
 
     ACTIVATIONS.check(cfg.model.act)
     OPTIMIZERS.check(cfg.train.optimizer)

@@ -28,8 +28,8 @@ EPOCHS_BY_PRECISION = {"bf16": 4, "off": 5}
 
 def _data(root: Path, params: dict, log) -> Path:
     """Synthesize the demo data once; reuse it while the parameters stay the same."""
-    from okkhor.data.synth import synthesize
-    from okkhor.extras import require
+    from okkhor.sources.synth.generate import synthesize
+    from okkhor.utils.extras import require
 
     require("synth", "the demo")
     data = root / "data"
@@ -48,14 +48,14 @@ def _data(root: Path, params: dict, log) -> Path:
 def run(root: Path = Path("demo"), overrides: tuple[str, ...] = (), params: dict | None = None, log=print) -> dict:
     """Run the whole chain under ROOT; returns the summary also written to ROOT/demo.json."""
     from okkhor.config import load_config
-    from okkhor.distributed import resolve_device
-    from okkhor.fsutil import write_text_atomic
-    from okkhor.hardware import choose_amp
-    from okkhor.predict import predict
+    from okkhor.inference.predict import predict
+    from okkhor.inference.scoring import score_submission
     from okkhor.presets import find_config
-    from okkhor.report import write_report
-    from okkhor.scoring import score_submission
-    from okkhor.train import train
+    from okkhor.reporting.report import write_report
+    from okkhor.training.distributed import resolve_device
+    from okkhor.training.train import train
+    from okkhor.utils.devices import choose_amp
+    from okkhor.utils.files import write_text_atomic
 
     start = time.time()
     cfg = load_config(find_config(CONFIG), overrides)

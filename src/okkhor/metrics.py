@@ -106,9 +106,9 @@ class HierarchicalRecall(Metric):
         if int(support[0].sum()) == 0:
             raise NotComputableError("HierarchicalRecall must have at least one example before it can be computed")
         recalls = [recall_from_counts(s.cpu().numpy(), h.cpu().numpy(), p.cpu().numpy())
-                   for s, h, p in zip(support, hits, predicted)]
+                   for s, h, p in zip(support, hits, predicted, strict=False)]
         result = {"score": weighted_score(recalls, self.targets.weights)}
-        result.update({f"recall_{name}": r for name, r in zip(self.targets.names, recalls)})
+        result.update({f"recall_{name}": r for name, r in zip(self.targets.names, recalls, strict=False)})
         return result
 
 
@@ -155,7 +155,7 @@ def by_groups(y_true: np.ndarray, y_pred: np.ndarray, targets: Targets, groups: 
         return out
     cells: dict = {}
     for values in np.ndindex(*(2,) * len(names)):
-        parts = {n: not bool(v) for n, v in zip(names, values)}  # True first
+        parts = {n: not bool(v) for n, v in zip(names, values, strict=False)}  # True first
         mask = np.ones(len(y_true), dtype=bool)
         for n, value in parts.items():
             mask &= masks[n] == value

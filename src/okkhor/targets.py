@@ -29,7 +29,7 @@ class Targets:
             raise OkkhorError("targets: at least one target is needed")
         if not (len(self.names) == len(self.num_classes) == len(self.weights)):
             raise OkkhorError("targets: names, num_classes and weights must have the same length")
-        for name, n in zip(self.names, self.num_classes):
+        for name, n in zip(self.names, self.num_classes, strict=False):
             if n < 1:
                 raise OkkhorError(f"targets: {name} has {n} classes; at least 1 is needed")
 

@@ -23,7 +23,7 @@ def command(
       okkhor average runs/b0/checkpoints/top-*.pt --out runs/b0/avg.pt
       okkhor average runs/b0/checkpoints/top-*.pt --out avg.pt --bn-data data/
     """
-    from okkhor.average import average_checkpoints
+    from okkhor.training.average import average_checkpoints
 
     result = average_checkpoints(checkpoints, out, bn_data=bn_data, log=typer.echo, show_progress=progress)
     bn = ", batch norm recomputed on the training images" if result["bn"] else ""

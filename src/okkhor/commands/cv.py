@@ -37,7 +37,7 @@ def command(
       okkhor cv --data data --out runs/cv --config effnet-b0-128
       okkhor cv --data data --out runs/cv --folds 0,1 --epochs 3
     """
-    from okkhor.cv import parse_folds, run_cv
+    from okkhor.training.cv import parse_folds, run_cv
 
     cfg = resolve_config(config, set_, model=model, epochs=epochs, lr=lr, batch_size=batch_size,
                          image_size=image_size, amp=amp)

@@ -38,8 +38,8 @@ def command(
       okkhor evaluate best.pt --data data/ --fold 2 --out eval-fold2/
       okkhor evaluate best.pt --data data/ --labels data/test_labels.csv
     """
-    from okkhor.evaluate import default_out_dir, evaluate
-    from okkhor.scoring import format_summary
+    from okkhor.inference.evaluate import default_out_dir, evaluate
+    from okkhor.inference.scoring import format_summary
 
     out = out or default_out_dir(checkpoint)
     ev = evaluate(checkpoint, data, fold=fold, labels=labels, out=out, tta=tta, batch_size=batch_size,

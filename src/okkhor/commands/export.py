@@ -22,7 +22,7 @@ def command(
       okkhor export runs/r1/checkpoints/best.pt --onnx model.onnx
       okkhor export best.pt --onnx model.onnx --opset 18 --no-check
     """
-    from okkhor.export import export_onnx
+    from okkhor.inference.export import export_onnx
 
     result = export_onnx(checkpoint, onnx, opset=opset, check=check)
     checked = (f"; max |onnx - torch| = {result['max_abs_diff']:.1e}" if result["max_abs_diff"] is not None

@@ -37,7 +37,7 @@ def command(
       okkhor import banglalekha/test data/bl --labels bl-map.csv --split test
       okkhor import digits/ data/digits --labels digits-map.csv --class-map digits-classes.csv
     """
-    from okkhor.data.imagefolder import import_image_folder
+    from okkhor.sources.imagefolder import import_image_folder
 
     s = import_image_folder(image_dir, out_dir, labels, split=split, class_map=class_map,
                             rows_per_file=rows_per_file, overwrite=overwrite,

@@ -17,8 +17,8 @@ def command(
       okkhor info
       okkhor info --device cpu --json
     """
-    from okkhor.distributed import resolve_device
-    from okkhor.hardware import describe
+    from okkhor.training.distributed import resolve_device
+    from okkhor.utils.devices import describe
 
     info = describe(resolve_device(device, key="--device"))
     if as_json:

@@ -36,8 +36,8 @@ def command(
       okkhor memory --model seresnext50_32x4d --image-size 128 --budget 6GiB --batches 8,16,32 --json
     """
     from okkhor.errors import OkkhorError
-    from okkhor.memory import HEADROOM, default_budget, format_bytes, parse_size, plan_batch, probe
-    from okkhor.sizes import size_text
+    from okkhor.training.memory import HEADROOM, default_budget, format_bytes, parse_size, plan_batch, probe
+    from okkhor.utils.sizes import size_text
 
     try:
         sizes = [int(b) for b in batches.split(",") if b.strip()] if batches.strip() else None
@@ -64,7 +64,7 @@ def command(
         return
     typer.echo(f"{fit.model} at {size_text(fit.image_size)} px, {fit.precision} on {fit.device} ({fit.method})")
     typer.echo(f"{'batch':>6}  {'measured':>12}  {'predicted':>12}  {'error':>7}")
-    for b, peak in zip(fit.batches, fit.peaks):
+    for b, peak in zip(fit.batches, fit.peaks, strict=False):
         pred = fit.predict(b)
         typer.echo(f"{b:>6}  {format_bytes(peak):>12}  {format_bytes(pred):>12}  {(pred - peak) / peak:>+7.1%}")
     typer.echo(f"fit: forward/backward {format_bytes(fit.fixed_bytes)} + {format_bytes(fit.per_sample_bytes)} per "

@@ -41,8 +41,8 @@ def command(
       okkhor predict best.pt --data data/ --route
       okkhor predict runs/cv --data data/        (every fold of an `okkhor cv` run)
     """
-    from okkhor.cv import checkpoints_of
-    from okkhor.predict import predict
+    from okkhor.inference.predict import predict
+    from okkhor.training.cv import checkpoints_of
 
     checkpoints = [ckpt for path in checkpoints for ckpt in checkpoints_of(path)]
     result = predict(checkpoints, data, out, tta=tta, probs=probs, batch_size=batch_size,

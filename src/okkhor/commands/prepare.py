@@ -29,8 +29,8 @@ def command(
       okkhor prepare data/ --workers 4
     """
     from okkhor.data.prepare import PrepareOptions, default_cache_dir, prepare
-    from okkhor.fsutil import check_writable
-    from okkhor.sizes import size_option
+    from okkhor.utils.files import check_writable
+    from okkhor.utils.sizes import size_option
 
     size = size_option(size)
     if out is not None:

@@ -30,9 +30,9 @@ def command(
       okkhor preview data/ --aug none --mix dirichlet --k 3 --alpha 0.5 --out dirichlet.png
       okkhor preview data/ --aug-file my_aug.yaml --mix none --size 128 --seed 3 --out mine.png
     """
-    from okkhor.fsutil import check_writable
-    from okkhor.preview import preview
-    from okkhor.sizes import size_option
+    from okkhor.reporting.preview import preview
+    from okkhor.utils.files import check_writable
+    from okkhor.utils.sizes import size_option
 
     check_writable(out, "--out")
     result = preview(data_dir, out, aug=aug, mix=mix, n=n, size=size_option(size), seed=seed, aug_file=aug_file,

@@ -29,15 +29,15 @@ def command(
       okkhor report runs/r1 --data data/ --labels data/test_labels.csv
       okkhor report runs/cv        (an `okkhor cv` folder: one row per fold and the OOF score)
     """
-    from okkhor.cv import cv_report_lines, is_cv_dir, write_cv_report
+    from okkhor.training.cv import cv_report_lines, is_cv_dir, write_cv_report
 
     if is_cv_dir(run_dir):
         for line in cv_report_lines(run_dir):
             typer.echo(line)
         typer.echo(f"wrote {write_cv_report(run_dir)}")
         return
-    from okkhor.fsutil import check_writable
-    from okkhor.report import REPORT_DIR, write_report
+    from okkhor.reporting.report import REPORT_DIR, write_report
+    from okkhor.utils.files import check_writable
 
     if run_dir.is_dir():
         check_writable(run_dir / "report.html", "report")

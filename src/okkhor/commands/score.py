@@ -25,13 +25,13 @@ def command(
       okkhor score --truth data/test_labels.csv --submission submission.csv
       okkhor score --truth data/test_labels.csv --submission submission.csv --json
     """
-    from okkhor.scoring import score_submission
+    from okkhor.inference.scoring import score_submission
 
     result = score_submission(truth, submission, class_map)
     if as_json:
         typer.echo(json.dumps(result))
         return
-    from okkhor.scoring import format_summary
+    from okkhor.inference.scoring import format_summary
 
     for line in format_summary(result):
         typer.echo(line)

@@ -30,8 +30,8 @@ def command(
     import pandas as pd
 
     from okkhor.data.folds import split
-    from okkhor.data.kaggle import load_targets
-    from okkhor.fsutil import check_writable
+    from okkhor.io.kaggle import load_targets
+    from okkhor.utils.files import check_writable
 
     if out is not None:
         check_writable(out, "--out")

@@ -58,11 +58,11 @@ def command(
     An unknown --fonts name or --holdout-fonts family fails with the list of available ones. A --fonts-dir file
     that cannot be used is left out with a warning naming it.
     """
-    from okkhor.extras import require
+    from okkhor.utils.extras import require
 
     require("synth", "okkhor synth")
-    from okkhor.data.synth import synthesize
-    from okkhor.fsutil import check_writable
+    from okkhor.sources.synth.generate import synthesize
+    from okkhor.utils.files import check_writable
 
     check_writable(out_dir, "OUT_DIR", folder=True)
     if preview is not None:

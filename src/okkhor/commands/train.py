@@ -58,6 +58,6 @@ def command(
     for name, value in (("--data", data), ("--out", out)):
         if value is None:
             raise typer.BadParameter("required (only --print-config runs without it)", param_hint=f"'{name}'")
-    from okkhor.train import train
+    from okkhor.training.train import train
 
     train(data, out, cfg, resume=resume, show_progress=progress, log=typer.echo, init=init)

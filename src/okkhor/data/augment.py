@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any, Optional, Union
 
 import albumentations as A
 import cv2
@@ -15,7 +15,7 @@ from okkhor.config import AugConfig
 from okkhor.data.dataset import Augment
 from okkhor.errors import OkkhorError
 from okkhor.registry import Registry
-from okkhor.sizes import hw
+from okkhor.utils.sizes import hw
 
 # the cache holds bright ink on black: everything moved in from outside the image is background (0).
 # The cache is cropped to the ink with a small margin, so scales stay near 1 and shifts small: strokes pushed
@@ -127,7 +127,7 @@ class AlbumentationsAugment:
 
     def __call__(self, image: np.ndarray, seed: int) -> np.ndarray:
         seeds = np.random.SeedSequence(int(seed) & 0xFFFFFFFFFFFFFFFF).generate_state(len(self._nodes))
-        for node, s in zip(self._nodes, seeds):   # parents first: their propagation is then overridden
+        for node, s in zip(self._nodes, seeds, strict=False):   # parents first: their propagation is then overridden
             node.set_random_seed(int(s))
         out = self.pipeline(image=image)["image"]
         if out.ndim == 3 and out.shape[-1] == 1 and image.ndim == 2:

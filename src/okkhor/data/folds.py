@@ -7,10 +7,10 @@ import numpy as np
 import pandas as pd
 from iterstrat.ml_stratifiers import MultilabelStratifiedKFold, MultilabelStratifiedShuffleSplit
 
-from okkhor.data.kaggle import read_csv_checked, read_train_labels
 from okkhor.errors import OkkhorError
-from okkhor.fsutil import atomic_path
+from okkhor.io.kaggle import read_csv_checked, read_train_labels
 from okkhor.targets import Targets
+from okkhor.utils.files import atomic_path
 
 
 def one_hot_all(labels: np.ndarray, targets: Targets) -> np.ndarray:
@@ -99,7 +99,7 @@ def split(data_dir: str | Path, targets: Targets, folds: int = 5, seed: int = 42
 def read_folds(path: str | Path, image_ids: list[str]) -> np.ndarray:
     """Fold per image, aligned to image_ids; fails naming the file when an image has no fold."""
     df = read_csv_checked(path, ["image_id", "fold"], "folds CSV")
-    mapping = dict(zip(df["image_id"].astype(str), df["fold"].astype(int)))
+    mapping = dict(zip(df["image_id"].astype(str), df["fold"].astype(int), strict=False))
     missing = [i for i in image_ids if i not in mapping]
     if missing:
         raise OkkhorError(f"{path}: no fold for image {missing[0]} ({len(missing)} missing); rerun `okkhor split`")

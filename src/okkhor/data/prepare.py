@@ -13,11 +13,11 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from okkhor.data.kaggle import N_PIXELS, ImageFiles, image_parquet_files
 from okkhor.errors import OkkhorError
-from okkhor.fsutil import atomic_path, write_text_atomic
-from okkhor.progress import progress
-from okkhor.sizes import Size, hw, parse_size, size_option, size_text, yaml_value
+from okkhor.io.kaggle import N_PIXELS, ImageFiles, image_parquet_files
+from okkhor.utils.files import atomic_path, write_text_atomic
+from okkhor.utils.progress import progress
+from okkhor.utils.sizes import Size, hw, parse_size, size_option, size_text, yaml_value
 
 CACHE_VERSION = 1
 INK_THRESHOLD = 80   # on the inverted image: pixels above this count as ink
@@ -28,7 +28,7 @@ PREPROCESS_BYTES = 64 << 20  # working memory of the preprocessing batches in fl
 
 @dataclass(frozen=True)
 class PrepareOptions:
-    size: Size = 128      # a square side or (H, W); any form okkhor.sizes.parse_size takes, kept canonical
+    size: Size = 128      # a square side or (H, W); any form okkhor.utils.sizes.parse_size takes, kept canonical
     crop: bool = True
 
     def __post_init__(self) -> None:

@@ -13,10 +13,10 @@ import torch
 from torch.utils.data import Sampler
 
 from okkhor.config import Config
-from okkhor.distributed import broadcast_error, is_main
-from okkhor.engine import BatchPlan
 from okkhor.errors import OkkhorError
 from okkhor.targets import Targets
+from okkhor.training.distributed import broadcast_error, is_main
+from okkhor.training.step import BatchPlan
 
 
 @dataclass
@@ -35,9 +35,9 @@ def _ensure_cache_and_folds(data_dir: Path, cfg: Config, targets: Targets, log: 
                             show_progress: bool) -> Path:
     """Make the prepare cache and folds.csv when missing, with the same code as `okkhor prepare` / `okkhor split`."""
     from okkhor.data.folds import split
-    from okkhor.data.kaggle import image_parquet_files
     from okkhor.data.prepare import PrepareOptions, cache_paths, default_cache_dir, prepare_split
-    from okkhor.sizes import size_text
+    from okkhor.io.kaggle import image_parquet_files
+    from okkhor.utils.sizes import size_text
 
     opts = PrepareOptions(size=cfg.data.image_size, crop=cfg.data.crop)
     cache_dir = default_cache_dir(data_dir, opts)
@@ -58,8 +58,8 @@ def load_run_data(data_dir: str | Path, cfg: Config, targets: Targets, log: Call
                   show_progress: bool = True) -> RunData:
     """Images, labels, folds and index sets of a run; the first process makes a missing cache or folds file."""
     from okkhor.data.folds import folds_fingerprint, read_folds, stratified_subset
-    from okkhor.data.kaggle import read_train_labels
     from okkhor.data.prepare import PrepareOptions, cache_fingerprint, default_cache_dir, load_cache
+    from okkhor.io.kaggle import read_train_labels
 
     data_dir = Path(data_dir)
     if not data_dir.is_dir():

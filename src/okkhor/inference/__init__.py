@@ -1,0 +1,1 @@
+"""Inference: ensembles with TTA, predict, evaluate, scoring and export."""

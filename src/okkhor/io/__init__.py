@@ -1,0 +1,1 @@
+"""File formats: the competition's parquet and CSV files, and the checkpoint file."""

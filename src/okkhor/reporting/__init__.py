@@ -1,0 +1,1 @@
+"""Reporting: the run report and previews."""

@@ -1,0 +1,1 @@
+"""What writes a data dir: the ImageFolder import and the synthetic generator."""

@@ -1,0 +1,1 @@
+"""Training: the step, its setup, handlers, checkpoints, tracking, mixing, optimizers, memory and runs."""

@@ -1,0 +1,352 @@
+"""The trainer's event handlers: run state, epoch meter and progress, evaluation, run log (metrics.csv and
+TensorBoard), the stop decision, mid-epoch checkpoints (signals, train.checkpoint_every), and the one-line stops
+(a non-finite loss, a failed write)."""
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import pandas as pd
+import torch
+from ignite.engine import Engine, Events
+
+from okkhor.errors import Interrupted, OkkhorError, WriteError
+from okkhor.targets import Targets
+from okkhor.training.step import NonFiniteLoss, evaluate
+from okkhor.utils.files import atomic_path
+
+
+def metrics_columns(targets: Targets) -> list[str]:
+    return ["epoch", "split", "loss", "score", *[f"recall_{n}" for n in targets.names], "lr", "seconds"]
+
+
+class RunState:
+    """What a run has decided so far: the best valid score and its epoch, the last results, why it stopped, and
+    the batch plan (the live object the step, the sampler and OOM recovery share). A checkpointed object."""
+
+    def __init__(self, plan: Any, max_epochs: int, stop_after: int = 0):
+        self.plan, self.max_epochs, self.stop_after = plan, max_epochs, stop_after
+        self.best_score: Optional[float] = None
+        self.best_epoch = 0
+        self.improved = False
+        self.results: dict[str, dict] = {}
+        self.stop_reason = "running"
+
+    @property
+    def finished(self) -> bool:
+        return self.stop_reason in ("completed", "early_stopping")
+
+    def record(self, epoch: int, results: dict[str, dict]) -> None:
+        self.results = results
+        score = results["valid"]["score"]
+        self.improved = self.best_score is None or score > self.best_score
+        if self.improved:
+            self.best_score, self.best_epoch = score, epoch
+
+    def valid_score(self, engine: Any = None) -> float:
+        return self.results["valid"]["score"]
+
+    def decide(self, trainer: Engine) -> None:
+        """EPOCH_COMPLETED, after early stopping: why the run stops here, if it does."""
+        epoch = trainer.state.epoch
+        if trainer.should_terminate:
+            self.stop_reason = "early_stopping"
+        elif epoch >= self.max_epochs:
+            self.stop_reason = "completed"
+        elif self.stop_after and epoch >= self.stop_after:
+            self.stop_reason = "stop_after"
+        else:
+            self.stop_reason = "running"
+
+    def state_dict(self) -> dict:
+        return {"best_score": self.best_score, "best_epoch": self.best_epoch, "stop_reason": self.stop_reason,
+                "finished": self.finished, "batch": self.plan.state_dict(), "metrics": self.results}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best_score, self.best_epoch = state["best_score"], int(state["best_epoch"])
+        self.stop_reason, self.results = state["stop_reason"], state["metrics"]
+        self.plan.load_state_dict(state["batch"])
+
+
+class EpochMeter:
+    """The epoch's training loss, images and time (and a progress display on the main process).
+
+    The step's loss stays on the device: the meter sums it there and reads the sum to the host every
+    `read_every` iterations (for the progress display) and at the epoch's end, never once per iteration.
+    """
+
+    def __init__(self, max_epochs: int, show_progress: bool, read_every: int = 50):
+        self.max_epochs, self.show_progress, self.read_every = max_epochs, show_progress, read_every
+        self.bar = None
+        self.start = time.time()
+        self.loss_sum: Any = 0.0
+        self.iterations, self.images, self.seconds = 0, 0, 0.0
+        self._loss = 0.0
+        self.trainer: Optional[Engine] = None
+        self._resumed: Optional[dict] = None  # a mid-epoch checkpoint's sums, taken up when the epoch starts
+
+    def attach(self, trainer: Engine) -> "EpochMeter":
+        self.trainer = trainer
+        trainer.add_event_handler(Events.EPOCH_STARTED, self.started)
+        trainer.add_event_handler(Events.ITERATION_COMPLETED, self.iteration)
+        trainer.add_event_handler(Events.EPOCH_COMPLETED, self.completed)
+        return self
+
+    @property
+    def loss(self) -> float:
+        """The mean training loss so far (as of the last read)."""
+        return self._loss
+
+    def _read(self) -> float:
+        self._loss = float(self.loss_sum) / max(self.iterations, 1)
+        return self._loss
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / max(self.seconds, 1e-9)
+
+    def started(self, trainer: Engine) -> None:
+        self.start = time.time()
+        self.loss_sum, self.iterations, self.images, self._loss = 0.0, 0, 0, 0.0
+        if self._resumed is not None:
+            state, self._resumed = self._resumed, None
+            self.loss_sum, self.iterations, self.images = state["loss_sum"], state["iterations"], state["images"]
+            self.start -= state["elapsed"]
+        if self.show_progress:
+            from okkhor.utils.progress import progress
+
+            self.bar = progress(total=trainer.state.epoch_length, unit="batch", leave=False,
+                                desc=f"epoch {trainer.state.epoch}/{self.max_epochs}")
+            if self.iterations:
+                self.bar.update(self.iterations)
+
+    def iteration(self, trainer: Engine) -> None:
+        out = trainer.state.output
+        self.images += out["images"]
+        self.loss_sum = self.loss_sum + out["loss"]  # a device tensor: summed there
+        self.iterations += 1
+        if self.bar is not None:
+            if self.iterations % self.read_every == 1 or self.read_every == 1:
+                rate = self.images / max(time.time() - self.start, 1e-9)
+                self.bar.set_postfix(loss=f"{self._read():.4f}", lr=f"{out['lr']:.2e}", img_s=f"{rate:.0f}",
+                                     refresh=False)
+            self.bar.update(1)
+
+    def completed(self, trainer: Engine = None) -> None:
+        if self.iterations:
+            self._read()
+        self.seconds = time.time() - self.start
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def state_dict(self) -> dict:
+        """The epoch's sums so far (all zero in an epoch-end checkpoint: the next epoch starts afresh)."""
+        if self.trainer is None or self.trainer.last_event_name != Events.ITERATION_COMPLETED:
+            return {"loss_sum": torch.zeros(()), "iterations": 0, "images": 0, "elapsed": 0.0}
+        loss_sum = torch.as_tensor(self.loss_sum).detach().cpu().clone()  # the device sum, read once per save
+        return {"loss_sum": loss_sum, "iterations": self.iterations, "images": self.images,
+                "elapsed": time.time() - self.start}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._resumed = dict(state) if state["iterations"] else None
+
+
+class Evaluation:
+    """EPOCH_COMPLETED: evaluate every split (train_clean, valid) with its evaluator Engine and record the results
+    in the run state; `then(score)` gets the valid score (a plateau schedule steps on it)."""
+
+    def __init__(self, evaluators: dict[str, tuple[Engine, Any, Any]], state: RunState,
+                 then: Callable[[float], None] = lambda score: None):
+        if "valid" not in evaluators:
+            raise ValueError("evaluators need a 'valid' split")
+        self.evaluators, self.state, self.then = evaluators, state, then
+        self.finished_at: dict[str, float] = {}
+
+    def evaluate(self, split: str) -> dict[str, float]:
+        return evaluate(*self.evaluators[split])
+
+    def __call__(self, trainer: Engine) -> None:
+        results = {}
+        for split in self.evaluators:
+            results[split] = self.evaluate(split)
+            self.finished_at[split] = time.time()
+        self.state.record(trainer.state.epoch, results)
+        self.then(results["valid"]["score"])
+
+
+class RunLog:
+    """Rank 0's metrics.csv (rewritten atomically each epoch: a train row, then one per evaluated split) and
+    TensorBoard events (the training loss and lr every 10 iterations, each row's values per epoch)."""
+
+    def __init__(self, out_dir: Path, targets: Targets):
+        self.out_dir, self.targets = out_dir, targets
+        self.columns = metrics_columns(targets)
+        self.path = out_dir / "metrics.csv"
+        self.rows: list[dict] = []
+        self.tb = None
+
+    def keep_rows_up_to(self, epoch: int) -> None:
+        """On resume: the rows of the epochs the checkpoint covers (a crash may have left one more)."""
+        if self.path.is_file():
+            df = pd.read_csv(self.path)
+            self.rows = df[df["epoch"] <= epoch].to_dict("records")
+        self.write()
+
+    def add(self, epoch: int, split: str, result: dict, lr: float, seconds: float) -> None:
+        self.rows.append({"epoch": epoch, "split": split, **{k: result.get(k) for k in self.columns[2:-2]},
+                          "lr": lr, "seconds": round(seconds, 3)})
+        if self.tb is not None:
+            for key in self.columns[2:-2]:
+                if key in result:
+                    self.tb.writer.add_scalar(f"{split}/{key}", result[key], epoch)
+
+    def add_epoch(self, epoch: int, meter: EpochMeter, evaluation: Evaluation, lr: float) -> None:
+        self.add(epoch, "train", {"loss": meter.loss}, lr, meter.seconds)
+        for split, result in evaluation.state.results.items():
+            self.add(epoch, split, result, lr, evaluation.finished_at[split] - meter.start)
+        self.write()
+
+    def write(self) -> None:
+        with atomic_path(self.path) as tmp:
+            pd.DataFrame(self.rows, columns=self.columns).to_csv(tmp, index=False)
+        if self.tb is not None:
+            self.tb.writer.flush()
+
+    def open_tensorboard(self, trainer: Engine, optimizer: Any) -> None:
+        from ignite.handlers import TensorboardLogger
+
+        self.tb = TensorboardLogger(log_dir=str(self.out_dir / "tb"))
+        self.tb.attach_output_handler(trainer, event_name=Events.ITERATION_COMPLETED(every=10), tag="train",
+                                      output_transform=lambda out: {"loss": out["loss"]})
+        self.tb.attach_opt_params_handler(trainer, event_name=Events.ITERATION_COMPLETED(every=10),
+                                          optimizer=optimizer)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+            self.tb = None
+
+
+class StopLine:
+    """EXCEPTION_RAISED: a NaN/inf loss or a failed write (a full disk) becomes one user-facing line naming the
+    checkpoint that is kept; every other exception goes on unchanged."""
+
+    def __init__(self, last_path: Path):
+        self.last_path = last_path
+
+    def _kept(self, what: str) -> str:
+        return f"{what} {self.last_path} is kept" if self.last_path.is_file() else "no checkpoint was written"
+
+    def __call__(self, engine: Engine, exc: BaseException) -> None:
+        if isinstance(exc, NonFiniteLoss):
+            raise OkkhorError(f"{exc}; training stopped and {self._kept('the last good checkpoint')}; try a lower "
+                              "train.lr or set train.clip_grad") from None
+        if isinstance(exc, WriteError):
+            raise WriteError(f"{exc}; training stopped and {self._kept('the last checkpoint')}; make room, then "
+                             "continue with --resume") from None
+        raise exc
+
+
+class Preemption:
+    """Mid-epoch checkpoints: on SIGTERM or SIGINT, and every `every` iterations (train.checkpoint_every; 0: off).
+
+    `install()` (a context manager) catches the signals on the main thread: the first one only sets a flag (a
+    second SIGINT interrupts at once). ITERATION_COMPLETED, between optimizer steps (`at_boundary()`) and before
+    the epoch's last iteration, saves `last_path` with `save(trainer)` when due; after a signal it then raises
+    `Interrupted` with one line saying how to resume (`resume_hint`: the command to continue; empty on all
+    processes but the first, whose line it is). With several processes the flag is all-reduced, so all stop after
+    the same step. EPOCH_COMPLETED (after the epoch's checkpoint, attach it last) stops there when a signal came
+    during the evaluation.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self, save: Callable[[Engine], Any], last_path: Path, at_boundary: Callable[[], bool],
+                 every: int = 0, world_size: int = 1, resume_hint: str = "--resume"):
+        if every < 0:
+            raise ValueError(f"every must be >= 0, got {every}")
+        if not callable(save) or not callable(at_boundary):
+            raise TypeError("save and at_boundary must be callable")
+        self.save, self.last_path, self.at_boundary = save, Path(last_path), at_boundary
+        self.every, self.world_size = every, world_size
+        self.resume_hint = resume_hint
+        self.signum: Optional[int] = None
+        self._last_save = 0
+
+    def attach(self, trainer: Engine) -> "Preemption":
+        trainer.add_event_handler(Events.STARTED, self._started)
+        trainer.add_event_handler(Events.ITERATION_COMPLETED, self.iteration)
+        return self
+
+    def attach_epoch_end(self, trainer: Engine) -> None:
+        trainer.add_event_handler(Events.EPOCH_COMPLETED, self.epoch_completed)
+
+    @contextlib.contextmanager
+    def install(self):
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in self.SIGNALS}
+        try:
+            yield self
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def _started(self, trainer: Engine) -> None:
+        self._last_save = trainer.state.iteration
+
+    def _signalled(self) -> int:
+        """The signal's number, the same on every process (0: none)."""
+        signum = self.signum or 0
+        if self.world_size > 1:
+            import ignite.distributed as idist
+            import torch
+
+            signum = int(idist.all_reduce(torch.tensor([signum]), op="MAX").item())
+        return signum
+
+    def iteration(self, trainer: Engine) -> None:
+        # the epoch's last iteration is left to EPOCH_COMPLETED: its checkpoint comes with the evaluation
+        length = trainer.state.epoch_length
+        if not self.at_boundary() or (length and trainer.state.iteration % length == 0):
+            return
+        signum = self._signalled()
+        if signum or (self.every and trainer.state.iteration - self._last_save >= self.every):
+            self.save(trainer)
+            self._last_save = trainer.state.iteration
+            if signum:
+                self.stop(trainer, signum, f"epoch {trainer.state.epoch}, iteration "
+                                           f"{trainer.state.iteration % length}/{length}")
+
+    def epoch_completed(self, trainer: Engine) -> None:
+        self._last_save = trainer.state.iteration
+        signum = self._signalled()
+        if signum and not trainer.should_terminate:
+            self.stop(trainer, signum, f"the end of epoch {trainer.state.epoch}")
+
+    def stop(self, trainer: Engine, signum: int, where: str) -> None:
+        """Raise Interrupted; its line is empty with an empty `resume_hint` (the other processes of a run)."""
+        line = (f"train: stopped by {signal.Signals(signum).name} at {where}; saved {self.last_path}; continue "
+                f"with {self.resume_hint}") if self.resume_hint else ""
+        raise Interrupted(line, signum)
+
+
+def summary_line(epoch: int, epochs: int, meter: EpochMeter, state: RunState, lr: float, targets: Targets) -> str:
+    results = state.results
+    valid = results["valid"]
+    recalls = " ".join(f"{n} {valid[f'recall_{n}']:.4f}" for n in targets.names)
+    clean = f"  train_clean {results['train_clean']['score']:.4f}" if "train_clean" in results else ""
+    return (f"epoch {epoch}/{epochs}  loss {meter.loss:.4f}  valid {valid['score']:.4f} (loss {valid['loss']:.4f}; "
+            f"{recalls}){clean}  lr {lr:.2e}  {meter.images_per_s:.0f} img/s  {time.time() - meter.start:.0f}s"
+            f"{'  *best' if state.improved else ''}")

@@ -1,0 +1,1 @@
+"""Utilities: atomic files, progress, sizes, devices and optional extras."""
