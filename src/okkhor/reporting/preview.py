@@ -9,6 +9,7 @@ from typing import Sequence, Union
 import numpy as np
 import torch
 
+from okkhor.bengali import SHORT_NAMES
 from okkhor.config import AugConfig, MixConfig
 from okkhor.data.augment import PRESET_NAMES, build_augment
 from okkhor.data.dataset import sample_seed, to_tensor
@@ -20,13 +21,12 @@ from okkhor.training.mixing import MIX_KINDS, MixedTargets, Mixer
 from okkhor.utils.files import atomic_path
 from okkhor.utils.sizes import Size, size_text
 
-# short names for the Bengali targets in captions; other targets use their first letter (or full name if ambiguous)
-_SHORT = {"grapheme_root": "r", "vowel_diacritic": "v", "consonant_diacritic": "c"}
 MAX_SAMPLES = 256
 
 
 def short_names(names: Sequence[str]) -> list[str]:
-    short = [_SHORT.get(n, n[:1]) for n in names]
+    """Caption names of targets: the Bengali three's own, others their first letter (full names if ambiguous)."""
+    short = [SHORT_NAMES.get(n, n[:1]) for n in names]
     return short if len(set(short)) == len(short) else list(names)
 
 

@@ -12,6 +12,15 @@ from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
 
+from okkhor.bengali import (
+    NUM_CLASSES,
+    TARGETS,
+    all_triples,
+    grapheme_string,
+    known_graphemes,
+    seen_triples,
+    starts_with_consonant,
+)
 from okkhor.errors import OkkhorError
 from okkhor.sources.synth.hand import HandStyle
 
@@ -23,7 +32,6 @@ DEFAULT_ROWS_PER_FILE = 10_042  # a fifth of that: files are the unit of paralle
 SPLIT_IN_TWO_ROWS = 4_000  # by default a split this big is at least two files, so two cores share it
 ROW_GROUP_ROWS = 10_042  # parquet pays a fixed cost per row group and 32,332 columns: keep groups big
 SPLIT_CODES = {"train": 0, "test": 1}
-TEST_COMPONENTS = ("consonant_diacritic", "grapheme_root", "vowel_diacritic")  # test.csv order per image
 UNSEEN_TEST_SHARE = 0.5  # share of the unseen label triples kept for test; train may use only the rest
 GRAIN_SEED = 2020
 STYLES = ("font", "hand", "mix")
@@ -289,29 +297,21 @@ def unseen_triples() -> tuple[tuple[int, int, int], ...]:
     Dropped: triples HarfBuzz shapes as a broken cluster (e.g. ং or ঃ with a vowel sign, অ + া) and triples
     whose string equals another triple's (e.g. root র + ra-phala is written like reph + র).
     """
-    from okkhor.sources.synth.render import DEFAULT_FONT, get_renderer, grapheme_string, seen_triples, select_fonts
+    from okkhor.sources.synth.render import DEFAULT_FONT, get_renderer, select_fonts
 
     names = [f.name for f in select_fonts()]
     renderer = get_renderer(DEFAULT_FONT if DEFAULT_FONT in names else names[0])
     seen = seen_triples()
     by_string: dict[str, list[tuple[int, int, int]]] = {}
-    for r in range(168):
-        for v in range(11):
-            for c in range(7):
-                by_string.setdefault(grapheme_string(r, v, c), []).append((r, v, c))
+    for triple in all_triples():
+        by_string.setdefault(grapheme_string(*triple), []).append(triple)
     out = []
     for text, triples in by_string.items():
         if len(triples) == 1 and triples[0] not in seen:
             # a syllable on a consonant always shapes; only vowel letters and signs as roots need HarfBuzz's word
-            if _starts_with_consonant(text) or not renderer.is_broken_cluster(text):
+            if starts_with_consonant(text) or not renderer.is_broken_cluster(text):
                 out.append(triples[0])
     return tuple(sorted(out))
-
-
-def _starts_with_consonant(text: str) -> bool:
-    """Whether the grapheme's root starts with a Bengali consonant letter (after a reph, if any)."""
-    root = text[2:] if text.startswith("\u09b0\u09cd") else text
-    return bool(root) and ("\u0995" <= root[0] <= "\u09b9" or root[0] in "\u09dc\u09dd\u09df")
 
 
 def unseen_split(seed: int) -> tuple[list[tuple[int, int, int]], list[tuple[int, int, int]]]:
@@ -348,11 +348,9 @@ def _draw(rng: np.random.Generator, n: int, groups: dict[int, list], weights: di
 
 def _seen_samples(rng: np.random.Generator, n: int) -> list[Sample]:
     """Train graphemes (graphemes.csv rows), balanced over roots; rarer diacritics weigh more within a root."""
-    from okkhor.sources.synth.render import known_graphemes
-
     rows = known_graphemes()
-    vowel_counts = np.bincount([r[2] for r in rows], minlength=11)
-    cons_counts = np.bincount([r[3] for r in rows], minlength=7)
+    vowel_counts = np.bincount([r[2] for r in rows], minlength=NUM_CLASSES[1])
+    cons_counts = np.bincount([r[3] for r in rows], minlength=NUM_CLASSES[2])
     groups: dict[int, list] = {}
     for row in rows:
         groups.setdefault(row[1], []).append(row)
@@ -365,8 +363,6 @@ def _seen_samples(rng: np.random.Generator, n: int) -> list[Sample]:
 
 def _unseen_samples(rng: np.random.Generator, n: int, pool: Sequence[tuple[int, int, int]]) -> list[Sample]:
     """Triples from `pool`, balanced over roots, uniform within a root."""
-    from okkhor.sources.synth.render import grapheme_string
-
     if n and not pool:
         raise OkkhorError("no unseen label triples are available")
     groups: dict[int, list] = {}
@@ -570,8 +566,8 @@ def _write_label_files(out_dir: Path, train: list[Sample], test: list[Sample], d
         columns["font_seen"] = [d.font_seen for d in draws[split]]
         return pd.DataFrame(columns)
 
-    write_split_csvs(out_dir, "train", labels("train", train), TEST_COMPONENTS)
-    write_split_csvs(out_dir, "test", labels("test", test, seen=True), TEST_COMPONENTS)
+    write_split_csvs(out_dir, "train", labels("train", train), TARGETS)
+    write_split_csvs(out_dir, "test", labels("test", test, seen=True), TARGETS)
     with atomic_path(out_dir / "class_map.csv") as tmp:
         tmp.write_bytes(resources.files("okkhor.resources").joinpath("class_map.csv").read_bytes())
 

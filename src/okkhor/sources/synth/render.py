@@ -6,7 +6,6 @@ import functools
 import re
 from collections import OrderedDict
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -14,95 +13,13 @@ import freetype
 import numpy as np
 import uharfbuzz as hb
 
+from okkhor.bengali import VIRAMA, inventory
 from okkhor.errors import OkkhorError
 
-ZWJ = "\u200d"
-VIRAMA = "\u09cd"
 DOTTED_CIRCLE = "\u25cc"
-CONSONANT_DIACRITIC_RULE = {  # consonant label -> (prefix, suffix before the vowel, suffix after the vowel)
-    0: ("", "", ""),
-    1: ("", "", "\u0981"),
-    2: ("\u09b0\u09cd", "", ""),
-    3: ("\u09b0\u09cd", "\u09cd\u09af", ""),
-    4: ("", "\u09cd\u09af", ""),
-    5: ("", "\u09cd\u09b0", ""),
-    6: ("", "\u09cd\u09b0\u09cd\u09af", ""),
-}
 VARIABLE_INSTANCES = 3  # weights taken evenly over a variable font's wght axis, its ends included
 DEFAULT_FONT = "hind-siliguri-regular"  # the fixed font of render_grapheme
 SELF_CHECK_TEXTS = ("\u09b0\u09cd\u0995", "\u0995\u09cd\u09b0", "\u0995\u09cd\u09b7", "\u0995\u09bf")
-
-
-# ----------------------------------------------------------------------------------------------- labels -> text
-
-@functools.lru_cache(maxsize=1)
-def class_components() -> dict[str, tuple[str, ...]]:
-    """The built-in class map as {component_type: (string of label 0, label 1, ...)}; '' for 'no diacritic'."""
-    from okkhor.targets import Targets
-
-    comps = Targets.from_class_map().components
-    return {name: tuple("" if (name != "grapheme_root" and s == "0") else s for s in values)
-            for name, values in comps.items()}
-
-
-@functools.lru_cache(maxsize=1)
-def known_graphemes() -> tuple[tuple[str, int, int, int], ...]:
-    """The 1,295 train graphemes shipped as graphemes.csv: (grapheme, root, vowel, consonant) rows, file order."""
-    import csv
-
-    with resources.files("okkhor.resources").joinpath("graphemes.csv").open("r", encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f)
-        return tuple((r["grapheme"], int(r["root"]), int(r["vowel"]), int(r["consonant"])) for r in reader)
-
-
-@functools.lru_cache(maxsize=1)
-def _known_strings_by_triple() -> dict[tuple[int, int, int], tuple[str, ...]]:
-    out: dict[tuple[int, int, int], tuple[str, ...]] = {}
-    for g, r, v, c in known_graphemes():
-        out[(r, v, c)] = out.get((r, v, c), ()) + (g,)
-    return out
-
-
-def seen_triples() -> frozenset[tuple[int, int, int]]:
-    """The 1,292 distinct (root, vowel, consonant) label triples of the train graphemes."""
-    return frozenset(_known_strings_by_triple())
-
-
-def _rule_string(root: int, vowel: int, consonant: int) -> str:
-    comps = class_components()
-    r = comps["grapheme_root"][root]
-    v = comps["vowel_diacritic"][vowel]
-    prefix, middle, suffix = CONSONANT_DIACRITIC_RULE[consonant]
-    if root == 123 and vowel == 1 and consonant == 4:  # র + ZWJ + ্য + া: the ZWJ stops a reph from forming
-        middle = ZWJ + middle
-    return prefix + r + middle + v + suffix
-
-
-def grapheme_string(root: int, vowel: int, consonant: int) -> str:
-    """The grapheme string of a label triple by the composition rule (with its ZWJ exception).
-
-    When the triple is among the train graphemes and none of its strings equals the rule's, the train string
-    is returned. Strings are never Unicode-normalised (ড় ঢ় য় are precomposed code points).
-    """
-    comps = class_components()
-    for name, value in (("grapheme_root", root), ("vowel_diacritic", vowel), ("consonant_diacritic", consonant)):
-        n = len(comps[name])
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= value < n:
-            raise ValueError(f"grapheme_string: {name} must be an integer in 0..{n - 1}, got {value!r}")
-    text = _rule_string(int(root), int(vowel), int(consonant))
-    known = _known_strings_by_triple().get((int(root), int(vowel), int(consonant)), ())
-    if known and text not in known:
-        return known[0]
-    return text
-
-
-def bengali_inventory() -> frozenset[str]:
-    """Every code point a grapheme of the class map needs, ZWJ included."""
-    chars = {ZWJ}
-    for values in class_components().values():
-        for s in values:
-            chars.update(s)
-    return frozenset(chars)
 
 
 # ----------------------------------------------------------------------------------------------- fonts
@@ -178,7 +95,7 @@ def _file_specs(path: Path, needed: Sequence[str]) -> tuple[list[FontSpec], str 
 @functools.lru_cache(maxsize=1)
 def discover_fonts() -> tuple[tuple[FontSpec, ...], tuple[str, ...]]:
     """All installed fonts that cover the whole Bengali inventory, and notes on the fonts dropped."""
-    needed = sorted(bengali_inventory())
+    needed = sorted(inventory())
     kept: list[FontSpec] = []
     notes: list[str] = []
     names: set[str] = set()
@@ -206,7 +123,7 @@ def load_font_dir(folder: str | Path, taken: Iterable[str] = ()) -> tuple[list[F
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in (".ttf", ".otf"))
     if not files:
         raise OkkhorError(f"{folder}: fonts-dir holds no .ttf or .otf file")
-    needed = sorted(bengali_inventory())
+    needed = sorted(inventory())
     names, kept, warnings = set(taken), [], []
     for path in files:
         specs, problem = _file_specs(path, needed)
