@@ -57,7 +57,7 @@ def _module_level_imports(path: Path) -> set[str]:
 
 
 def test_nothing_imports_the_synth_extra_eagerly():
-    """Only the renderer imports uharfbuzz and freetype, and no okkhor module imports the renderer (or a module
+    """Only the shaping module imports uharfbuzz and freetype, and no okkhor module imports it (or a module
     that does) when it is itself imported: without the synth extra everything else imports."""
     src = ROOT / "src"
     modules = {".".join(p.relative_to(src).with_suffix("").parts).removesuffix(".__init__"): p
@@ -65,13 +65,13 @@ def test_nothing_imports_the_synth_extra_eagerly():
     graph = {name: {m for m in _module_level_imports(p) if m in modules or m.split(".")[0] in SYNTH_MODULES}
              for name, p in modules.items()}
     needs = {name for name, deps in graph.items() if any(d.split(".")[0] in SYNTH_MODULES for d in deps)}
-    assert needs == {"okkhor.sources.synth.render"}
+    assert needs == {"okkhor.sources.synth.shaping"}
     while True:   # everything that imports, at import time, a module that needs the extra
         more = {name for name, deps in graph.items() if deps & needs} - needs
         if not more:
             break
         needs |= more
-    assert needs == {"okkhor.sources.synth.render"}
+    assert needs == {"okkhor.sources.synth.shaping"}
     assert "okkhor.cli" in graph and "okkhor.sources.synth.generate" in graph
 
 

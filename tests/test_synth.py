@@ -13,8 +13,9 @@ from okkhor.bengali import grapheme_string, known_graphemes, seen_triples
 from okkhor.cli import app
 from okkhor.errors import OkkhorError
 from okkhor.io.kaggle import IMAGE_HEIGHT, IMAGE_WIDTH, N_PIXELS, image_parquet_files, iter_image_parquet
+from okkhor.sources.synth.fonts import select_fonts
 from okkhor.sources.synth.generate import Imager, file_rows, image_rng, plan_draws, sample_labels, synthesize
-from okkhor.sources.synth.render import FontRenderer, check_shaping, render_grapheme, select_fonts, self_check_fonts
+from okkhor.sources.synth.shaping import FontRenderer, check_shaping, render_grapheme, self_check_fonts
 
 runner = CliRunner()
 N_TRAIN, N_TEST, SEED = 60, 30, 7

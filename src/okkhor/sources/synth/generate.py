@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -22,10 +22,8 @@ from okkhor.bengali import (
     starts_with_consonant,
 )
 from okkhor.errors import OkkhorError
+from okkhor.sources.synth.fonts import FontSpec, discover_fonts, load_font_dir, select_fonts
 from okkhor.sources.synth.hand import HandStyle
-
-if TYPE_CHECKING:  # render imports HarfBuzz and FreeType (the synth extra): only where a function needs it
-    from okkhor.sources.synth.render import FontSpec
 
 MAX_ROWS_PER_FILE = 50_210  # rows of one competition parquet file
 DEFAULT_ROWS_PER_FILE = 10_042  # a fifth of that: files are the unit of parallel work
@@ -89,7 +87,7 @@ class Imager:
     def __init__(self, fonts: Sequence[str | FontSpec], variation: Variation | None = None, em_px: int = 100,
                  hand: HandStyle | None = None):
         from okkhor.io.kaggle import IMAGE_HEIGHT, IMAGE_WIDTH
-        from okkhor.sources.synth.render import FontRenderer, FontSpec, select_fonts
+        from okkhor.sources.synth.shaping import FontRenderer
 
         variation = Variation() if variation is None else variation
         if not isinstance(variation, Variation):
@@ -297,10 +295,9 @@ def unseen_triples() -> tuple[tuple[int, int, int], ...]:
     Dropped: triples HarfBuzz shapes as a broken cluster (e.g. ং or ঃ with a vowel sign, অ + া) and triples
     whose string equals another triple's (e.g. root র + ra-phala is written like reph + র).
     """
-    from okkhor.sources.synth.render import DEFAULT_FONT, get_renderer, select_fonts
+    from okkhor.sources.synth.shaping import get_renderer
 
-    names = [f.name for f in select_fonts()]
-    renderer = get_renderer(DEFAULT_FONT if DEFAULT_FONT in names else names[0])
+    renderer = get_renderer()
     seen = seen_triples()
     by_string: dict[str, list[tuple[int, int, int]]] = {}
     for triple in all_triples():
@@ -673,7 +670,7 @@ def synthesize(out_dir: str | Path, n_train: int, n_test: int, seed: int = 0, un
     added to the shipped fonts (files that are unusable are left out, each with a warning in the summary).
     `style`: `font` (a font's outline, distorted), `hand` (see Imager) or `mix` (each image's own choice).
     """
-    from okkhor.sources.synth.render import discover_fonts, load_font_dir, select_fonts, self_check_fonts
+    from okkhor.sources.synth.shaping import check_face, self_check_fonts
 
     start = time.perf_counter()
     n_train = _check_count("train", n_train)
@@ -702,7 +699,7 @@ def synthesize(out_dir: str | Path, n_train: int, n_test: int, seed: int = 0, un
         raise OkkhorError(f"{out_dir}: already holds a dataset ({existing[0].name}); pass --overwrite to replace it")
 
     user_fonts, font_warnings = ([], []) if fonts_dir is None else load_font_dir(
-        fonts_dir, taken=[f.name for f in discover_fonts()[0]])
+        fonts_dir, taken=[f.name for f in discover_fonts()[0]], check=check_face)
     specs = select_fonts(fonts, extra=user_fonts)
     held = holdout_faces(specs, holdout_fonts)
     renderers = self_check_fonts(specs)
@@ -762,7 +759,6 @@ def write_preview(path: str | Path, samples: dict[str, Sequence[Sample]], seed: 
     """
     from matplotlib.figure import Figure  # no pyplot: the caller's backend stays as it is
 
-    from okkhor.sources.synth.render import FontSpec, select_fonts
     from okkhor.utils.files import atomic_path
 
     path = _check_preview(path)
@@ -797,8 +793,6 @@ def write_preview(path: str | Path, samples: dict[str, Sequence[Sample]], seed: 
 def iter_samples(split: str, n: int, seed: int = 0, unseen_fraction: float = 0.0,
                  fonts: Sequence[str] | None = None, style: str = "mix") -> Iterator[tuple[Sample, np.ndarray]]:
     """(labels, image) pairs made in this process, for notebooks and tests; same images as `synthesize`."""
-    from okkhor.sources.synth.render import select_fonts
-
     imager = Imager(select_fonts(fonts))
     samples = sample_labels(split, n, unseen_fraction, seed)
     for i, (sample, d) in enumerate(zip(samples, plan_draws(split, samples, seed, imager.renderers,
