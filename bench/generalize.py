@@ -53,8 +53,9 @@ def score(truth: Path, sub: Path, log: Path) -> dict:
 def synthesis_code_digest() -> str:
     """sha1 of the modules that draw the synthetic images."""
     digest = hashlib.sha1()
-    for name in ("synth.py", "hand.py", "render.py"):
-        digest.update((ROOT / "src" / "okkhor" / "data" / name).read_bytes())
+    package = ROOT / "src" / "okkhor"
+    for path in [package / "bengali.py", *sorted((package / "sources" / "synth").glob("*.py"))]:
+        digest.update(path.read_bytes())
     return digest.hexdigest()
 
 

@@ -7,9 +7,12 @@ import pytest
 from okkhor.io.kaggle import image_parquet_files, iter_image_parquet
 from okkhor.sources.synth import hand
 from okkhor.sources.synth.fonts import select_fonts
-from okkhor.sources.synth.generate import Imager, image_rng, iter_samples, synthesize
 from okkhor.sources.synth.hand import HandStyle
+from okkhor.sources.synth.imager import Imager
+from okkhor.sources.synth.keys import image_rng
+from okkhor.sources.synth.preview import iter_samples
 from okkhor.sources.synth.shaping import FontRenderer
+from okkhor.sources.synth.writer import synthesize
 
 TEXTS = ("\u0995\u09cd\u09b7\u09cd\u09a3\u09cc", "\u09b0\u09cd\u0995\u09bf", "\u09b8\u09cd\u09a4\u09cd\u09b0\u09c0",
          "\u0995\u09c1", "\u0985")  # ক্ষ্ণৌ র্কি স্ত্রী কু অ

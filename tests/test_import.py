@@ -198,7 +198,7 @@ def test_import_needs_no_synth_extra(folder, tmp_path, monkeypatch):
     root, images, _ = folder
     for name in ("uharfbuzz", "freetype"):
         monkeypatch.setitem(sys.modules, name, None)   # import fails, as when the package is not installed
-    for name in ("okkhor.sources.synth.shaping", "okkhor.sources.synth.generate", "okkhor.sources.imagefolder"):
+    for name in ("okkhor.sources.synth.shaping", "okkhor.sources.synth.writer", "okkhor.sources.imagefolder"):
         if name in sys.modules:
             monkeypatch.delitem(sys.modules, name)
     code, output = cli("import", images, tmp_path / "data", "--labels", root / "map.csv", "--class-map",

@@ -72,7 +72,7 @@ def test_nothing_imports_the_synth_extra_eagerly():
             break
         needs |= more
     assert needs == {"okkhor.sources.synth.shaping"}
-    assert "okkhor.cli" in graph and "okkhor.sources.synth.generate" in graph
+    assert "okkhor.cli" in graph and "okkhor.sources.synth.writer" in graph
 
 
 def test_synth_without_the_extra_says_how_to_install_it(monkeypatch, tmp_path):

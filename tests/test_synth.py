@@ -13,9 +13,14 @@ from okkhor.bengali import grapheme_string, known_graphemes, seen_triples
 from okkhor.cli import app
 from okkhor.errors import OkkhorError
 from okkhor.io.kaggle import IMAGE_HEIGHT, IMAGE_WIDTH, N_PIXELS, image_parquet_files, iter_image_parquet
+from okkhor.io.layout import file_rows
 from okkhor.sources.synth.fonts import select_fonts
-from okkhor.sources.synth.generate import Imager, file_rows, image_rng, plan_draws, sample_labels, synthesize
+from okkhor.sources.synth.imager import Imager
+from okkhor.sources.synth.keys import image_rng
+from okkhor.sources.synth.labels import sample_labels
+from okkhor.sources.synth.plan import plan_draws
 from okkhor.sources.synth.shaping import FontRenderer, check_shaping, render_grapheme, self_check_fonts
+from okkhor.sources.synth.writer import synthesize
 
 runner = CliRunner()
 N_TRAIN, N_TEST, SEED = 60, 30, 7

@@ -61,7 +61,7 @@ def command(
     from okkhor.utils.extras import require
 
     require("synth", "okkhor synth")
-    from okkhor.sources.synth.generate import synthesize
+    from okkhor.sources.synth.writer import synthesize
     from okkhor.utils.files import check_writable
 
     check_writable(out_dir, "OUT_DIR", folder=True)

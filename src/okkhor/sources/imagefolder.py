@@ -14,7 +14,7 @@ import pandas as pd
 
 from okkhor.errors import OkkhorError
 from okkhor.io.kaggle import IMAGE_HEIGHT, IMAGE_WIDTH, ImageParquetWriter, check_labels, image_parquet_files
-from okkhor.io.layout import SPLIT_CSVS, class_map_frame, write_csv, write_split_csvs
+from okkhor.io.layout import SPLIT_CSVS, class_map_frame, file_rows, image_file_name, write_csv, write_split_csvs
 from okkhor.targets import Targets
 
 MARGIN = 8            # page pixels kept free around the scaled image
@@ -138,7 +138,6 @@ def import_image_folder(image_dir: str | Path, out_dir: str | Path, labels: str 
     test_labels.csv) and class_map.csv (the targets `labels` gives). The other split's files are left alone, so
     a train and a test import can share `out_dir`. An unreadable image or a folder not in the label map costs one
     `warn` line each, and the rest is imported. Returns a summary."""
-    from okkhor.sources.synth.generate import file_rows
     from okkhor.utils.progress import progress
 
     start = time.perf_counter()
@@ -198,7 +197,7 @@ def import_image_folder(image_dir: str | Path, out_dir: str | Path, labels: str 
         group = list(islice(part, ROW_GROUP_ROWS))
         if not group:
             break
-        path = out_dir / f"{split}_image_data_{index}.parquet"
+        path = out_dir / image_file_name(split, index)
         with ImageParquetWriter(path) as writer:
             while group:
                 writer.write([g[0] for g in group], np.stack([g[1] for g in group]))
