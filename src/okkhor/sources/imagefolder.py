@@ -129,6 +129,25 @@ def _existing(out_dir: Path, split: str) -> list[Path]:
     return [out_dir / n for n in SPLIT_CSVS[split] if (out_dir / n).exists()] + image_parquet_files(out_dir, split)
 
 
+def _write_pages(out_dir: Path, split: str, stream: Iterator[tuple[str, np.ndarray]], rows: list[int]) -> list[str]:
+    """Stream (image id, page) pairs into the split's parquet files of at most `rows` pages each; their names."""
+    written: list[str] = []
+    for index, most in enumerate(rows):
+        part = islice(stream, most)
+        group = list(islice(part, ROW_GROUP_ROWS))
+        if not group:
+            break
+        path = out_dir / image_file_name(split, index)
+        with ImageParquetWriter(path) as writer:
+            while group:
+                writer.write([g[0] for g in group], np.stack([g[1] for g in group]))
+                group = list(islice(part, ROW_GROUP_ROWS))
+        written.append(path.name)
+    with contextlib.suppress(StopIteration):   # finish the stream: the last images may all be unreadable
+        next(stream)
+    return written
+
+
 def import_image_folder(image_dir: str | Path, out_dir: str | Path, labels: str | Path, split: str = "train",
                         class_map: str | Path | None = None, rows_per_file: int | None = None,
                         overwrite: bool = False, warn: Callable[[str], None] = print,
@@ -190,21 +209,7 @@ def import_image_folder(image_dir: str | Path, out_dir: str | Path, labels: str 
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in existing:  # only this split's own file names, and only with overwrite
         stale.unlink()
-    written: list[str] = []
-    stream = pages()
-    for index, rows in enumerate(file_rows(len(files), rows_per_file)):
-        part = islice(stream, rows)
-        group = list(islice(part, ROW_GROUP_ROWS))
-        if not group:
-            break
-        path = out_dir / image_file_name(split, index)
-        with ImageParquetWriter(path) as writer:
-            while group:
-                writer.write([g[0] for g in group], np.stack([g[1] for g in group]))
-                group = list(islice(part, ROW_GROUP_ROWS))
-        written.append(path.name)
-    with contextlib.suppress(StopIteration):   # finish the stream: the last images may all be unreadable
-        next(stream)
+    written = _write_pages(out_dir, split, pages(), file_rows(len(files), rows_per_file))
     if not kept:
         raise OkkhorError(f"{image_dir}: none of the {len(files)} images could be read")
 
