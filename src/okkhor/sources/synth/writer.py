@@ -18,7 +18,14 @@ from okkhor.sources.synth.checks import check_count, check_fraction, check_previ
 from okkhor.sources.synth.fonts import FontSpec, discover_fonts, load_font_dir, select_fonts
 from okkhor.sources.synth.hand import HandStyle
 from okkhor.sources.synth.imager import Variation
-from okkhor.sources.synth.labels import Sample, sample_labels
+from okkhor.sources.synth.labels import (
+    Listed,
+    Sample,
+    listed_samples,
+    missing_triples,
+    read_grapheme_list,
+    sample_labels,
+)
 from okkhor.sources.synth.plan import Draw, check_style, holdout_faces, plan_draws
 from okkhor.sources.synth.preview import write_preview
 from okkhor.sources.synth.workers import FileTask, Job, run_tasks
@@ -88,6 +95,23 @@ def _faces(fonts: Sequence[str] | str | None, fonts_dir: str | Path | None,
     return specs, held, self_check_fonts(specs), font_warnings
 
 
+def _listed(graphemes: str | Path | None, missing_from: str | Path | None, missing: str | None,
+            fractions: tuple[float, float]) -> list[Listed] | None:
+    """The triples to draw from when a list is given (--graphemes FILE or --missing-from DATA), else None."""
+    if missing is not None and missing_from is None:
+        raise OkkhorError("missing needs missing-from (the data dir whose train.csv is read)")
+    if graphemes is None and missing_from is None:
+        return None
+    if graphemes is not None and missing_from is not None:
+        raise OkkhorError("graphemes and missing-from cannot be combined: give one list of triples")
+    if any(fractions):
+        raise OkkhorError("unseen-test-fraction and train-unseen-fraction do not apply to a list of triples "
+                          "(graphemes or missing-from): the list decides which triples are drawn")
+    if graphemes is not None:
+        return read_grapheme_list(graphemes)
+    return missing_triples(missing_from, "triples" if missing is None else missing)
+
+
 def _summary(out_dir: Path, samples: dict[str, list[Sample]], draws: dict[str, list[Draw]], specs: list[FontSpec],
              held: list[int], tasks: list[FileTask], workers: int, seconds: float) -> dict:
     n = sum(len(items) for items in samples.values())
@@ -114,7 +138,9 @@ def synthesize(out_dir: str | Path, n_train: int, n_test: int, seed: int = 0, un
                rows_per_file: int | None = None, overwrite: bool = False,
                variation: Variation | None = None, progress: bool = True,
                holdout_fonts: Sequence[str] | str | None = None, holdout_share: float | None = None,
-               fonts_dir: str | Path | None = None, style: str = "mix", hand: HandStyle | None = None) -> dict:
+               fonts_dir: str | Path | None = None, style: str = "mix", hand: HandStyle | None = None,
+               graphemes: str | Path | None = None, missing_from: str | Path | None = None,
+               missing: str | None = None) -> dict:
     """Write a synthetic dataset in the competition's format into `out_dir` and return a summary.
 
     Files: train.csv, train_image_data_<i>.parquet, test.csv, test_image_data_<i>.parquet, class_map.csv,
@@ -126,6 +152,11 @@ def synthesize(out_dir: str | Path, n_train: int, n_test: int, seed: int = 0, un
     `holdout_share`, the rest in the train families). `fonts_dir`: a folder of the user's own .ttf/.otf files,
     added to the shipped fonts (files that are unusable are left out, each with a warning in the summary).
     `style`: `font` (a font's outline, distorted), `hand` (see Imager) or `mix` (each image's own choice).
+
+    A list of triples replaces the usual labels (train graphemes plus unseen triples): `graphemes`, a CSV file
+    (see labels.read_grapheme_list), or `missing_from`, a data dir: the triples of the grapheme list its
+    train.csv lacks, or with `missing="roots"` every triple of the grapheme list whose root it lacks. Each split
+    then draws its images evenly over the list, each triple once before any twice.
     """
     start = time.perf_counter()
     n_train = check_count("train", n_train)
@@ -140,6 +171,7 @@ def synthesize(out_dir: str | Path, n_train: int, n_test: int, seed: int = 0, un
         holdout_share = check_fraction("holdout-share", holdout_share)
         if holdout_fonts is None:
             raise OkkhorError("holdout-share needs holdout-fonts (the families to hold out)")
+    listed = _listed(graphemes, missing_from, missing, (unseen_test_fraction, train_unseen_fraction))
     style = check_style(style)
     if rows_per_file is not None:
         rows_per_file = check_count("rows-per-file", rows_per_file, 1, MAX_ROWS_PER_FILE)
@@ -150,8 +182,11 @@ def synthesize(out_dir: str | Path, n_train: int, n_test: int, seed: int = 0, un
     existing = _check_out_dir(out_dir, overwrite)
 
     specs, held, renderers, font_warnings = _faces(fonts, fonts_dir, holdout_fonts)
-    samples = {"train": sample_labels("train", n_train, train_unseen_fraction, seed),
-               "test": sample_labels("test", n_test, unseen_test_fraction, seed)}
+    if listed is None:
+        samples = {"train": sample_labels("train", n_train, train_unseen_fraction, seed),
+                   "test": sample_labels("test", n_test, unseen_test_fraction, seed)}
+    else:
+        samples = {split: listed_samples(split, n, seed, listed) for split, n in (("train", n_train), ("test", n_test))}
     share = 1.0 if holdout_share is None else holdout_share
     draws = {split: plan_draws(split, items, seed, renderers, held, share, style)
              for split, items in samples.items()}
@@ -165,4 +200,5 @@ def synthesize(out_dir: str | Path, n_train: int, n_test: int, seed: int = 0, un
     if preview is not None:
         write_preview(preview, samples, seed, fonts=specs, variation=variation, draws=draws, hand=hand)
     return {**_summary(out_dir, samples, draws, specs, held, tasks, workers, seconds), "style": style,
-            "font_warnings": font_warnings, "variation": asdict(variation), "hand": asdict(hand)}
+            "font_warnings": font_warnings, "variation": asdict(variation), "hand": asdict(hand),
+            "listed_triples": None if listed is None else len(listed)}
