@@ -15,6 +15,7 @@ from okkhor.data.prepare import PrepareOptions, default_cache_dir, load_cache, p
 from okkhor.errors import OkkhorError
 from okkhor.inference.predict import (
     Member,
+    check_data_targets,
     check_route,
     class_priors,
     decide,
@@ -238,24 +239,6 @@ def write_evaluation(ev: Evaluation, out: str | Path) -> dict[str, Path]:
 def _component(targets: Targets, name: str, k: int) -> str:
     comps = targets.components.get(name, ())
     return comps[k] if k < len(comps) else str(k)
-
-
-def check_data_targets(members: list[Member], data_dir: str | Path) -> None:
-    """Refuse, in one line naming the checkpoint, a checkpoint of other targets than DATA_DIR/class_map.csv's:
-    a target the class map lacks, or one with another class count (nothing to compare without a class map)."""
-    class_map = Path(data_dir) / "class_map.csv"
-    if not class_map.is_file():
-        return
-    full = load_targets(data_dir)
-    counts = dict(zip(full.names, full.num_classes, strict=False))
-    for member in members:
-        for name, n in zip(member.targets.names, member.targets.num_classes, strict=False):
-            if name not in counts:
-                raise OkkhorError(f"{member.path}: predicts target {name}, which {class_map} does not have "
-                                  f"({', '.join(full.names)}); a checkpoint of other targets")
-            if counts[name] != n:
-                raise OkkhorError(f"{member.path}: predicts {name} with {n} classes but {class_map} has "
-                                  f"{counts[name]}; a checkpoint of other targets")
 
 
 def with_components(targets: Targets, data_dir: Path, class_map: str = "") -> Targets:
