@@ -11,7 +11,7 @@ from iterstrat.ml_stratifiers import MultilabelStratifiedKFold, MultilabelStrati
 from okkhor.errors import OkkhorError
 from okkhor.io.kaggle import read_csv_checked, read_train_labels
 from okkhor.targets import Targets
-from okkhor.utils.files import atomic_path
+from okkhor.utils.files import write_csv_atomic
 
 
 def one_hot_all(labels: np.ndarray, targets: Targets) -> np.ndarray:
@@ -103,8 +103,7 @@ def split(data_dir: str | Path, targets: Targets, folds: int = 5, seed: int = 42
     else:
         fold = make_folds(labels, targets, folds, seed)
     out = Path(out) if out else data_dir / "folds.csv"
-    with atomic_path(out) as tmp:
-        pd.DataFrame({"image_id": df["image_id"].astype(str), "fold": fold}).to_csv(tmp, index=False)
+    write_csv_atomic(out, pd.DataFrame({"image_id": df["image_id"].astype(str), "fold": fold}))
     return out
 
 
