@@ -85,6 +85,7 @@ def main() -> int:
     log = args.work / f"{args.name}-{args.holdout}.log"
     log.write_text("")
     times = {}
+    load_before = os.getloadavg()
     start = time.time()
     stamp = data / "synth-args.json"
     # the data is reused only for the same arguments and the same synthesis code (a changed renderer re-draws it)
@@ -103,7 +104,10 @@ def main() -> int:
     times["predict"] = time.time() - t
     result = {"name": args.name, "config": str(args.config), "holdout": args.holdout, "overrides": args.overrides,
               "synth": synth + extra, "minutes": round(sum(times.values()) / 60, 1),
-              "seconds": {k: round(v, 1) for k, v in times.items()}}
+              "seconds": {k: round(v, 1) for k, v in times.items()},
+              # the machine's 1/5/15-minute load averages when the row started and ended (2 cores: above 2 means
+              # other work shared them, and the minutes are not a quiet-machine figure)
+              "load": {"start": [round(x, 2) for x in load_before], "end": [round(x, 2) for x in os.getloadavg()]}}
     test = score(data / "test_labels.csv", run / "test.csv", log)
     result["test"] = test["by_cell"]
     variants = [("plain", [])] + ([("route", ["--route"])] if args.route else [])
