@@ -37,6 +37,7 @@ VERBS = {
     "preview": "preview",
     "memory": "memory",
     "info": "info",
+    "fonts": "fonts",
 }
 
 
