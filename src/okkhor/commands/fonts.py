@@ -71,8 +71,8 @@ def _list() -> None:
         cells = [f"{c:>{w}}" if i == 1 else f"{c:<{w}}" for i, (c, w) in enumerate(zip(row[:-1], widths, strict=True))]
         typer.echo("  ".join([*cells, row[-1]]))
     usable = [r for r in rows if r[1] != "0"]
-    typer.echo(f"{len({r[0] for r in usable})} families, {sum(int(r[1]) for r in usable)} faces usable; font library cache: {cache} "
-               f"(${fontlib.CACHE_ENV})")
+    typer.echo(f"{len({r[0] for r in usable})} families, {sum(int(r[1]) for r in usable)} faces usable; "
+               f"font library cache: {cache} (${fontlib.CACHE_ENV})")
 
 
 def _fetch(force: bool) -> None:
