@@ -13,7 +13,7 @@ export PYTHONUNBUFFERED := 1
 .PHONY: setup fonts demo test lint bench faults wheelhouse clean
 
 # the font library (`okkhor fonts fetch`: pinned npm and Debian font packages into ~/.cache/okkhor/fonts, or
-# $$OKKHOR_FONT_CACHE) where npm or apt-get is present; what it cannot fetch is one line, and never fails setup
+# $OKKHOR_FONT_CACHE) where npm or apt-get is present; what it cannot fetch is one line, and never fails setup
 FETCH_FONTS = if command -v npm >/dev/null 2>&1 || command -v apt-get >/dev/null 2>&1; then \
 	  $(PY) -m okkhor fonts fetch || true; \
 	else echo "setup: font library skipped: neither npm nor apt-get found (okkhor synth uses the PyPI fonts)"; fi
