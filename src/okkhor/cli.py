@@ -38,6 +38,7 @@ VERBS = {
     "preview": "preview",
     "memory": "memory",
     "info": "info",
+    "fonts": "fonts",
 }
 
 

@@ -15,6 +15,7 @@ import numpy as np
 import uharfbuzz as hb
 
 from okkhor.errors import OkkhorError
+from okkhor.sources.synth import fontlib
 
 ZWJ = "\u200d"
 VIRAMA = "\u09cd"
@@ -177,13 +178,23 @@ def _file_specs(path: Path, needed: Sequence[str]) -> tuple[list[FontSpec], str 
 
 @functools.lru_cache(maxsize=1)
 def discover_fonts() -> tuple[tuple[FontSpec, ...], tuple[str, ...]]:
-    """All installed fonts that cover the whole Bengali inventory, and notes on the fonts dropped."""
+    """All installed fonts that cover the whole Bengali inventory, and notes on the fonts dropped.
+
+    Installed: the PyPI font packages, then the font library's cache (`okkhor fonts fetch`, fontlib.py).
+    """
     needed = sorted(bengali_inventory())
     kept: list[FontSpec] = []
     notes: list[str] = []
     names: set[str] = set()
-    for path in _package_font_files():
+    library = fontlib.cached_font_files()  # font library hook: its files also get the --fonts-dir shaping check
+    for path in [*_package_font_files(), *library]:
         specs, problem = _file_specs(path, needed)
+        if specs and path in library:  # font library hook (see load_font_dir)
+            try:
+                for spec in specs:
+                    check_shaping(FontRenderer(spec))
+            except OkkhorError as exc:
+                specs, problem = [], str(exc).split(": ", 1)[-1]
         if problem:
             notes.append(f"dropped {path.name}: {problem}")
         for spec in specs:
