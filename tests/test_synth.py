@@ -14,12 +14,12 @@ from okkhor.cli import app
 from okkhor.errors import OkkhorError
 from okkhor.io.kaggle import IMAGE_HEIGHT, IMAGE_WIDTH, N_PIXELS, image_parquet_files, iter_image_parquet
 from okkhor.io.layout import file_rows
-from okkhor.sources.synth.fonts import select_fonts
+from okkhor.sources.synth.fonts import render_grapheme, select_fonts
 from okkhor.sources.synth.imager import Imager
 from okkhor.sources.synth.keys import image_rng
 from okkhor.sources.synth.labels import sample_labels
 from okkhor.sources.synth.plan import plan_draws
-from okkhor.sources.synth.shaping import FontRenderer, check_shaping, render_grapheme, self_check_fonts
+from okkhor.sources.synth.shaping import FontRenderer, check_shaping, self_check_fonts
 from okkhor.sources.synth.writer import synthesize
 
 runner = CliRunner()

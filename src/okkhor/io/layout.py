@@ -8,7 +8,7 @@ import pandas as pd
 
 from okkhor.errors import OkkhorError
 from okkhor.targets import CLASS_MAP_COLUMNS, Targets
-from okkhor.utils.files import atomic_path
+from okkhor.utils.files import write_csv_atomic
 
 SPLIT_CSVS = {"train": ("train.csv",), "test": ("test.csv", "sample_submission.csv", "test_labels.csv")}
 MAX_ROWS_PER_FILE = 50_210  # rows of one competition parquet file
@@ -42,13 +42,6 @@ def file_rows(n: int, rows_per_file: int | None = None) -> list[int]:
     return even_chunks(n, DEFAULT_ROWS_PER_FILE, 2 if n >= SPLIT_IN_TWO_ROWS else 1)
 
 
-def write_csv(path: str | Path, frame: pd.DataFrame) -> Path:
-    """A CSV written atomically (no index column)."""
-    with atomic_path(path) as tmp:
-        frame.to_csv(tmp, index=False, encoding="utf-8")
-    return Path(path)
-
-
 def write_split_csvs(out_dir: str | Path, split: str, labels: pd.DataFrame, targets: Sequence[str]) -> list[Path]:
     """Write the CSV files of `split` from `labels` (image_id, one column per target, and any more columns such as
     grapheme or seen). train: train.csv is `labels`. test: test.csv has one row_id `<image_id>_<target>` per image
@@ -58,14 +51,18 @@ def write_split_csvs(out_dir: str | Path, split: str, labels: pd.DataFrame, targ
     if split not in SPLIT_CSVS:
         raise OkkhorError(f"split {split!r}: expected one of {', '.join(SPLIT_CSVS)}")
     if split == "train":
-        return [write_csv(out_dir / "train.csv", labels)]
-    components = sorted(targets)
-    ids = [i for i in labels["image_id"] for _ in components]
-    comps = components * len(labels)
-    row_ids = [f"{i}_{c}" for i, c in zip(ids, comps, strict=False)]
-    return [write_csv(out_dir / "test.csv", pd.DataFrame({"row_id": row_ids, "image_id": ids, "component": comps})),
-            write_csv(out_dir / "sample_submission.csv", pd.DataFrame({"row_id": row_ids, "target": 0})),
-            write_csv(out_dir / "test_labels.csv", labels)]
+        frames = {"train.csv": labels}
+    else:
+        components = sorted(targets)
+        ids = [i for i in labels["image_id"] for _ in components]
+        comps = components * len(labels)
+        row_ids = [f"{i}_{c}" for i, c in zip(ids, comps, strict=False)]
+        frames = {"test.csv": pd.DataFrame({"row_id": row_ids, "image_id": ids, "component": comps}),
+                  "sample_submission.csv": pd.DataFrame({"row_id": row_ids, "target": 0}),
+                  "test_labels.csv": labels}
+    for name, frame in frames.items():
+        write_csv_atomic(out_dir / name, frame)
+    return [out_dir / name for name in frames]
 
 
 def class_map_frame(targets: Targets) -> pd.DataFrame:

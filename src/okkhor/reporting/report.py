@@ -142,7 +142,7 @@ def _fmt(value: Any) -> str:
 def _renderer() -> Callable[[str], np.ndarray] | None:
     """Render text -> uint8 dark-on-white image, from the synth renderer; None if unavailable."""
     try:
-        from okkhor.sources.synth.shaping import render_grapheme
+        from okkhor.sources.synth.fonts import render_grapheme
 
         render_grapheme("\u0995", height=TILE, width=TILE)   # fails here when no usable font is installed
     except Exception:  # a missing module, font or shaping library only costs the drawn graphemes

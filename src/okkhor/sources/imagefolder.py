@@ -14,8 +14,9 @@ import pandas as pd
 
 from okkhor.errors import OkkhorError
 from okkhor.io.kaggle import IMAGE_HEIGHT, IMAGE_WIDTH, ImageParquetWriter, check_labels, image_parquet_files
-from okkhor.io.layout import SPLIT_CSVS, class_map_frame, file_rows, image_file_name, write_csv, write_split_csvs
+from okkhor.io.layout import SPLIT_CSVS, class_map_frame, file_rows, image_file_name, write_split_csvs
 from okkhor.targets import Targets
+from okkhor.utils.files import write_csv_atomic
 
 MARGIN = 8            # page pixels kept free around the scaled image
 DARK_BACKGROUND = 128  # a border median below this means light ink on a dark background: the image is inverted
@@ -222,7 +223,7 @@ def import_image_folder(image_dir: str | Path, out_dir: str | Path, labels: str 
         if extra in label_map.columns:
             frame[extra] = label_map.loc[kept_folders, extra].to_numpy()
     write_split_csvs(out_dir, split, frame, targets.names)
-    write_csv(class_map_file, classes)
+    write_csv_atomic(class_map_file, classes)
     seconds = time.perf_counter() - start
     return {"out_dir": str(out_dir), "split": split, "images": len(kept), "folders": len(set(kept_folders)),
             "inverted": counts["inverted"], "unreadable": counts["unreadable"],

@@ -1,34 +1,24 @@
-"""Bengali fonts: the faces shipped by font packages, a user's font folder, coverage checks and selection by name."""
+"""Bengali fonts by name: the installed faces (font packages, the font library, a user's folder), their checks,
+selection, and clean renderings in a named font."""
 from __future__ import annotations
 
 import functools
 import importlib.util
-import re
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
 
 from okkhor.bengali import inventory
 from okkhor.errors import OkkhorError
+from okkhor.sources.synth import fontlib
+from okkhor.sources.synth.face import FontSpec, slug
+
+if TYPE_CHECKING:  # shaping imports HarfBuzz and FreeType (the synth extra): only where a function needs it
+    from okkhor.sources.synth.shaping import FontRenderer
 
 VARIABLE_INSTANCES = 3  # weights taken evenly over a variable font's wght axis, its ends included
 DEFAULT_FONT = "hind-siliguri-regular"  # the fixed font of clean renderings (render_grapheme, the syllable check)
-
-
-@dataclass(frozen=True)
-class FontSpec:
-    """One font face to render with: a file, plus a design weight when the file is a variable font."""
-
-    name: str
-    family: str
-    path: Path
-    weight: float | None = None
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
 def _package_font_files() -> list[Path]:
@@ -53,7 +43,7 @@ def _specs_of_file(path: Path) -> list[FontSpec]:
     import freetype  # the synth extra
 
     face = freetype.Face(str(path))
-    family = _slug(face.family_name.decode("latin-1"))
+    family = slug(face.family_name.decode("latin-1"))
     if face.has_multiple_masters:
         axes = {a.tag: a for a in face.get_variation_info().axes}
         wght = axes.get("wght")
@@ -61,7 +51,7 @@ def _specs_of_file(path: Path) -> list[FontSpec]:
             weights = np.linspace(wght.minimum, wght.maximum, VARIABLE_INSTANCES) if wght.maximum > wght.minimum \
                 else [wght.default]
             return [FontSpec(f"{family}-w{int(round(w))}", family, path, float(w)) for w in weights]
-    style = _slug(face.style_name.decode("latin-1")) or "regular"
+    style = slug(face.style_name.decode("latin-1")) or "regular"
     return [FontSpec(f"{family}-{style}", family, path)]
 
 
@@ -77,25 +67,39 @@ def _coverage_problem(path: Path, needed: Sequence[str]) -> str | None:
     return None
 
 
-def _file_specs(path: Path, needed: Sequence[str]) -> tuple[list[FontSpec], str | None]:
-    """The faces of one font file, or ([], why it is unusable)."""
+def _file_specs(path: Path, needed: Sequence[str], shaping: bool = False) -> tuple[list[FontSpec], str | None]:
+    """The faces of one font file, or ([], why it is unusable); `shaping`: each face must also pass the shaping
+    self-check (a file from outside the font packages)."""
+    from okkhor.sources.synth.shaping import check_face  # the synth extra
+
     try:
         specs = _specs_of_file(path)
     except Exception as exc:  # FreeType raises its own error types for unreadable files
         return [], f"cannot be opened ({exc})"
     problem = _coverage_problem(path, needed)
-    return ([], problem) if problem else (specs, None)
+    if problem:
+        return [], problem
+    try:
+        for spec in specs if shaping else ():
+            check_face(spec)
+    except OkkhorError as exc:
+        return [], str(exc).split(": ", 1)[-1]
+    return specs, None
 
 
 @functools.lru_cache(maxsize=1)
 def discover_fonts() -> tuple[tuple[FontSpec, ...], tuple[str, ...]]:
-    """All installed fonts that cover the whole Bengali inventory, and notes on the fonts dropped."""
+    """All installed fonts that cover the whole Bengali inventory, and notes on the fonts dropped.
+
+    Installed: the PyPI font packages, then the font library's cache (`okkhor fonts fetch`, fontlib.py).
+    """
     needed = sorted(inventory())
     kept: list[FontSpec] = []
     notes: list[str] = []
     names: set[str] = set()
-    for path in _package_font_files():
-        specs, problem = _file_specs(path, needed)
+    library = fontlib.cached_font_files()  # font library hook: its files also get the --fonts-dir shaping check
+    for path in [*_package_font_files(), *library]:
+        specs, problem = _file_specs(path, needed, shaping=path in library)
         if problem:
             notes.append(f"dropped {path.name}: {problem}")
         for spec in specs:
@@ -105,14 +109,12 @@ def discover_fonts() -> tuple[tuple[FontSpec, ...], tuple[str, ...]]:
     return tuple(kept), tuple(notes)
 
 
-def load_font_dir(folder: str | Path, taken: Iterable[str] = (), *, check: Callable[[FontSpec], None]
-                  ) -> tuple[list[FontSpec], list[str]]:
+def load_font_dir(folder: str | Path, taken: Iterable[str] = ()) -> tuple[list[FontSpec], list[str]]:
     """A user's own .ttf/.otf files in `folder` (not recursive): the usable faces, and one warning per rejected file.
 
-    A file is rejected when it cannot be opened, lacks a glyph the class map needs, or fails `check`, the shaping
-    self-check (okkhor.sources.synth.shaping.check_face: an OkkhorError `font NAME: why`). A face whose name is
-    in `taken` (e.g. a copy of a shipped font) gets the file name appended. OkkhorError when the folder is
-    missing or no file in it is usable.
+    A file is rejected when it cannot be opened, lacks a glyph the class map needs, or fails the shaping
+    self-check. A face whose name is in `taken` (e.g. a copy of a shipped font) gets the file name appended.
+    OkkhorError when the folder is missing or no file in it is usable.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -123,17 +125,12 @@ def load_font_dir(folder: str | Path, taken: Iterable[str] = (), *, check: Calla
     needed = sorted(inventory())
     names, kept, warnings = set(taken), [], []
     for path in files:
-        specs, problem = _file_specs(path, needed)
-        try:
-            for spec in specs:
-                check(spec)
-        except OkkhorError as exc:
-            specs, problem = [], str(exc).split(": ", 1)[-1]
+        specs, problem = _file_specs(path, needed, shaping=True)
         if problem:
             warnings.append(f"{path}: font rejected: {problem}")
         for spec in specs:
             if spec.name in names:
-                spec = FontSpec(f"{spec.name}-{_slug(path.stem)}", spec.family, spec.path, spec.weight)
+                spec = FontSpec(f"{spec.name}-{slug(path.stem)}", spec.family, spec.path, spec.weight)
             names.add(spec.name)
             kept.append(spec)
     if not kept:
@@ -170,3 +167,28 @@ def default_font() -> str:
     """The name of the font clean renderings use: DEFAULT_FONT when it is installed, else the first usable one."""
     names = [f.name for f in select_fonts()]
     return DEFAULT_FONT if DEFAULT_FONT in names else names[0]
+
+
+@functools.lru_cache(maxsize=64)
+def get_renderer(name: str | None = None, em_px: int = 64) -> FontRenderer:
+    """A cached, self-checked renderer for one usable font by name (None: the default font)."""
+    from okkhor.sources.synth.shaping import FontRenderer, check_shaping  # the synth extra
+
+    renderer = FontRenderer(select_fonts([default_font() if name is None else name])[0], em_px=em_px)
+    check_shaping(renderer)
+    return renderer
+
+
+def render_grapheme(text: str, height: int = 137, width: int = 236, font: str | None = None) -> np.ndarray:
+    """Render one grapheme string cleanly (fixed font, no distortion): uint8 [height, width], black ink on white."""
+    from okkhor.sources.synth.shaping import fit_into  # the synth extra
+
+    if not isinstance(text, str) or not text:
+        raise ValueError("render_grapheme: text must be a non-empty string")
+    if isinstance(height, bool) or not isinstance(height, int) or height < 8:
+        raise ValueError(f"render_grapheme: height must be an integer >= 8, got {height!r}")
+    if isinstance(width, bool) or not isinstance(width, int) or width < 8:
+        raise ValueError(f"render_grapheme: width must be an integer >= 8, got {width!r}")
+    renderer = get_renderer(font, em_px=max(32, min(256, height)))
+    ink = fit_into(renderer.render(text), height, width)
+    return np.clip(255.0 - 255.0 * ink + 0.5, 0, 255).astype(np.uint8)

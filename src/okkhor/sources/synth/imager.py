@@ -11,7 +11,8 @@ import numpy as np
 
 from okkhor.io.kaggle import IMAGE_HEIGHT, IMAGE_WIDTH
 from okkhor.sources.synth import hand as handwriting
-from okkhor.sources.synth.fonts import FontSpec, select_fonts
+from okkhor.sources.synth.face import FontSpec
+from okkhor.sources.synth.fonts import select_fonts
 from okkhor.sources.synth.hand import HandStyle
 from okkhor.sources.synth.keys import GRAIN_SEED
 

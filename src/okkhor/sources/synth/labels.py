@@ -12,6 +12,7 @@ import numpy as np
 from okkhor import bengali
 from okkhor.errors import OkkhorError
 from okkhor.io.kaggle import check_labels, read_csv_checked
+from okkhor.sources.synth.fonts import get_renderer
 from okkhor.sources.synth.keys import LABELS_STREAM, split_rng, unseen_rng
 from okkhor.targets import Targets
 
@@ -43,8 +44,6 @@ def unseen_triples() -> tuple[tuple[int, int, int], ...]:
     Dropped: triples HarfBuzz shapes as a broken cluster (e.g. ং or ঃ with a vowel sign, অ + া) and triples
     whose string equals another triple's (e.g. root র + ra-phala is written like reph + র).
     """
-    from okkhor.sources.synth.shaping import get_renderer  # the synth extra
-
     renderer = get_renderer()
     seen = bengali.seen_triples()
     by_string: dict[str, list[tuple[int, int, int]]] = {}

@@ -7,7 +7,7 @@ from typing import Sequence
 import numpy as np
 
 from okkhor.errors import OkkhorError
-from okkhor.sources.synth.fonts import FontSpec
+from okkhor.sources.synth.face import FontSpec
 from okkhor.sources.synth.keys import DRAWS_STREAM, split_rng
 from okkhor.sources.synth.labels import Sample
 

@@ -7,7 +7,8 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from okkhor.sources.synth.checks import check_preview
-from okkhor.sources.synth.fonts import FontSpec, select_fonts
+from okkhor.sources.synth.face import FontSpec
+from okkhor.sources.synth.fonts import select_fonts
 from okkhor.sources.synth.hand import HandStyle
 from okkhor.sources.synth.imager import Imager, Variation
 from okkhor.sources.synth.keys import image_rng

@@ -1,8 +1,7 @@
-"""Bengali text on pixels: HarfBuzz shaping, FreeType rasterising, the shaping self-check and clean renderings."""
+"""Bengali text on pixels: HarfBuzz shaping, FreeType rasterising, and the shaping self-check of a face."""
 from __future__ import annotations
 
 import ctypes
-import functools
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Iterable
@@ -13,7 +12,7 @@ import uharfbuzz as hb
 
 from okkhor.bengali import VIRAMA
 from okkhor.errors import OkkhorError
-from okkhor.sources.synth.fonts import FontSpec, default_font, select_fonts
+from okkhor.sources.synth.face import FontSpec
 
 DOTTED_CIRCLE = "\u25cc"
 SELF_CHECK_TEXTS = ("\u09b0\u09cd\u0995", "\u0995\u09cd\u09b0", "\u0995\u09cd\u09b7", "\u0995\u09bf")
@@ -189,16 +188,6 @@ def check_shaping(renderer: FontRenderer) -> None:
         raise OkkhorError(f"font {renderer.name}: Bengali shaping self-check failed{how}: {'; '.join(problems)}")
 
 
-@functools.lru_cache(maxsize=64)
-def get_renderer(name: str | None = None, em_px: int = 64) -> FontRenderer:
-    """A cached, self-checked renderer for one usable font by name (None: the default font)."""
-    name = default_font() if name is None else name
-    spec = select_fonts([name])[0]
-    renderer = FontRenderer(spec, em_px=em_px)
-    check_shaping(renderer)
-    return renderer
-
-
 def fit_into(coverage: np.ndarray, height: int, width: int, margin: float = 0.08) -> np.ndarray:
     """Scale an ink coverage bitmap to fit, centred, into height x width; returns float32 coverage 0..1."""
     import cv2
@@ -208,19 +197,6 @@ def fit_into(coverage: np.ndarray, height: int, width: int, margin: float = 0.08
     m = np.array([[scale, 0, (width - scale * w) / 2], [0, scale, (height - scale * h) / 2]], np.float64)
     return cv2.warpAffine(coverage.astype(np.float32) / 255.0, m, (width, height), flags=cv2.INTER_AREA
                           if scale < 1 else cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-
-
-def render_grapheme(text: str, height: int = 137, width: int = 236, font: str | None = None) -> np.ndarray:
-    """Render one grapheme string cleanly (fixed font, no distortion): uint8 [height, width], black ink on white."""
-    if not isinstance(text, str) or not text:
-        raise ValueError("render_grapheme: text must be a non-empty string")
-    if isinstance(height, bool) or not isinstance(height, int) or height < 8:
-        raise ValueError(f"render_grapheme: height must be an integer >= 8, got {height!r}")
-    if isinstance(width, bool) or not isinstance(width, int) or width < 8:
-        raise ValueError(f"render_grapheme: width must be an integer >= 8, got {width!r}")
-    renderer = get_renderer(font, em_px=max(32, min(256, height)))
-    ink = fit_into(renderer.render(text), height, width)
-    return np.clip(255.0 - 255.0 * ink + 0.5, 0, 255).astype(np.uint8)
 
 
 def check_face(spec: FontSpec) -> None:

@@ -15,7 +15,7 @@ from threadpoolctl import threadpool_limits
 from okkhor.errors import OkkhorError
 from okkhor.io.kaggle import N_PIXELS, ImageParquetWriter, pixel_columns
 from okkhor.io.layout import even_chunks
-from okkhor.sources.synth.fonts import FontSpec
+from okkhor.sources.synth.face import FontSpec
 from okkhor.sources.synth.hand import HandStyle
 from okkhor.sources.synth.imager import Imager, Variation
 from okkhor.sources.synth.keys import ImageRngs

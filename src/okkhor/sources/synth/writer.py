@@ -15,7 +15,8 @@ from okkhor.errors import OkkhorError
 from okkhor.io.kaggle import image_parquet_files
 from okkhor.io.layout import MAX_ROWS_PER_FILE, file_rows, image_file_name, write_split_csvs
 from okkhor.sources.synth.checks import check_count, check_fraction, check_preview
-from okkhor.sources.synth.fonts import FontSpec, discover_fonts, load_font_dir, select_fonts
+from okkhor.sources.synth.face import FontSpec
+from okkhor.sources.synth.fonts import discover_fonts, load_font_dir, select_fonts
 from okkhor.sources.synth.hand import HandStyle
 from okkhor.sources.synth.imager import Variation
 from okkhor.sources.synth.labels import (
@@ -86,10 +87,10 @@ def _check_out_dir(out_dir: Path, overwrite: bool) -> list[Path]:
 def _faces(fonts: Sequence[str] | str | None, fonts_dir: str | Path | None,
            holdout_fonts: Sequence[str] | str | None) -> tuple[list[FontSpec], list[int], list, list[str]]:
     """(faces, held-out face indices, self-checked renderers, warnings on the rejected --fonts-dir files)."""
-    from okkhor.sources.synth.shaping import check_face, self_check_fonts  # the synth extra
+    from okkhor.sources.synth.shaping import self_check_fonts  # the synth extra
 
     user_fonts, font_warnings = ([], []) if fonts_dir is None else load_font_dir(
-        fonts_dir, taken=[f.name for f in discover_fonts()[0]], check=check_face)
+        fonts_dir, taken=[f.name for f in discover_fonts()[0]])
     specs = select_fonts(fonts, extra=user_fonts)
     held = holdout_faces(specs, holdout_fonts)
     return specs, held, self_check_fonts(specs), font_warnings
