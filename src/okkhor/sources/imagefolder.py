@@ -1,5 +1,4 @@
-"""Other labelled handwriting: a folder of images, one subfolder per class (torchvision's ImageFolder layout),
-written in the competition's format (dark ink on a light 137x236 page) with the targets a label map gives."""
+"""Other labelled handwriting: an ImageFolder tree of images written in the competition's format, labels by a map."""
 from __future__ import annotations
 
 import contextlib

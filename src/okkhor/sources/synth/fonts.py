@@ -1,5 +1,4 @@
-"""Bengali fonts by name: the installed faces (font packages, the font library, a user's folder), their checks,
-selection, and clean renderings in a named font."""
+"""Bengali fonts by name: installed and user faces, their checks, selection, and clean renderings in a named font."""
 from __future__ import annotations
 
 import functools
