@@ -31,6 +31,7 @@ def _pypi_package(path: Path) -> tuple[str, str]:
 def _rows(cache: Path) -> list[tuple[str, str, str, str, str, str]]:
     """(family, faces, source, package, licence, where): the PyPI families found, then the library's families."""
     from okkhor.sources.synth import fontlib
+    from okkhor.sources.synth.face import slug
     from okkhor.sources.synth.fonts import discover_fonts
 
     specs, notes = discover_fonts()
@@ -55,7 +56,7 @@ def _rows(cache: Path) -> list[tuple[str, str, str, str, str, str]]:
             refused = [n.split(": ", 1)[-1] for p in paths for n in notes if n.startswith(f"dropped {p.name}: ")]
             where = (str(cache / package.folder) if usable else f"refused: {refused[0]}" if refused
                      else "not fetched: okkhor fonts fetch" if not paths else "refused")
-            rows.append((fontlib.family_slug(family), str(usable), package.source, package.spec, fonts[0].licence,
+            rows.append((slug(family), str(usable), package.source, package.spec, fonts[0].licence,
                          where))
     return rows
 

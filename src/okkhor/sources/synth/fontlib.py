@@ -6,7 +6,6 @@ import importlib.util
 import io
 import json
 import os
-import re
 import shutil
 import subprocess
 import tarfile
@@ -154,11 +153,6 @@ def cache_dir() -> Path:
         return Path(os.environ[CACHE_ENV]).expanduser()
     xdg = os.environ.get("XDG_CACHE_HOME", "")
     return (Path(xdg) if os.path.isabs(xdg) else Path.home() / ".cache") / "okkhor" / "fonts"
-
-
-def family_slug(name: str) -> str:
-    """The family name okkhor uses for a font's family name ('Baloo Da 2' -> 'baloo-da-2'), as render does."""
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
 def sha256_of(data: bytes | Path) -> str:
