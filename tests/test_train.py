@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 from helpers import FAST, assert_one_line_error
 from okkhor.cli import app
 from okkhor.config import TrainConfig, load_config
+from okkhor.io import checkpoint
 from okkhor.models.model import load_for_inference
 from okkhor.targets import Targets
 from okkhor.training.optim import build_optimizer
@@ -221,6 +222,26 @@ def test_run_dir_contract(two_epoch_run):
     best = torch.load(out / "checkpoints" / "best.pt", weights_only=True)
     assert best["run"]["best_epoch"] == last["run"]["best_epoch"] == best["trainer"]["epoch"]
     assert not list((out / "checkpoints").glob(".*tmp*"))
+
+
+def test_the_report_of_a_trained_run_finds_its_data_through_the_checkpoint(data, two_epoch_run, tmp_path):
+    """The trainer records the data dir it read in the checkpoint's data record, so `okkhor report RUN` without
+    --data evaluates on it also when the run dir travelled without its run.json (the report read a `data_dir`
+    key that no trainer wrote)."""
+    import json
+    import shutil
+
+    out, result = two_epoch_run
+    run = tmp_path / "copied"
+    shutil.copytree(out / "checkpoints", run / "checkpoints")
+    shutil.copy(out / "metrics.csv", run / "metrics.csv")
+    best = checkpoint.load(run / "checkpoints" / "best.pt")
+    assert checkpoint.data_dir(best) == data.root.resolve()
+    code, output = cli("report", run, "--gallery", 2)
+    assert code == 0, output
+    metrics = json.loads((run / "report" / "metrics.json").read_text())
+    assert metrics["images"] == 24 and metrics["source"] == "fold 0"   # the valid fold: 1 of 4 folds of 96 images
+    assert metrics["score"] == pytest.approx(best["run"]["best_score"], abs=1e-9)
 
 
 def test_resume_continues_exactly_and_workers_do_not_matter(data, two_epoch_run, tmp_path):

@@ -31,6 +31,7 @@ from okkhor.config import Config
 from okkhor.data.folds import check_same_data
 from okkhor.data.sets import EpochBatches, load_run_data
 from okkhor.errors import OkkhorError
+from okkhor.io import checkpoint
 from okkhor.models.graphemes import grapheme_classes, with_grapheme_column
 from okkhor.targets import Targets
 from okkhor.training.checkpoints import (
@@ -38,7 +39,6 @@ from okkhor.training.checkpoints import (
     PerProcess,
     RunCheckpoints,
     TrainerState,
-    load_training_checkpoint,
     remove_stale_temps,
 )
 from okkhor.training.distributed import (
@@ -229,7 +229,7 @@ def _open(data_dir: Path, out_dir: Path, cfg: Config, resume: bool, log, init: P
         if not data_dir.is_dir():  # before the line below: a bad --data stays one error line
             raise OkkhorError(f"{data_dir}: data directory not found")
         log(f"train: --resume: {out_dir} holds no checkpoint yet; starting from the beginning")
-    ckpt = load_training_checkpoint(last) if resume and not fresh else None
+    ckpt = checkpoint.load_for_resume(last) if resume and not fresh else None
     amp, channels_last = cfg.train.amp, cfg.train.channels_last
     if ckpt is not None:  # `auto` resumes with what the run chose (resolved in its stored config)
         saved = ckpt["config"]["train"]
@@ -326,12 +326,11 @@ def _run(data_dir: Path, out_dir: Path, cfg: Config, resume: bool, show_progress
 
     cfg, targets, loss_weights, precision, ckpt = _open(data_dir, out_dir, cfg, resume, log, init)
     epochs = cfg.train.epochs
-    if ckpt is not None:
-        done = ckpt["trainer"]["epoch"]
-        if ckpt["run"]["stop_reason"] == "early_stopping" or done >= epochs:
-            log(f"train: {out_dir / 'checkpoints' / 'last.pt'} has finished ({ckpt['run']['stop_reason']} after "
-                f"epoch {done}); nothing to do (with a schedule not laid out over train.epochs, raise it to train on)")
-            return _result(done, ckpt["run"])
+    if ckpt is not None and checkpoint.is_finished(ckpt, epochs):
+        done = checkpoint.finished_epochs(ckpt)
+        log(f"train: {out_dir / 'checkpoints' / 'last.pt'} has finished ({checkpoint.stop_reason(ckpt)} after "
+            f"epoch {done}); nothing to do (with a schedule not laid out over train.epochs, raise it to train on)")
+        return _result(done, checkpoint.run_record(ckpt))
     b = _build(cfg, targets, loss_weights, precision, ckpt, data_dir, log, show_progress, hooks, init)
     last = out_dir / "checkpoints" / "last.pt"
     if ckpt is not None:
@@ -365,8 +364,9 @@ def _run(data_dir: Path, out_dir: Path, cfg: Config, resume: bool, show_progress
                "scheduler": b.schedule, "scaler": precision.scaler, "mixer": PerProcess(b.mixer),
                "trainer": TrainerState(trainer, b.step, lambda: len(b.train_loader), epochs, b.batches, b.world),
                "run": state, "early_stopping": early_stopping, "meter": meter, "rng": PerProcess(GlobalRng())}
-    meta = {"config": cfg.to_dict(), "targets": targets.to_dict(),
-            "train_class_counts": class_counts(b.data.labels[b.data.train_idx], targets), "data": b.data.fingerprint}
+    meta = checkpoint.meta_record(cfg.to_dict(), targets.to_dict(),
+                                  class_counts(b.data.labels[b.data.train_idx], targets),
+                                  checkpoint.data_record(b.data.fingerprint, data_dir))
     swa = _swa(cfg, b, out_dir, meta, log) if cfg.train.swa_epochs else None
     if swa is not None:
         trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda engine: swa.update(engine.state.epoch))
