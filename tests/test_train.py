@@ -293,16 +293,16 @@ def test_cli_resume_with_more_epochs_on_a_constant_schedule(data, tmp_path):
 
 
 def test_nan_loss_stops_with_one_line_and_keeps_the_last_good_checkpoint(data, tmp_path, monkeypatch):
-    import okkhor.training.step
+    import okkhor.training.loss
 
-    real = okkhor.training.step.multihead_loss
+    real = okkhor.training.loss.multihead_loss
 
     def poisoned(logits, mixed, *args, **kwargs):
         loss = real(logits, mixed, *args, **kwargs)
         return loss * float("nan") if calls.append(1) or len(calls) > 6 else loss
 
     calls: list[int] = []
-    monkeypatch.setattr(okkhor.training.step, "multihead_loss", poisoned)
+    monkeypatch.setattr(okkhor.training.loss, "multihead_loss", poisoned)  # the training loss only
     out = tmp_path / "nan"
     code, output = cli("train", "--data", data.root, "--out", out, "--no-progress", *sum(
         (["--set", s] for s in FAST + ["train.epochs=3"]), []))

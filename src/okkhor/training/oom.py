@@ -78,15 +78,15 @@ class OomRecovery:
     In a multi-process run the other processes cannot follow a split, so there the error is re-raised as one line.
     """
 
-    def __init__(self, plan: Any, model: Any, *, injector: Optional[FaultInjector] = None,
+    def __init__(self, plan: Any, model: Any, *, injector: Optional[Callable[[int], None]] = None,
                  log: Callable[[str], None] = print, min_batch: int = 1):
         for name in ("batch_size", "accum"):
             if not isinstance(getattr(plan, name, None), int):
                 raise TypeError(f"plan must have an int {name}, got {type(plan).__name__}")
         if not hasattr(model, "parameters"):
             raise TypeError(f"model must be a torch module, got {type(model).__name__}")
-        if injector is not None and not isinstance(injector, FaultInjector):
-            raise TypeError(f"injector must be a FaultInjector or None, got {type(injector).__name__}")
+        if injector is not None and not callable(injector):
+            raise TypeError(f"injector must be callable or None, got {type(injector).__name__}")
         if isinstance(min_batch, bool) or not isinstance(min_batch, int) or min_batch < 1:
             raise ValueError(f"min_batch must be an int >= 1, got {min_batch!r}")
         self.plan, self.model, self.injector, self.log, self.min_batch = plan, model, injector, log, min_batch

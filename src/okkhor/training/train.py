@@ -61,12 +61,10 @@ from okkhor.training.handlers import (
     metrics_columns,
     summary_line,
 )
-from okkhor.training.optim import SCHEDULES, build_optimizer, build_scheduler, steps_per_epoch
+from okkhor.training.optim import SCHEDULES, steps_per_epoch
 from okkhor.training.step import (
     BatchPlan,
     Precision,
-    TrainLoss,
-    TrainStep,
     class_counts,
     create_evaluator,
     create_trainer,
@@ -247,12 +245,12 @@ def _open(data_dir: Path, out_dir: Path, cfg: Config, resume: bool, log, init: P
 
 def _build(cfg: Config, targets: Targets, loss_weights: list[float], precision: Precision, ckpt, data_dir: Path,
            log, show_progress: bool, hooks: _TestHooks, init: Path | None = None) -> SimpleNamespace:
-    """Model, data, optimizer, schedule, mixer, EMA, OOM recovery and the training step of a run."""
+    """Model, data, and the training step of a run (okkhor.training.setup: optimizer, schedule, mixer, EMA, OOM
+    recovery)."""
     from okkhor.data.augment import build_augment
     from okkhor.data.dataset import GraphemeDataset
-    from okkhor.models.model import build_model
-    from okkhor.training.mixing import Mixer
-    from okkhor.training.oom import FaultInjector, OomRecovery
+    from okkhor.training.oom import FaultInjector
+    from okkhor.training.setup import build_net, build_training
     from okkhor.utils.devices import set_backend_flags
 
     tcfg, device, rank_, world = cfg.train, precision.device, rank(), world_size()
@@ -264,32 +262,20 @@ def _build(cfg: Config, targets: Targets, loss_weights: list[float], precision: 
     if cfg.model.grapheme_head:  # the head's classes are the label triples of the training images
         data = load_run_data(data_dir, cfg, targets, log, show_progress)
         graphemes = grapheme_classes(data.labels[data.train_idx])
-    net = build_model(cfg.model, targets, graphemes)  # before the data: a bad model or plan fails fast
-    if init is not None:
-        from okkhor.training.finetune import init_from
-
-        init_from(net, init, cfg.model.name, targets, log)
-    net.to(device, memory_format=torch.channels_last if precision.channels_last else torch.contiguous_format)
+    # before the data: a bad model or plan fails fast
+    net = build_net(cfg.model, targets, device, bool(precision.channels_last), graphemes, init, log)
     plan = BatchPlan(**ckpt["run"]["batch"]) if ckpt else initial_batch_plan(cfg, net, device)
     data = data or load_run_data(data_dir, cfg, targets, log, show_progress)
-    # with the grapheme head its class is one more label column and its loss one more weighted term
+    # with the grapheme head its class is one more label column (and its loss one more weighted term)
     labels = data.labels if graphemes is None else with_grapheme_column(data.labels, graphemes)
-    loss_weights = list(loss_weights) + ([tcfg.grapheme_loss_weight] if graphemes is not None else [])
-    ema = None
-    if tcfg.ema > 0:
-        from timm.utils import ModelEmaV3
 
-        # warmup: the averaging horizon grows with the step count up to 1/(1-ema), so short runs work too
-        ema = ModelEmaV3(net, decay=tcfg.ema, use_warmup=True)
-    model: torch.nn.Module = net
-    if world > 1:
-        # plain DDP rather than idist.auto_model: that one moves the model to a GPU even for train.device=cpu
-        from torch.nn.parallel import DistributedDataParallel
+    def wrap(model: torch.nn.Module) -> torch.nn.Module:
+        if world > 1:
+            # plain DDP rather than idist.auto_model: that one moves the model to a GPU even for train.device=cpu
+            from torch.nn.parallel import DistributedDataParallel
 
-        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if tcfg.compile:
-        model = torch.compile(model)
-    optimizer = build_optimizer(net, tcfg)
+            model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        return torch.compile(model) if tcfg.compile else model
 
     def loader(dataset, **kw) -> DataLoader:
         # workers send uint8 batches (pinned for CUDA); the device scales them (Precision.images)
@@ -307,17 +293,14 @@ def _build(cfg: Config, targets: Targets, loss_weights: list[float], precision: 
     eval_loaders = {split: loader(GraphemeDataset(data.images, labels, shard(idx, rank_, world)),
                                   batch_size=cfg.eval.batch_size)
                     for split, idx in (("train_clean", data.clean_idx), ("valid", data.valid_idx)) if len(idx)}
-    schedule = build_scheduler(optimizer, tcfg, len(train_loader), plan.accum)
-    mixer = Mixer(cfg.mix, seed=cfg.seed + rank_)  # each process mixes its own batch its own way
-    # out-of-memory recovery: redo a failed micro-batch in chunks; the plan shrinks at the epoch's end
-    oom = OomRecovery(plan, net, log=log, injector=FaultInjector(hooks.oom_at) if hooks.oom_at != -1 else None)
-    step = TrainStep(model, optimizer, plan, TrainLoss(loss_weights, tcfg.label_smoothing, tcfg.ohem, mixer),
-                     precision=precision, scheduler=schedule, clip_grad=tcfg.clip_grad, ema=ema, runner=oom)
-    return SimpleNamespace(net=net, ema=ema, plan=plan, data=data, optimizer=optimizer, schedule=schedule,
-                           mixer=mixer, oom=oom, step=step, train_set=train_set, batches=batches, generator=generator,
-                           train_loader=train_loader, eval_loaders=eval_loaders, loss_weights=loss_weights,
-                           device=device, world=world, precision=precision, backend_flags=backend_flags,
-                           loader=loader)
+    parts = build_training(net, cfg, targets, precision, plan, len(train_loader), wrap=wrap, log=log)
+    if hooks.oom_at != -1:
+        parts.oom.injector = FaultInjector(hooks.oom_at)
+    return SimpleNamespace(net=net, ema=parts.ema, plan=plan, data=data, optimizer=parts.optimizer,
+                           schedule=parts.schedule, mixer=parts.mixer, oom=parts.oom, step=parts.step,
+                           train_set=train_set, batches=batches, generator=generator, train_loader=train_loader,
+                           eval_loaders=eval_loaders, loss_weights=parts.loss.weights, device=device, world=world,
+                           precision=precision, backend_flags=backend_flags, loader=loader)
 
 
 def _run(data_dir: Path, out_dir: Path, cfg: Config, resume: bool, show_progress: bool, log, hooks,
