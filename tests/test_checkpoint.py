@@ -6,7 +6,7 @@ import random
 import numpy as np
 import pytest
 import torch
-from ignite.engine import Engine
+from ignite.engine import Engine, Events
 from ignite.handlers import EarlyStopping
 from timm.utils import ModelEmaV3
 
@@ -180,3 +180,74 @@ def test_is_finished(reason, done, epochs, finished):
     ckpt = {"run": {"stop_reason": reason, "best_epoch": 1}, "trainer": {"epoch": done}}
     assert checkpoint.is_finished(ckpt, epochs) is finished
     assert checkpoint.best_epoch(ckpt) == 1 and checkpoint.best_epoch({}) is None
+
+
+# ------------------------------------------------------------------------------------ what the libraries must keep
+
+def test_adapter_ignite_checkpoint_items_round_trip_through_the_documented_state_dict(tmp_path):
+    """The top-N list of an ignite Checkpoint, read and restored through state_dict()/load_state_dict(), is what
+    the library then acts on (fails if ignite's state_dict stops being that one list)."""
+    from ignite.handlers import Checkpoint, DiskSaver
+
+    from okkhor.training.adapters import checkpoint_items, set_checkpoint_items
+
+    scores = {1: 0.3, 2: 0.9, 3: 0.5, 4: 0.4}
+
+    def top(folder):
+        return Checkpoint({"m": torch.nn.Linear(1, 1)}, DiskSaver(str(folder), require_empty=False), n_saved=2,
+                          filename_pattern="e{global_step}.{ext}", score_function=lambda e: scores[e.state.epoch],
+                          global_step_transform=lambda e, event: e.state.epoch)
+
+    first, trainer = top(tmp_path), Engine(lambda engine, batch: None)
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, first)
+    trainer.run([0], max_epochs=3)
+    items = checkpoint_items(first)
+    assert items == [(0.5, "e3.pt"), (0.9, "e2.pt")] and sorted(p.name for p in tmp_path.iterdir()) == ["e2.pt",
+                                                                                                      "e3.pt"]
+    again = top(tmp_path)   # a resumed run: epoch 4's 0.4 beats neither kept score, epoch 3's file stays
+    set_checkpoint_items(again, items)
+    assert checkpoint_items(again) == items
+    trainer = Engine(lambda engine, batch: None)
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, again)
+    trainer.load_state_dict({"epoch": 3, "max_epochs": 4, "epoch_length": 1})
+    trainer.run([0])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e2.pt", "e3.pt"]
+
+
+class _WorkerPid(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, index: int) -> int:
+        import os
+
+        return os.getpid()
+
+
+def test_adapter_torch_end_workers_ends_persistent_workers_now():
+    """The persistent workers of a loader still referenced end at once (fails if torch moves them out of
+    DataLoader._iterator, which then no longer holds them)."""
+    import os
+    import time
+
+    from torch.utils.data import DataLoader
+
+    from okkhor.training.adapters import end_workers
+
+    loader = DataLoader(_WorkerPid(), batch_size=1, num_workers=1, persistent_workers=True)
+    (pid,) = {int(x) for x in loader}
+    assert pid != os.getpid() and loader._iterator is not None
+
+    def alive() -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+    assert alive()
+    end_workers(loader)
+    deadline = time.time() + 10
+    while alive() and time.time() < deadline:
+        time.sleep(0.05)
+    assert not alive()

@@ -19,15 +19,18 @@ from typer.testing import CliRunner
 from helpers import FAST, assert_one_line_error
 from okkhor.cli import app
 from okkhor.config import TrainConfig, load_config
+from okkhor.data.sets import EpochBatches
 from okkhor.io import checkpoint
 from okkhor.models.model import load_for_inference
 from okkhor.targets import Targets
+from okkhor.training import testing
 from okkhor.training.optim import build_optimizer
 from okkhor.training.step import BatchPlan, TrainStep
-from okkhor.training.train import EpochBatches, _train, metrics_columns, train
+from okkhor.training.tracking import metrics_columns
+from okkhor.training.train import train
 
-# what every checkpoint of a run holds (okkhor.training.train lists the objects in one place); ema and early_stopping
-# appear when the run has them
+# what every checkpoint of a run holds (okkhor.training.checkpoints.run_objects lists the stateful objects, and
+# okkhor.io.checkpoint.meta_record the rest); ema and early_stopping appear when the run has them
 CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "scaler", "mixer", "trainer", "run", "meter", "rng", "config",
                    "targets", "train_class_counts", "data")
 
@@ -249,7 +252,7 @@ def test_resume_continues_exactly_and_workers_do_not_matter(data, two_epoch_run,
     reference, _ = two_epoch_run
     out = tmp_path / "resumed"
     cfg = load_config(None, FAST + ["data.workers=2"])
-    first = _train(data.root, out, cfg, show_progress=False, log=lambda m: None, stop_after=1)
+    first = testing.train(data.root, out, cfg, show_progress=False, log=lambda m: None, stop_after=1)
     assert first["stop_reason"] == "stop_after" and len(values(out)) == 3
     result = train(data.root, out, cfg, resume=True, show_progress=False, log=lambda m: None)
     assert result["epoch"] == 2

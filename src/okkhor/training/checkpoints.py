@@ -1,6 +1,4 @@
-"""Training checkpoints through ignite: `Checkpoint` with an atomic saver writes last.pt every epoch (and mid-epoch:
-on SIGTERM/SIGINT and every train.checkpoint_every iterations) and best.pt when the valid score improves;
-`Checkpoint.load_objects` resumes, mid-epoch too. The file format (keys, save, load) is okkhor.io.checkpoint's."""
+"""Training checkpoints through ignite: last.pt, best.pt and the top N written, every stateful object resumed."""
 from __future__ import annotations
 
 import random
@@ -15,6 +13,11 @@ from ignite.handlers import Checkpoint, DiskSaver
 from okkhor.errors import OkkhorError
 from okkhor.io import checkpoint as ckpt_format
 from okkhor.io.checkpoint import load_for_resume as load_training_checkpoint  # noqa: F401 - its old name, kept for callers
+from okkhor.training.adapters import checkpoint_items, set_checkpoint_items
+
+# ignite's `Checkpoint` with an atomic saver writes last.pt every epoch (and mid-epoch: on SIGTERM/SIGINT and every
+# train.checkpoint_every iterations) and best.pt when the valid score improves; `Checkpoint.load_objects` resumes,
+# mid-epoch too. The file format (keys, save, load) is okkhor.io.checkpoint's.
 
 
 def rng_state() -> dict[str, Any]:
@@ -141,10 +144,10 @@ class _Kept:
         self.checkpoint = checkpoint
 
     def state_dict(self) -> dict:
-        return {"saved": [[float(priority), str(name)] for priority, name in self.checkpoint._saved]}
+        return {"saved": [[priority, name] for priority, name in checkpoint_items(self.checkpoint)]}
 
     def load_state_dict(self, state: dict) -> None:
-        self.checkpoint.load_state_dict({"_saved": [tuple(item) for item in state["saved"]]})
+        set_checkpoint_items(self.checkpoint, [tuple(item) for item in state["saved"]])
 
 
 TOP_PATTERN = "top-epoch{global_step}-score{score}.{ext}"   # ignite writes the score with 4 decimals
@@ -218,4 +221,16 @@ class RunCheckpoints:
                               "written by another okkhor version?)")
         Checkpoint.load_objects(to_load={k: v for k, v in self.to_load.items() if k in ckpt}, checkpoint=dict(ckpt))
         if best_score is not None:
-            self.best.load_state_dict({"_saved": [(best_score, "best.pt")]})
+            set_checkpoint_items(self.best, [(best_score, "best.pt")])
+
+
+def run_objects(*, net: Any, ema: Any, optimizer: Any, schedule: Any, scaler: Any, mixer: Any, trainer: Any,
+                state: Any, early_stopping: Any, meter: Any, swa: Any = None) -> dict[str, Any]:
+    """Every stateful object of a run under its checkpoint key (okkhor.io.checkpoint), in load order (the global
+    random states last, then SWA): with the meta record, a checkpoint's contents. None: not in this run. `ema` is
+    the EMA's module; `mixer` is this process's (all processes' are saved); `trainer` a TrainerState."""
+    objects = {ckpt_format.MODEL: net, ckpt_format.EMA: ema, ckpt_format.OPTIMIZER: optimizer,
+               ckpt_format.SCHEDULER: schedule, ckpt_format.SCALER: scaler, ckpt_format.MIXER: PerProcess(mixer),
+               ckpt_format.TRAINER: trainer, ckpt_format.RUN: state, ckpt_format.EARLY_STOPPING: early_stopping,
+               ckpt_format.METER: meter, ckpt_format.RNG: PerProcess(GlobalRng()), ckpt_format.SWA: swa}
+    return {key: obj for key, obj in objects.items() if obj is not None}

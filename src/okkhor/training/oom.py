@@ -1,4 +1,4 @@
-"""Out-of-memory recovery: recognise the error, inject it for tests, and redo a micro-batch in smaller chunks."""
+"""Out-of-memory recovery: recognise the error and redo a micro-batch in smaller chunks."""
 from __future__ import annotations
 
 import gc
@@ -33,29 +33,6 @@ def free_memory(model: Any = None) -> None:
     gc.collect()
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         torch.cuda.empty_cache()
-
-
-class FaultInjector:
-    """Raises torch.OutOfMemoryError once, when called with iteration `at` (the engine's 1-based iteration).
-
-    `at=-1` never raises. Tests reach the trainer's through `okkhor.training.train._train(oom_at=N)`; the error comes
-    before the micro-batch's forward, exactly where a real one would leave the gradients untouched.
-    """
-
-    def __init__(self, at: int = -1):
-        if isinstance(at, bool) or not isinstance(at, int):
-            raise TypeError(f"at must be an int, got {type(at).__name__}")
-        if at == 0 or at < -1:
-            raise ValueError(f"at must be -1 (off) or an iteration >= 1, got {at}")
-        self.at = at
-        self.fired = False
-
-    def __call__(self, iteration: int) -> None:
-        if iteration == self.at and not self.fired:
-            self.fired = True
-            import torch
-
-            raise torch.OutOfMemoryError(f"out of memory (injected at iteration {self.at})")
 
 
 class OomRecovery:
@@ -170,7 +147,7 @@ class OomRecovery:
         self.chunk, self._effective = None, None
 
     def attach(self, engine: Any) -> "OomRecovery":
-        """Apply the new plan at EPOCH_COMPLETED; attach before the handler that checkpoints the plan."""
+        """Apply the new plan at EPOCH_COMPLETED (its place among the trainer's handlers: handlers.attach_handlers)."""
         from ignite.engine import Events
 
         engine.add_event_handler(Events.EPOCH_COMPLETED, self.apply_plan)
