@@ -207,12 +207,17 @@ class Built(Exception):
     """Raised once the trainer has built its step: the test needs nothing more of the run."""
 
 
+@pytest.fixture(scope="module")
+def tiny(prepared_tiny_kaggle):
+    return prepared_tiny_kaggle()
+
+
 @pytest.mark.parametrize("sets", [
     [],
     ["train.ema=0.9", "mix.kind=cutmix", "train.label_smoothing=0.1", "train.ohem=0.75", "train.clip_grad=1.0",
      "train.optimizer=sgd"],
 ])
-def test_the_memory_probe_measures_the_step_the_trainer_builds(prepared_tiny_kaggle, monkeypatch, tmp_path, sets):
+def test_the_memory_probe_measures_the_step_the_trainer_builds(tiny, monkeypatch, tmp_path, sets):
     """train.batch_size=auto: the probe's measured step (here on the trainer's own model, as on CUDA) is the one the
     run then trains with: the same EMA (with its warm-up), mixer (one for every mix.kind, seeded alike), schedule,
     loss, optimizer, clipping and precision."""
@@ -222,7 +227,7 @@ def test_the_memory_probe_measures_the_step_the_trainer_builds(prepared_tiny_kag
     from okkhor.training.step import TrainStep
     from okkhor.training.train import train
 
-    data = prepared_tiny_kaggle()
+    data = tiny
     steps: list = []
     real = TrainStep.__init__
 
