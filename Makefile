@@ -17,7 +17,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,export,synth]' $(TORCH_PINS)
+	$(PY) -m pip install --quiet -e '.[dev,export,synth,serve]' $(TORCH_PINS)
 	touch $(STAMP)
 
 demo: setup
