@@ -1,0 +1,270 @@
+"""`okkhor serve` under load (issue 23): throughput and latency of concurrent clients beside okkhor predict's rate.
+
+Usage: python bench/serve_load.py [--clients 16] [--requests 200] [--distinct 200] [--model resnet10t]
+                                  [--size 64] [--dir /tmp/okkhor-serve-bench] [--no-unbatched] [--json OUT]
+Makes a checkpoint of the demo's model (resnet10t, 64 px, random init: the rate does not depend on the weights)
+and --distinct PNG files from `okkhor synth` test images (a third of them scaled to other sizes, a sixth made light
+on dark), then:
+  predict   the clients x requests files, imported with `okkhor import` (one folder, so image k is file k), run
+            through okkhor.inference.predict.predict() in this process: images/s = images / its wall time
+            (reading the parquet file, preprocessing, the forward passes, writing the submission)
+  forward   predict's inference alone (raw_probs, batches of 128) on those pages in memory: no files, no HTTP
+  serve     `python -m okkhor serve CKPT --no-access-log` in its own process; each of --clients threads sends
+            --requests POST /predict requests one after another, one PNG each (multipart, keep-alive): images/s
+            over the whole run, latency p50 / p99 per request
+  unbatched the same with --max-batch 1 (one forward pass per request), to show what batching buys
+Every answer is checked against predict's submission for the same file (labels) and probabilities (top-1 within
+1e-5); the run counts lost requests (no 200 answer) and wrong ones. Prints one JSON object.
+"""
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+BOUNDARY = "okkhorbench"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cpu_model() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    except OSError:
+        return platform.processor() or "unknown"
+    return next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")),
+                "unknown")
+
+
+def make_checkpoint(path: Path, model: str, size: int) -> Path:
+    """A checkpoint as the trainer writes it: the Bengali targets (168/11/7), random init."""
+    import torch
+
+    from okkhor.config import Config
+    from okkhor.models.model import build_model
+    from okkhor.targets import Targets
+
+    targets = Targets.from_class_map()
+    cfg = Config()
+    cfg.data.image_size, cfg.model.name = size, model
+    torch.manual_seed(0)
+    net = build_model(cfg.model, targets)
+    torch.save({"config": cfg.to_dict(), "targets": targets.to_dict(), "model": net.state_dict(), "ema": None},
+               path)
+    return path
+
+
+def make_files(root: Path, distinct: int, total: int) -> list[bytes]:
+    """`distinct` PNG files from okkhor synth test images, varied in size and polarity; request k sends file
+    k % distinct, and IMAGES/a/<k>.png holds all `total` of them for okkhor import."""
+    import cv2
+
+    from okkhor.io.kaggle import iter_image_parquet
+    from okkhor.sources.synth.generate import synthesize
+
+    synth = root / "synth"
+    synthesize(synth, n_train=0, n_test=distinct, seed=0, overwrite=True, progress=False)
+    pages = np.concatenate([raw for _, raw in iter_image_parquet(synth / "test_image_data_0.parquet")])
+    files = []
+    for k, page in enumerate(pages):
+        img = page
+        if k % 3 == 1:
+            img = cv2.resize(img, (472, 274), interpolation=cv2.INTER_LINEAR)
+        elif k % 3 == 2:
+            img = cv2.resize(img, (177, 103), interpolation=cv2.INTER_AREA)
+        if k % 6 == 5:
+            img = 255 - img
+        files.append(cv2.imencode(".png", img)[1].tobytes())
+    folder = root / "images" / "a"
+    shutil.rmtree(root / "images", ignore_errors=True)
+    folder.mkdir(parents=True)
+    for k in range(total):
+        (folder / f"{k:06d}.png").write_bytes(files[k % distinct])
+    return files
+
+
+def run_predict(root: Path, ckpt: Path, total: int) -> tuple[float, dict[str, np.ndarray]]:
+    """(images/s of predict(), its probabilities per target [total, C] in request order)."""
+    import pandas as pd
+
+    from okkhor.inference.predict import predict
+    from okkhor.sources.imagefolder import import_image_folder
+
+    labels = root / "map.csv"
+    pd.DataFrame({"folder": ["a"], "grapheme_root": [0], "vowel_diacritic": [0],
+                  "consonant_diacritic": [0]}).to_csv(labels, index=False)
+    data = root / "imported"
+    shutil.rmtree(data, ignore_errors=True)
+    import_image_folder(root / "images", data, labels, split="test", show_progress=False, warn=lambda line: None)
+    start = time.perf_counter()
+    predict([ckpt], data, root / "submission.csv", probs=root / "probs.npz", show_progress=False, device="cpu")
+    seconds = time.perf_counter() - start
+    probs = np.load(root / "probs.npz")
+    assert probs["image_ids"].tolist() == [f"Test_{k}" for k in range(total)]
+    return total / seconds, {k: probs[k] for k in probs.files if k != "image_ids"}
+
+
+def run_forward(root: Path, ckpt: Path) -> float:
+    """images/s of predict's inference alone (raw_probs: preprocessing and forward passes of 128) on the imported
+    pages already in memory: the rate with no file reading and no HTTP, an upper bound for both."""
+    from okkhor.inference.predict import load_members, raw_probs
+    from okkhor.io.kaggle import iter_image_parquet
+
+    pages = np.concatenate([raw for _, raw in iter_image_parquet(root / "imported" / "test_image_data_0.parquet")])
+    members = load_members([ckpt], "cpu")
+    raw_probs(members, pages[:256], batch_size=128)   # warm-up
+    start = time.perf_counter()
+    raw_probs(members, pages, batch_size=128)
+    return len(pages) / (time.perf_counter() - start)
+
+
+def body_of(png: bytes) -> bytes:
+    return (f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"a.png\"\r\n"
+            f"Content-Type: image/png\r\n\r\n").encode() + png + f"\r\n--{BOUNDARY}--\r\n".encode()
+
+
+def start_server(ckpt: Path, port: int, extra: list[str]) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.Popen([sys.executable, "-m", "okkhor", "serve", str(ckpt), "--port", str(port),
+                             "--device", "cpu", "--no-access-log", *extra], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"okkhor serve exited: {proc.stdout.read()}")
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("GET", "/health")
+            if conn.getresponse().status == 200:
+                return proc
+        except OSError:
+            time.sleep(0.2)
+    proc.kill()
+    raise SystemExit("okkhor serve did not answer /health within 120 s")
+
+
+def load(port: int, bodies: list[bytes], clients: int, requests: int, want: dict[str, np.ndarray]) -> dict:
+    """Every client sends `requests` requests in turn; returns rates, latency percentiles and the checks."""
+    latencies = np.zeros(clients * requests)
+    lost, wrong = [0] * clients, [0] * clients
+    names = ("grapheme_root", "vowel_diacritic", "consonant_diacritic")
+    go = threading.Barrier(clients + 1)
+
+    def client(c: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        go.wait()
+        for j in range(requests):
+            k = c * requests + j
+            started = time.perf_counter()
+            try:
+                conn.request("POST", "/predict", bodies[k % len(bodies)],
+                             {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"})
+                response = conn.getresponse()
+                payload = response.read()
+            except OSError:
+                lost[c] += 1
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+                continue
+            latencies[k] = time.perf_counter() - started
+            if response.status != 200:
+                lost[c] += 1
+                continue
+            (answer,) = json.loads(payload)["predictions"]
+            for name in names:
+                label, p = answer[name]["top"][0]
+                if label != int(want[name][k].argmax()) or abs(p - float(want[name][k].max())) > 1e-5:
+                    wrong[c] += 1
+                    break
+
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
+    for t in threads:
+        t.start()
+    go.wait()
+    start = time.perf_counter()
+    for t in threads:
+        t.join()
+    seconds = time.perf_counter() - start
+    done = latencies[latencies > 0] * 1000
+    return {"images_per_s": round(clients * requests / seconds, 1), "seconds": round(seconds, 2),
+            "p50_ms": round(float(np.percentile(done, 50)), 1), "p99_ms": round(float(np.percentile(done, 99)), 1),
+            "max_ms": round(float(done.max()), 1), "lost": sum(lost), "wrong": sum(wrong)}
+
+
+def health(port: int) -> dict:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("GET", "/health")
+    return json.loads(conn.getresponse().read())
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def serve_run(ckpt: Path, bodies: list[bytes], args, want: dict[str, np.ndarray], extra: list[str]) -> dict:
+    port = free_port()
+    proc = start_server(ckpt, port, extra)
+    try:
+        load(port, bodies[:32], min(args.clients, 4), 8, want)   # warm-up: first forward passes, connections
+        before = health(port)
+        result = load(port, bodies, args.clients, args.requests, want)
+        after = health(port)
+    finally:
+        proc.send_signal(2)
+        proc.communicate(timeout=60)
+    forwards = after["forwards"] - before["forwards"]
+    result.update(forwards=forwards, mean_batch=round((after["images"] - before["images"]) / max(forwards, 1), 1),
+                  largest_batch=after["largest_batch"])
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--clients", type=int, default=16)
+    ap.add_argument("--requests", type=int, default=200, help="requests per client, one image each")
+    ap.add_argument("--distinct", type=int, default=200, help="distinct image files")
+    ap.add_argument("--model", default="resnet10t")
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--dir", type=Path, default=Path("/tmp/okkhor-serve-bench"))
+    ap.add_argument("--no-unbatched", action="store_true", help="skip the --max-batch 1 run")
+    ap.add_argument("--json", type=Path, help="also write the result here")
+    args = ap.parse_args()
+    sys.path.insert(0, str(ROOT / "src"))
+    import torch
+
+    args.dir.mkdir(parents=True, exist_ok=True)
+    total = args.clients * args.requests
+    ckpt = make_checkpoint(args.dir / "bench.pt", args.model, args.size)
+    files = make_files(args.dir, args.distinct, total)
+    rate, want = run_predict(args.dir, ckpt, total)
+    forward = run_forward(args.dir, ckpt)
+    bodies = [body_of(files[k % len(files)]) for k in range(total)]
+    result = {"cpu": cpu_model(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+              "model": f"{args.model} {args.size} px, random init", "clients": args.clients,
+              "requests_per_client": args.requests, "predict_images_per_s": round(rate, 1),
+              "forward_images_per_s": round(forward, 1),
+              "serve": serve_run(ckpt, bodies, args, want, [])}
+    if not args.no_unbatched:
+        result["unbatched"] = serve_run(ckpt, bodies, args, want, ["--max-batch", "1"])
+    result["ratio"] = round(result["serve"]["images_per_s"] / rate, 3)
+    result["ratio_to_forward"] = round(result["serve"]["images_per_s"] / forward, 3)
+    result["load_average"] = [round(v, 2) for v in os.getloadavg()]
+    text = json.dumps(result)
+    print(text)
+    if args.json:
+        args.json.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
