@@ -7,12 +7,16 @@ and --distinct PNG files from `okkhor synth` test images (a third of them scaled
 on dark), then:
   predict   the clients x requests files, imported with `okkhor import` (one folder, so image k is file k), run
             through okkhor.inference.predict.predict() in this process: images/s = images / its wall time
-            (reading the parquet file, preprocessing, the forward passes, writing the submission)
+            (reading the parquet file, preprocessing, the forward passes, writing the submission), of the second
+            call (the first, cold one is reported too: it pays for torch choosing its kernels)
   forward   predict's inference alone (raw_probs, batches of 128) on those pages in memory: no files, no HTTP
   serve     `python -m okkhor serve CKPT --no-access-log` in its own process; each of --clients threads sends
             --requests POST /predict requests one after another, one PNG each (multipart, keep-alive): images/s
             over the whole run, latency p50 / p99 per request
   unbatched the same with --max-batch 1 (one forward pass per request), to show what batching buys
+Each rate is given per wall second and per CPU second (user + system time of the process doing the work, all its
+threads: the server's process for serve, not the clients'): on a machine shared with other work the wall rates
+move with the load and the CPU-second rates much less, so the ratios of CPU-second rates are the steadier ones.
 Every answer is checked against predict's submission for the same file (labels) and probabilities (top-1 within
 1e-5); the run counts lost requests (no 200 answer) and wrong ones. Prints one JSON object.
 """
@@ -93,8 +97,19 @@ def make_files(root: Path, distinct: int, total: int) -> list[bytes]:
     return files
 
 
-def run_predict(root: Path, ckpt: Path, total: int) -> tuple[float, dict[str, np.ndarray]]:
-    """(images/s of predict(), its probabilities per target [total, C] in request order)."""
+def cpu_seconds(pid: int | None = None) -> float:
+    """User + system CPU seconds of a process, all its threads (this one by default; Linux's /proc for another)."""
+    if pid is None:
+        t = os.times()
+        return t.user + t.system
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_predict(root: Path, ckpt: Path, total: int) -> tuple[tuple[float, float], tuple[float, float], dict]:
+    """((images per wall second, per CPU second) of predict() in a fresh process's first call, the same for the
+    next call (warm: torch's kernels chosen, as the server is after its warm-up), its probabilities per target
+    [total, C] in request order)."""
     import pandas as pd
 
     from okkhor.inference.predict import predict
@@ -106,26 +121,28 @@ def run_predict(root: Path, ckpt: Path, total: int) -> tuple[float, dict[str, np
     data = root / "imported"
     shutil.rmtree(data, ignore_errors=True)
     import_image_folder(root / "images", data, labels, split="test", show_progress=False, warn=lambda line: None)
-    start = time.perf_counter()
-    predict([ckpt], data, root / "submission.csv", probs=root / "probs.npz", show_progress=False, device="cpu")
-    seconds = time.perf_counter() - start
+    rates = []
+    for _ in range(2):
+        start, cpu = time.perf_counter(), cpu_seconds()
+        predict([ckpt], data, root / "submission.csv", probs=root / "probs.npz", show_progress=False, device="cpu")
+        rates.append((total / (time.perf_counter() - start), total / (cpu_seconds() - cpu)))
     probs = np.load(root / "probs.npz")
     assert probs["image_ids"].tolist() == [f"Test_{k}" for k in range(total)]
-    return total / seconds, {k: probs[k] for k in probs.files if k != "image_ids"}
+    return rates[0], rates[1], {k: probs[k] for k in probs.files if k != "image_ids"}
 
 
-def run_forward(root: Path, ckpt: Path) -> float:
-    """images/s of predict's inference alone (raw_probs: preprocessing and forward passes of 128) on the imported
-    pages already in memory: the rate with no file reading and no HTTP, an upper bound for both."""
+def run_forward(root: Path, ckpt: Path) -> tuple[float, float]:
+    """Images per wall and per CPU second of predict's inference alone (raw_probs: preprocessing and forward
+    passes of 128) on the imported pages already in memory: no file reading and no HTTP, an upper bound for both."""
     from okkhor.inference.predict import load_members, raw_probs
     from okkhor.io.kaggle import iter_image_parquet
 
     pages = np.concatenate([raw for _, raw in iter_image_parquet(root / "imported" / "test_image_data_0.parquet")])
     members = load_members([ckpt], "cpu")
     raw_probs(members, pages[:256], batch_size=128)   # warm-up
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), cpu_seconds()
     raw_probs(members, pages, batch_size=128)
-    return len(pages) / (time.perf_counter() - start)
+    return len(pages) / (time.perf_counter() - start), len(pages) / (cpu_seconds() - cpu)
 
 
 def body_of(png: bytes) -> bytes:
@@ -217,14 +234,15 @@ def serve_run(ckpt: Path, bodies: list[bytes], args, want: dict[str, np.ndarray]
     proc = start_server(ckpt, port, extra)
     try:
         load(port, bodies[:32], min(args.clients, 4), 8, want)   # warm-up: first forward passes, connections
-        before = health(port)
+        before, cpu = health(port), cpu_seconds(proc.pid)
         result = load(port, bodies, args.clients, args.requests, want)
-        after = health(port)
+        after, cpu = health(port), cpu_seconds(proc.pid) - cpu
     finally:
         proc.send_signal(2)
         proc.communicate(timeout=60)
     forwards = after["forwards"] - before["forwards"]
-    result.update(forwards=forwards, mean_batch=round((after["images"] - before["images"]) / max(forwards, 1), 1),
+    result.update(images_per_cpu_s=round(args.clients * args.requests / cpu, 1), forwards=forwards,
+                  mean_batch=round((after["images"] - before["images"]) / max(forwards, 1), 1),
                   largest_batch=after["largest_batch"])
     return result
 
@@ -247,18 +265,20 @@ def main() -> None:
     total = args.clients * args.requests
     ckpt = make_checkpoint(args.dir / "bench.pt", args.model, args.size)
     files = make_files(args.dir, args.distinct, total)
-    rate, want = run_predict(args.dir, ckpt, total)
-    forward = run_forward(args.dir, ckpt)
+    (cold, _), (rate, rate_cpu), want = run_predict(args.dir, ckpt, total)
+    forward, forward_cpu = run_forward(args.dir, ckpt)
     bodies = [body_of(files[k % len(files)]) for k in range(total)]
     result = {"cpu": cpu_model(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
               "model": f"{args.model} {args.size} px, random init", "clients": args.clients,
               "requests_per_client": args.requests, "predict_images_per_s": round(rate, 1),
-              "forward_images_per_s": round(forward, 1),
+              "predict_images_per_cpu_s": round(rate_cpu, 1), "predict_cold_images_per_s": round(cold, 1),
+              "forward_images_per_s": round(forward, 1), "forward_images_per_cpu_s": round(forward_cpu, 1),
               "serve": serve_run(ckpt, bodies, args, want, [])}
     if not args.no_unbatched:
         result["unbatched"] = serve_run(ckpt, bodies, args, want, ["--max-batch", "1"])
     result["ratio"] = round(result["serve"]["images_per_s"] / rate, 3)
-    result["ratio_to_forward"] = round(result["serve"]["images_per_s"] / forward, 3)
+    result["cpu_ratio"] = round(result["serve"]["images_per_cpu_s"] / rate_cpu, 3)
+    result["cpu_ratio_to_forward"] = round(result["serve"]["images_per_cpu_s"] / forward_cpu, 3)
     result["load_average"] = [round(v, 2) for v in os.getloadavg()]
     text = json.dumps(result)
     print(text)

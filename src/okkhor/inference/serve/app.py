@@ -202,9 +202,9 @@ def create_app(recogniser: Recogniser, max_batch: int = MAX_BATCH, max_wait: flo
         return {**recogniser.describe(), "limits": limits, "batching": batching}
 
     @app.post("/predict")
-    async def predict(request: Request) -> dict[str, Any]:
+    async def predict(request: Request) -> JSONResponse:
         pages = await read_request_pages(request, limiter)
         answers = await asyncio.wrap_future(batcher.submit(pages))
-        return {"predictions": answers}
+        return JSONResponse({"predictions": answers})   # plain JSON types already: no response model to apply
 
     return app
