@@ -2,6 +2,7 @@
 
 Usage: python bench/serve_load.py [--clients 16] [--requests 200] [--distinct 200] [--model resnet10t]
                                   [--size 64] [--dir /tmp/okkhor-serve-bench] [--no-unbatched] [--json OUT]
+                                  [--markdown bench/RESULTS.md]
 Makes a checkpoint of the demo's model (resnet10t, 64 px, random init: the rate does not depend on the weights)
 and --distinct PNG files from `okkhor synth` test images (a third of them scaled to other sizes, a sixth made light
 on dark), then:
@@ -217,6 +218,46 @@ def load(port: int, bodies: list[bytes], clients: int, requests: int, want: dict
             "max_ms": round(float(done.max()), 1), "lost": sum(lost), "wrong": sum(wrong)}
 
 
+def bad_requests(png: bytes) -> list[tuple[str, bytes, str]]:
+    """(what, body, content type) of requests the server must refuse with a 4xx."""
+    import cv2
+
+    def form(*parts: tuple[str, bytes]) -> bytes:
+        out = b"".join(f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"{name}\"\r\n"
+                       f"Content-Type: application/octet-stream\r\n\r\n".encode() + data + b"\r\n"
+                       for name, data in parts)
+        return out + f"--{BOUNDARY}--\r\n".encode()
+
+    multipart = f"multipart/form-data; boundary={BOUNDARY}"
+    blank = cv2.imencode(".png", np.full((137, 236), 250, np.uint8))[1].tobytes()
+    huge = cv2.imencode(".png", np.zeros((4097, 4096), np.uint8))[1].tobytes()
+    return [("not an image", form(("a.txt", b"hello")), multipart), ("empty file", form(("e.png", b"")), multipart),
+            ("blank image", form(("b.png", blank)), multipart),
+            ("truncated", form(("t.png", png[:len(png) // 2])), multipart),
+            ("huge image", form(("h.png", huge)), multipart),
+            ("too many images", form(*[(f"{i}.png", png) for i in range(33)]), multipart),
+            ("body over 8 MiB", b"x" * ((8 << 20) + 1), multipart), ("wrong content type", png, "text/plain"),
+            ("bad base64", json.dumps({"images": ["@@"]}).encode(), "application/json"),
+            ("no images", json.dumps({"images": []}).encode(), "application/json")]
+
+
+def refuse(port: int, png: bytes) -> dict:
+    """Each bad request once: its status; then whether /health still answers."""
+    statuses = {}
+    for what, body, kind in bad_requests(png):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        try:
+            conn.request("POST", "/predict", body, {"Content-Type": kind})
+            response = conn.getresponse()
+            text = response.read()
+            one_line = response.status < 500 and b"\n" not in text and list(json.loads(text)) == ["error"]
+            statuses[what] = response.status if one_line else f"{response.status} (not one JSON error line)"
+        except OSError as exc:
+            statuses[what] = f"no answer ({exc})"
+    return {"statuses": statuses, "all_4xx": all(isinstance(v, int) and 400 <= v < 500 for v in statuses.values()),
+            "health_after": health(port).get("status") == "ok"}
+
+
 def health(port: int) -> dict:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     conn.request("GET", "/health")
@@ -229,7 +270,9 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def serve_run(ckpt: Path, bodies: list[bytes], args, want: dict[str, np.ndarray], extra: list[str]) -> dict:
+def serve_run(ckpt: Path, bodies: list[bytes], args, want: dict[str, np.ndarray], extra: list[str],
+              bodies_png: bytes | None = None) -> dict:
+    """One server process under the load; then, given a PNG, the bad requests (refuse())."""
     port = free_port()
     proc = start_server(ckpt, port, extra)
     try:
@@ -237,6 +280,7 @@ def serve_run(ckpt: Path, bodies: list[bytes], args, want: dict[str, np.ndarray]
         before, cpu = health(port), cpu_seconds(proc.pid)
         result = load(port, bodies, args.clients, args.requests, want)
         after, cpu = health(port), cpu_seconds(proc.pid) - cpu
+        refused = refuse(port, bodies_png) if bodies_png else None
     finally:
         proc.send_signal(2)
         proc.communicate(timeout=60)
@@ -244,7 +288,69 @@ def serve_run(ckpt: Path, bodies: list[bytes], args, want: dict[str, np.ndarray]
     result.update(images_per_cpu_s=round(args.clients * args.requests / cpu, 1), forwards=forwards,
                   mean_batch=round((after["images"] - before["images"]) / max(forwards, 1), 1),
                   largest_batch=after["largest_batch"])
+    if refused is not None:
+        result["bad_input"] = refused
     return result
+
+
+SECTION = "## okkhor serve under load (bench/serve_load.py)"
+
+
+def markdown(r: dict, command: str) -> str:
+    """The RESULTS.md section of one run."""
+    s, u = r["serve"], r.get("unbatched")
+    bad = s.get("bad_input", {})
+    statuses = bad.get("statuses", {})
+    refused = sum(isinstance(v, int) and 400 <= v < 500 for v in statuses.values())
+    n = r["clients"] * r["requests_per_client"]
+    rows = [
+        (f"throughput under {r['clients']} clients / okkhor predict's images/s",
+         f"{r['ratio']:.3f} ({s['images_per_s']:.1f} / {r['predict_images_per_s']:.1f} images/s)", ">= 0.7",
+         "yes" if r["ratio"] >= 0.7 else "**no**"),
+        ("the same per CPU second (server process / predict)", f"{r['cpu_ratio']:.3f} ({s['images_per_cpu_s']:.1f} / "
+         f"{r['predict_images_per_cpu_s']:.1f})", "reported", "-"),
+        ("latency per request p50 / p99 (max)", f"{s['p50_ms']:.1f} / {s['p99_ms']:.1f} ms ({s['max_ms']:.0f} ms)",
+         "p99 stated", "-"),
+        ("requests lost / answered wrongly", f"{s['lost']} / {s['wrong']} of {n:,}", "0 / 0",
+         "yes" if s["lost"] == s["wrong"] == 0 else "**no**"),
+        ("batching: forward passes, mean / largest batch", f"{s['forwards']}, {s['mean_batch']} / "
+         f"{s['largest_batch']} images", "reported", "-"),
+        ("bad inputs answered 4xx, /health after them",
+         f"{refused} of {len(statuses)}, {'ok' if bad.get('health_after') else 'no'}", "all, ok",
+         "yes" if bad.get("all_4xx") and bad.get("health_after") else "**no**"),
+    ]
+    if u:
+        rows.append(("without batching (--max-batch 1)", f"{u['images_per_s']:.1f} images/s "
+                     f"({u['images_per_cpu_s']:.1f} per CPU s), p50 / p99 {u['p50_ms']:.0f} / {u['p99_ms']:.0f} ms",
+                     "reported", "-"))
+    lines = [SECTION, "",
+             f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `{command}` on {r['cpu']}, "
+             f"{r['cpus']} CPUs ({r['torch_threads']} torch threads), load average {r['load_average'][0]} after "
+             f"(a machine shared with other work: wall rates move with its load, per-CPU-second rates much less). "
+             f"{r['model']}; {r['clients']} clients x {r['requests_per_client']} requests of one PNG each (multipart, "
+             "keep-alive) against `okkhor serve --no-access-log` in its own process; every answer compared with "
+             "okkhor predict's for the same file (labels, top-1 probability within 1e-5). okkhor predict: the "
+             "same files through `okkhor import`, predict() timed on its second call (the first, cold call: "
+             f"{r['predict_cold_images_per_s']:.1f} images/s); predict's inference alone on the pages in memory: "
+             f"{r['forward_images_per_s']:.1f} images/s ({r['forward_images_per_cpu_s']:.1f} per CPU second).", "",
+             "| figure | value | goal | met |", "|---|---|---|---|",
+             *[f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows],
+             "", f"Bad inputs (status each): {json.dumps(statuses)}"]
+    return "\n".join(lines) + "\n"
+
+
+def write_section(path: Path, text: str) -> None:
+    """Replace this bench's section of `path` (from its heading to the next '## ' heading), or append it."""
+    from okkhor.utils.files import write_text_atomic
+
+    old = path.read_text() if path.is_file() else ""
+    start = old.find(SECTION)
+    if start < 0:
+        new = old.rstrip("\n") + "\n\n" + text
+    else:
+        end = old.find("\n## ", start + len(SECTION))
+        new = old[:start] + text + (old[end + 1:] if end >= 0 else "")
+    write_text_atomic(path, new)
 
 
 def main() -> None:
@@ -257,6 +363,8 @@ def main() -> None:
     ap.add_argument("--dir", type=Path, default=Path("/tmp/okkhor-serve-bench"))
     ap.add_argument("--no-unbatched", action="store_true", help="skip the --max-batch 1 run")
     ap.add_argument("--json", type=Path, help="also write the result here")
+    ap.add_argument("--markdown", type=Path, help="write (or replace) this bench's section of this file, e.g. "
+                                                  "bench/RESULTS.md")
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT / "src"))
     import torch
@@ -273,7 +381,7 @@ def main() -> None:
               "requests_per_client": args.requests, "predict_images_per_s": round(rate, 1),
               "predict_images_per_cpu_s": round(rate_cpu, 1), "predict_cold_images_per_s": round(cold, 1),
               "forward_images_per_s": round(forward, 1), "forward_images_per_cpu_s": round(forward_cpu, 1),
-              "serve": serve_run(ckpt, bodies, args, want, [])}
+              "serve": serve_run(ckpt, bodies, args, want, [], files[0])}
     if not args.no_unbatched:
         result["unbatched"] = serve_run(ckpt, bodies, args, want, ["--max-batch", "1"])
     result["ratio"] = round(result["serve"]["images_per_s"] / rate, 3)
@@ -284,6 +392,8 @@ def main() -> None:
     print(text)
     if args.json:
         args.json.write_text(text + "\n")
+    if args.markdown:
+        write_section(args.markdown, markdown(result, "python bench/serve_load.py " + " ".join(sys.argv[1:])))
 
 
 if __name__ == "__main__":
