@@ -178,6 +178,27 @@ def test_bad_input_is_one_json_line_and_the_server_keeps_serving(served, caplog)
     assert client.get("/predict").status_code == 405
 
 
+def test_a_failing_forward_is_a_500_without_traceback_and_the_server_goes_on(served):
+    _, _, ckpt, raw, _ = served
+    recogniser = load_recogniser([ckpt], "cpu")
+    good = recogniser.predict
+    calls = []
+
+    def flaky(pages):
+        calls.append(len(pages))
+        if len(calls) == 1:
+            raise RuntimeError("out of memory, say")
+        return good(pages)
+
+    recogniser.predict = flaky
+    with TestClient(create_app(recogniser), raise_server_exceptions=False) as client:
+        request = {"files": [("files", ("a.png", png(raw[0]), "image/png"))]}
+        failed = client.post("/predict", **request)
+        assert failed.status_code == 500 and failed.json() == {"error": "internal error (see the server log)"}
+        assert "Traceback" not in failed.text and "out of memory" not in failed.text
+        assert client.post("/predict", **request).status_code == 200
+
+
 def test_read_page_is_import_s_conversion():
     """A light-on-dark image of any size comes out inverted onto the 137x236 page, as okkhor import writes it."""
     from okkhor.sources.imagefolder import to_page

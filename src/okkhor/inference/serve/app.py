@@ -138,22 +138,9 @@ def _error(request: Request, status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
-def create_app(recogniser: Recogniser, max_batch: int = MAX_BATCH, max_wait: float = MAX_WAIT_S,
-               max_queued: int = MAX_QUEUED) -> FastAPI:
-    """The app over one recogniser; its batcher runs every forward pass (`app.state.batcher`)."""
-    batcher = Batcher(recogniser.predict, max_batch=max_batch, max_wait=max_wait, max_queued=max_queued)
-    limiter = anyio.CapacityLimiter(DECODE_THREADS)
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI):
-        yield
-        batcher.close()
-
-    app = FastAPI(title="okkhor", version=okkhor.__version__, lifespan=lifespan, docs_url="/docs",
-                  redoc_url=None)
-    app.state.recogniser, app.state.batcher = recogniser, batcher
-    static = static_dir()
-    app.mount("/static", StaticFiles(directory=static), name="static")
+def _answer_errors(app: FastAPI) -> None:
+    """Every refusal as one JSON line {"error": ...} with its status, logged in one line; an unexpected failure is
+    a 500 whose traceback stays in the server's log."""
 
     @app.exception_handler(BadInput)
     async def bad_input(request: Request, exc: BadInput):
@@ -176,6 +163,26 @@ def create_app(recogniser: Recogniser, max_batch: int = MAX_BATCH, max_wait: flo
     async def internal(request: Request, exc: Exception):
         log.error("%s %s 500: %s: %s", request.method, request.url.path, type(exc).__name__, exc)
         return JSONResponse({"error": "internal error (see the server log)"}, status_code=500)
+
+
+def create_app(recogniser: Recogniser, max_batch: int = MAX_BATCH, max_wait: float = MAX_WAIT_S,
+               max_queued: int = MAX_QUEUED) -> FastAPI:
+    """The app over one recogniser; its batcher runs every forward pass (`app.state.batcher`)."""
+    batcher = Batcher(recogniser.predict, max_batch=max_batch, max_wait=max_wait, max_queued=max_queued)
+    limiter = anyio.CapacityLimiter(DECODE_THREADS)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        batcher.close()
+
+    app = FastAPI(title="okkhor", version=okkhor.__version__, lifespan=lifespan, docs_url="/docs",
+                  redoc_url=None)
+    app.state.recogniser, app.state.batcher = recogniser, batcher
+    static = static_dir()
+    app.mount("/static", StaticFiles(directory=static), name="static")
+
+    _answer_errors(app)
 
     @app.get("/", include_in_schema=False)
     async def page():

@@ -76,7 +76,7 @@ class Recogniser:
     targets: Targets            # with the component texts of the class map, where it has them
     tta: int = 1
     class_map: str = "built-in"
-    _strings: Any = field(default=None, repr=False)
+    _strings: Any = field(default=None, init=False, repr=False)   # grapheme_string, for the Bengali three
 
     def __post_init__(self) -> None:
         check_tta(self.tta)
