@@ -25,8 +25,8 @@ PAGE_WIDTH = 236   # the competition page's width, which the pad's width stands 
 def strokes_of(text: str) -> list[list[tuple[int, int]]]:
     """Pen strokes [(x, y), ...] on the 236x137 page along the rendered grapheme's centreline: from an end of
     the line, each step to the nearest centreline pixel within 2 pixels not yet drawn."""
+    from okkhor.sources.synth.fonts import render_grapheme
     from okkhor.sources.synth.hand import centreline
-    from okkhor.sources.synth.render import render_grapheme
 
     mask = (render_grapheme(text) < 128).astype(np.uint8)
     left = {(int(x), int(y)) for y, x in np.argwhere(centreline(mask))}

@@ -320,8 +320,7 @@ def test_seen_score_only_with_a_grapheme_head(served, tmp_path):
 def test_component_texts_and_grapheme_strings():
     """Bengali labels read as the class map's letters and the composed grapheme; other targets join their texts
     and leave out a "0" (no diacritic)."""
-    pytest.importorskip("uharfbuzz")
-    from okkhor.sources.synth.render import grapheme_string
+    from okkhor.bengali import grapheme_string
 
     bengali = Targets.from_class_map()
     probs = {n: np.full((1, c), 0.1 / c, np.float32) for n, c in zip(bengali.names, bengali.num_classes,

@@ -126,7 +126,7 @@ def bengali_font() -> Path | None:
 
     if importlib.util.find_spec("freetype") is None or importlib.util.find_spec("uharfbuzz") is None:
         return None
-    from okkhor.sources.synth.render import DEFAULT_FONT, discover_fonts
+    from okkhor.sources.synth.fonts import DEFAULT_FONT, discover_fonts
 
     fonts = discover_fonts()[0]
     chosen = next((f for f in fonts if f.name == DEFAULT_FONT), fonts[0] if fonts else None)

@@ -1,16 +1,16 @@
 """Image bytes -> the competition page (as `okkhor import` makes it) -> okkhor predict's probabilities -> answers."""
 from __future__ import annotations
 
-import importlib.util
 import io
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 import okkhor
+from okkhor import bengali
 from okkhor.data.prepare import EDGE, INK_THRESHOLD
 from okkhor.errors import OkkhorError
 from okkhor.inference.evaluate import with_components
@@ -19,13 +19,12 @@ from okkhor.inference.serve.models import load_models
 from okkhor.io.kaggle import IMAGE_HEIGHT, IMAGE_WIDTH, load_targets
 from okkhor.models.graphemes import GRAPHEME, seen_score
 from okkhor.sources.imagefolder import load_image, to_page
-from okkhor.targets import BENGALI_TARGETS, Targets
+from okkhor.targets import Targets
 from okkhor.utils.sizes import hw
 
 MAX_IMAGE_PIXELS = 4096 * 4096   # width x height of one image; larger ones are refused (413) before decoding
 IMAGE_FORMATS = ("PNG", "JPEG")  # Pillow's names of the formats taken
 TOP_K = 5
-BENGALI_CLASSES = (168, 11, 7)
 
 
 class BadInput(OkkhorError):
@@ -76,15 +75,9 @@ class Recogniser:
     targets: Targets            # with the component texts of the class map, where it has them
     tta: int = 1
     class_map: str = "built-in"
-    _strings: Any = field(default=None, init=False, repr=False)   # grapheme_string, for the Bengali three
 
     def __post_init__(self) -> None:
         check_tta(self.tta)
-        bengali = (self.targets.names, self.targets.num_classes) == (BENGALI_TARGETS, BENGALI_CLASSES)
-        if bengali and importlib.util.find_spec("uharfbuzz") is not None:
-            from okkhor.sources.synth.render import grapheme_string
-
-            self._strings = grapheme_string
 
     @property
     def grapheme_head(self) -> bool:
@@ -120,10 +113,10 @@ class Recogniser:
         return comps[label] if label < len(comps) else str(label)
 
     def grapheme(self, labels: Sequence[int]) -> str:
-        """The grapheme string: the composition rule for the Bengali three (synth extra), else the component
-        texts joined, leaving out the other targets' "0" ("no diacritic")."""
-        if self._strings is not None:
-            return self._strings(*labels)
+        """The grapheme string: okkhor.bengali's composition rule for the Bengali three, else the component texts
+        joined, leaving out the other targets' "0" ("no diacritic")."""
+        if (self.targets.names, self.targets.num_classes) == (bengali.TARGETS, bengali.NUM_CLASSES):
+            return bengali.grapheme_string(*labels)
         texts = [self.text(n, v) for n, v in zip(self.targets.names, labels, strict=True)]
         return "".join(t for k, t in enumerate(texts) if k == 0 or t != "0")
 
