@@ -23,7 +23,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,export,synth]' $(TORCH_PINS)
+	$(PY) -m pip install --quiet -e '.[dev,export,synth,serve]' $(TORCH_PINS)
 	@$(FETCH_FONTS)
 	touch $(STAMP)
 

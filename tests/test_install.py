@@ -31,7 +31,7 @@ def test_torch_is_a_range_and_fonts_are_the_synth_extra():
                      "fonttools", "brotli"}   # fonttools + brotli: the font library's WOFF/WOFF2 -> TTF
     assert not synth & set(deps)
     makefile = (ROOT / "Makefile").read_text()
-    assert "torch==2.14.1 torchvision==0.29.1" in makefile and ".[dev,export,synth]" in makefile
+    assert "torch==2.14.1 torchvision==0.29.1" in makefile and ".[dev,export,synth,serve]" in makefile
 
 
 def test_closure_stops_at_torch_and_its_cuda_libraries():

@@ -34,6 +34,7 @@ VERBS = {
     "score": "score",
     "report": "report",
     "export": "export",
+    "serve": "serve",
     "average": "average",
     "preview": "preview",
     "memory": "memory",

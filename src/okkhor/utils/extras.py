@@ -8,6 +8,7 @@ from okkhor.errors import OkkhorError
 # extra -> (import name, distribution) of the modules it brings that okkhor imports
 EXTRAS = {
     "synth": (("uharfbuzz", "uharfbuzz"), ("freetype", "freetype-py")),
+    "serve": (("fastapi", "fastapi"), ("uvicorn", "uvicorn"), ("multipart", "python-multipart"), ("PIL", "pillow")),
 }
 
 

@@ -1,0 +1,1 @@
+"""`okkhor serve`: an HTTP API over an ensemble (checkpoints or ONNX files) and a page to write on."""
