@@ -53,11 +53,14 @@ class ShapeStyle:
                                                                and 2 <= v <= 16 for v in g)):
             raise ValueError(f"ShapeStyle.warp_grid must be (rows, columns), each an integer in 2..16, got {g!r}")
 
+    def step_reach(self, name: str) -> float:
+        """How far the new ink of step `name` may lie outside the input ink's box."""
+        return {"move": self.move_px, "warp": self.warp_px, "extend": self.extend_px, "close": 1.0}.get(name, 0.0)
+
     @property
     def reach(self) -> float:
-        """How far new ink may lie outside the input ink's box, all steps on (0 when every step is off)."""
-        return (self.move_px * (self.move > 0) + self.warp_px * (self.warp > 0)
-                + self.extend_px * (self.extend > 0) + 1.0 * (self.close > 0))
+        """How far new ink may lie outside the input ink's box, the steps that are on all taken (0: all off)."""
+        return sum(self.step_reach(name) for name, _ in STEP_NAMES if getattr(self, name) > 0)
 
     @property
     def active(self) -> bool:
@@ -348,7 +351,7 @@ def close_gap(coverage: np.ndarray, rng: np.random.Generator, style: ShapeStyle,
         other = np.flatnonzero((s.stroke[1:] != s.stroke[e]) & (s.stroke[1:] > 0))
         if not other.size:
             continue
-        gap = np.hypot(*(pts[other] - s.points[e]).T) - rad[other] - rad[e - 1]
+        gap = np.hypot(*(pts[other] - s.points[e]).T) - rad[other] - rad[e - 1] + 1.0  # edges: half a pixel in
         j = int(np.argmin(gap))
         mid = (pts[other[j]] + s.points[e]) // 2
         if 1.0 <= gap[j] <= style.bridge_px and not s.ink[mid[0], mid[1]]:  # open paper between, not a way round
@@ -361,7 +364,7 @@ def close_gap(coverage: np.ndarray, rng: np.random.Generator, style: ShapeStyle,
                                                                                           s.box[1].start)
     out = coverage.copy()
     cv2.line(out, (int(ex), int(ey)), (int(tx), int(ty)), 255, width, cv2.LINE_AA)
-    return _within(out, coverage, 1.0)
+    return _within(out, coverage, style.step_reach("close"))
 
 
 # ----------------------------------------------------------------------------------------------- all together
