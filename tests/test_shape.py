@@ -96,6 +96,19 @@ def test_step_is_seeded_stays_in_its_reach_and_changes_the_letter(name, glyphs):
                                                                                                     strict=True))
 
 
+@pytest.mark.parametrize("name", list(STEPS))
+def test_step_copes_with_ink_at_the_image_edge(name):
+    a = letter()
+    for cut in (a[MARGIN + 10:, MARGIN + 6:], a[:MARGIN + 40, :MARGIN + 30], a[MARGIN + 20:MARGIN + 50]):
+        for seed in range(3):
+            out = STEPS[name](cut, np.random.default_rng(seed), ShapeStyle(), 1.0)
+            assert out.shape == cut.shape and out.dtype == np.uint8
+    speck, faint, blank = np.zeros((9, 9), np.uint8), np.zeros((9, 9), np.uint8), np.zeros((9, 9), np.uint8)
+    speck[4, 4], faint[3:6, 3:6] = 255, 100
+    for a in (speck, faint, blank) if name != "warp" else (blank,):  # no stroke to work on: the image as it was
+        assert np.array_equal(STEPS[name](a, np.random.default_rng(0), ShapeStyle(), 1.0), a)
+
+
 def test_trim_drops_part_of_a_free_end_and_leaves_short_strokes_whole():
     a, style = letter(), ShapeStyle()
     s = shape.strokes(a)

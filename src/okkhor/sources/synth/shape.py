@@ -107,7 +107,8 @@ def ink_box(coverage: np.ndarray, grow: float = 0.0) -> tuple[slice, slice] | No
     if not rows.size:
         return None
     g = int(math.floor(grow))
-    return slice(max(rows[0] - g, 0), rows[-1] + g + 1), slice(max(cols[0] - g, 0), cols[-1] + g + 1)
+    h, w = coverage.shape
+    return slice(max(rows[0] - g, 0), min(rows[-1] + g + 1, h)), slice(max(cols[0] - g, 0), min(cols[-1] + g + 1, w))
 
 
 def strokes(coverage: np.ndarray) -> Strokes | None:
@@ -322,7 +323,9 @@ def open_loop(coverage: np.ndarray, rng: np.random.Generator, style: ShapeStyle,
         return coverage
     ys, xs = s.points[1:, 0], s.points[1:, 1]
     hole = cv2.distanceTransform((paper != holes[int(u[0] * holes.size)]).view(np.uint8), cv2.DIST_L2, 3)
-    out = cv2.distanceTransform(np.isin(paper, outside, invert=True).view(np.uint8), cv2.DIST_L2, 3)
+    inside = np.ones(n, np.uint8)
+    inside[outside] = 0
+    out = cv2.distanceTransform(inside[paper], cv2.DIST_L2, 3)
     near = s.radius[ys, xs] + 1.5
     rim = (s.stroke[1:] > 0) & (hole[ys, xs] <= near)
     if not rim.any():
