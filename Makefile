@@ -10,7 +10,13 @@ WHEELHOUSE_STAMP := $(WHEELHOUSE)/.okkhor-wheelhouse
 export NO_ALBUMENTATIONS_UPDATE := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup demo test lint bench faults wheelhouse clean
+.PHONY: setup fonts demo test lint bench faults wheelhouse clean
+
+# the font library (`okkhor fonts fetch`: pinned npm and Debian font packages into ~/.cache/okkhor/fonts, or
+# $OKKHOR_FONT_CACHE) where npm or apt-get is present; what it cannot fetch is one line, and never fails setup
+FETCH_FONTS = if command -v npm >/dev/null 2>&1 || command -v apt-get >/dev/null 2>&1; then \
+	  $(PY) -m okkhor fonts fetch || true; \
+	else echo "setup: font library skipped: neither npm nor apt-get found (okkhor synth uses the PyPI fonts)"; fi
 
 setup: $(STAMP)
 
@@ -18,7 +24,11 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev,export,synth]' $(TORCH_PINS)
+	@$(FETCH_FONTS)
 	touch $(STAMP)
+
+fonts: setup
+	@$(FETCH_FONTS)
 
 demo: setup
 	$(PY) -m okkhor.demo

@@ -180,7 +180,7 @@ def main() -> None:
     cli_case("cli", "synth into a dataset", "synth", data, "--train", 5, "--test", 0)
     cli_case("cli", "synth fraction > 1", "synth", tmp / "s", "--train", 5, "--test", 1, "--unseen-test-fraction", 2)
     cli_case("cli", "synth unknown font", "synth", tmp / "s", "--train", 5, "--test", 0, "--fonts", "no-such-font")
-    from okkhor.sources.synth.render import select_fonts
+    from okkhor.sources.synth.fonts import select_fonts
     families = sorted({f.family for f in select_fonts()})
     cli_case("cli", "synth unknown --holdout-fonts", "synth", tmp / "s", "--train", 5, "--test", 5,
              "--holdout-fonts", "no-such")

@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 
 from helpers import TinyKaggle, copy_tiny_kaggle, make_tiny_kaggle
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+# tests see the PyPI fonts only, never a font library that `make setup` fetched into the user cache
+os.environ["OKKHOR_FONT_CACHE"] = tempfile.mkdtemp(prefix="okkhor-test-fonts-")
 
 
 @pytest.fixture(scope="session")

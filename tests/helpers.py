@@ -20,11 +20,11 @@ import pandas as pd
 import torch
 from typer.testing import CliRunner
 
+from okkhor.bengali import TARGETS as BENGALI_TARGETS
 from okkhor.cli import app
 from okkhor.config import Config
 from okkhor.io.kaggle import IMAGE_HEIGHT, IMAGE_WIDTH, load_targets, write_image_parquet
 from okkhor.models.model import build_model
-from okkhor.targets import BENGALI_TARGETS
 
 # frame (inclusive outer edge, thickness) and inner drawing area of every tiny image
 FRAME = (12, 124, 12, 223)   # y0, y1, x0, x1

@@ -235,3 +235,27 @@ def test_split_cli_group_grapheme(tmp_path):
         assert len(set(fold[np.arange(n) % 30 == k])) == 1
     r = runner.invoke(app, ["split", str(tmp_path), "--group", "writer"])
     assert_one_line_error(r.exit_code, r.output, "--group", "grapheme")
+
+
+def test_split_cli_group_grapheme_on_a_small_set_gives_grouped_folds_with_a_note(tmp_path):
+    """300 images over 150 roots (2 each): no root has 4 images, so StratifiedGroupKFold cannot stratify 4 folds.
+    The split is grouped anyway, says so in one line, and keeps every triple in one fold."""
+    n = 300
+    rng = np.random.default_rng(5)
+    labels = np.stack([np.arange(n) % 150, rng.integers(0, 11, n), rng.integers(0, 7, n)], 1)
+    pd.DataFrame({"image_id": [f"Train_{i}" for i in range(n)], "grapheme_root": labels[:, 0],
+                  "vowel_diacritic": labels[:, 1], "consonant_diacritic": labels[:, 2]}
+                 ).to_csv(tmp_path / "train.csv", index=False)
+    r = runner.invoke(app, ["split", str(tmp_path), "--folds", "4", "--group", "grapheme"])
+    assert r.exit_code == 0, r.output
+    assert "Traceback" not in r.output
+    notes = [line for line in r.output.splitlines() if line.startswith("note:")]
+    assert notes == ["note: no grapheme_root class has 4 images, so the 4 folds keep label triples whole without "
+                     "stratifying by grapheme_root"]
+    fold = pd.read_csv(tmp_path / "folds.csv")["fold"].to_numpy()
+    assert sorted(set(fold)) == [0, 1, 2, 3]
+    folds_of: dict[tuple, set] = {}
+    for row, k in zip(map(tuple, labels), fold, strict=True):
+        folds_of.setdefault(row, set()).add(int(k))
+    assert all(len(ks) == 1 for ks in folds_of.values())
+    assert np.bincount(fold).min() >= 60  # 300 images spread over 4 folds, not one fold of everything

@@ -6,9 +6,13 @@ import pytest
 
 from okkhor.io.kaggle import image_parquet_files, iter_image_parquet
 from okkhor.sources.synth import hand
-from okkhor.sources.synth.generate import Imager, image_rng, iter_samples, synthesize
+from okkhor.sources.synth.fonts import select_fonts
 from okkhor.sources.synth.hand import HandStyle
-from okkhor.sources.synth.render import FontRenderer, select_fonts
+from okkhor.sources.synth.imager import Imager
+from okkhor.sources.synth.keys import image_rng
+from okkhor.sources.synth.preview import iter_samples
+from okkhor.sources.synth.shaping import FontRenderer
+from okkhor.sources.synth.writer import synthesize
 
 TEXTS = ("\u0995\u09cd\u09b7\u09cd\u09a3\u09cc", "\u09b0\u09cd\u0995\u09bf", "\u09b8\u09cd\u09a4\u09cd\u09b0\u09c0",
          "\u0995\u09c1", "\u0985")  # ক্ষ্ণৌ র্কি স্ত্রী কু অ
@@ -151,3 +155,18 @@ def test_the_bend_field_keeps_even_its_largest_bends_inside_the_frame():
         assert border.min() > 200, (k, text)
     with pytest.raises(ValueError, match="bend_px"):
         HandStyle(bend_px=21.0)
+
+
+def test_a_step_joins_the_hand_style_by_its_place_in_the_list():
+    """The hand style is a list of steps on one Sheet: a step that draws nothing leaves the image as it was, and
+    one that wipes the composed glyphs before the pose leaves a page without ink."""
+    imager = Imager(select_fonts()[:1], hand=HandStyle(artefacts=0.0))
+    before = imager(TEXTS[0], image_rng(0, "train", 5), 0, hand=True).copy()
+    assert (before < 128).mean() > 0.01
+    pose = [step.__name__ for step in imager.hand_steps].index("_pose")
+    seen = []
+    imager.hand_steps.insert(pose, lambda sheet: seen.append(sheet.src.shape))
+    assert np.array_equal(imager(TEXTS[0], image_rng(0, "train", 5), 0, hand=True), before) and len(seen) == 1
+    imager.hand_steps[pose] = lambda sheet: setattr(sheet, "src", np.zeros_like(sheet.src))
+    wiped = imager(TEXTS[0], image_rng(0, "train", 5), 0, hand=True)
+    assert wiped.min() > 150 and not np.array_equal(wiped, before)

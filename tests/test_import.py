@@ -198,10 +198,10 @@ def test_import_needs_no_synth_extra(folder, tmp_path, monkeypatch):
     root, images, _ = folder
     for name in ("uharfbuzz", "freetype"):
         monkeypatch.setitem(sys.modules, name, None)   # import fails, as when the package is not installed
-    for name in ("okkhor.sources.synth.render", "okkhor.sources.synth.generate", "okkhor.sources.imagefolder"):
+    for name in ("okkhor.sources.synth.shaping", "okkhor.sources.synth.writer", "okkhor.sources.imagefolder"):
         if name in sys.modules:
             monkeypatch.delitem(sys.modules, name)
     code, output = cli("import", images, tmp_path / "data", "--labels", root / "map.csv", "--class-map",
                        root / "class_map.csv", "--no-progress")
     assert code == 0, output
-    assert "okkhor.sources.synth.render" not in sys.modules
+    assert "okkhor.sources.synth.shaping" not in sys.modules

@@ -27,7 +27,9 @@ def test_torch_is_a_range_and_fonts_are_the_synth_extra():
     deps = {wheelhouse.Requirement(r).name: wheelhouse.Requirement(r) for r in project["dependencies"]}
     assert str(deps["torch"].specifier) == ">=2.5" and str(deps["torchvision"].specifier) == ">=0.20"
     synth = {wheelhouse.Requirement(r).name for r in project["optional-dependencies"]["synth"]}
-    assert synth == {"uharfbuzz", "freetype-py", "fontpkg-hind-siliguri", "manimgx-fonts", "bengali-captcha"}
+    assert synth == {"uharfbuzz", "freetype-py", "fontpkg-hind-siliguri", "manimgx-fonts", "bengali-captcha",
+                     "fonttools", "brotli",   # fonttools + brotli: the font library's WOFF/WOFF2 -> TTF
+                     "scikit-image"}   # the skeleton of the shape steps (synth --shape)
     assert not synth & set(deps)
     makefile = (ROOT / "Makefile").read_text()
     assert "torch==2.14.1 torchvision==0.29.1" in makefile and ".[dev,export,synth]" in makefile
@@ -57,7 +59,7 @@ def _module_level_imports(path: Path) -> set[str]:
 
 
 def test_nothing_imports_the_synth_extra_eagerly():
-    """Only the renderer imports uharfbuzz and freetype, and no okkhor module imports the renderer (or a module
+    """Only the shaping module imports uharfbuzz and freetype, and no okkhor module imports it (or a module
     that does) when it is itself imported: without the synth extra everything else imports."""
     src = ROOT / "src"
     modules = {".".join(p.relative_to(src).with_suffix("").parts).removesuffix(".__init__"): p
@@ -65,14 +67,14 @@ def test_nothing_imports_the_synth_extra_eagerly():
     graph = {name: {m for m in _module_level_imports(p) if m in modules or m.split(".")[0] in SYNTH_MODULES}
              for name, p in modules.items()}
     needs = {name for name, deps in graph.items() if any(d.split(".")[0] in SYNTH_MODULES for d in deps)}
-    assert needs == {"okkhor.sources.synth.render"}
+    assert needs == {"okkhor.sources.synth.shaping"}
     while True:   # everything that imports, at import time, a module that needs the extra
         more = {name for name, deps in graph.items() if deps & needs} - needs
         if not more:
             break
         needs |= more
-    assert needs == {"okkhor.sources.synth.render"}
-    assert "okkhor.cli" in graph and "okkhor.sources.synth.generate" in graph
+    assert needs == {"okkhor.sources.synth.shaping"}
+    assert "okkhor.cli" in graph and "okkhor.sources.synth.writer" in graph
 
 
 def test_synth_without_the_extra_says_how_to_install_it(monkeypatch, tmp_path):

@@ -197,9 +197,9 @@ def no_work(monkeypatch):
     import okkhor.models.model
     import okkhor.reporting.preview
     import okkhor.reporting.report
-    import okkhor.sources.synth.generate
+    import okkhor.sources.synth.writer
     for module, name in ((okkhor.inference.predict, "load_members"), (okkhor.inference.evaluate, "load_members"),
-                         (okkhor.models.model, "load_for_inference"), (okkhor.sources.synth.generate, "synthesize"),
+                         (okkhor.models.model, "load_for_inference"), (okkhor.sources.synth.writer, "synthesize"),
                          (okkhor.data.prepare, "prepare"), (okkhor.reporting.preview, "prepare"),
                          (okkhor.data.folds, "split"), (okkhor.reporting.report, "write_report")):
         monkeypatch.setattr(module, name, mark)

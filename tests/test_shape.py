@@ -7,8 +7,9 @@ import pytest
 
 from okkhor.errors import OkkhorError
 from okkhor.sources.synth import shape
-from okkhor.sources.synth.render import FontRenderer, select_fonts
+from okkhor.sources.synth.fonts import select_fonts
 from okkhor.sources.synth.shape import PRESETS, STEP_NAMES, ShapeStyle, parse_shape
+from okkhor.sources.synth.shaping import FontRenderer
 
 MARGIN = 16  # free band around every test image's ink: more than any step's reach
 STEPS = dict(STEP_NAMES)

@@ -9,20 +9,18 @@ import pytest
 from typer.testing import CliRunner
 
 from helpers import assert_one_line_error
+from okkhor.bengali import grapheme_string, known_graphemes, seen_triples
 from okkhor.cli import app
 from okkhor.errors import OkkhorError
 from okkhor.io.kaggle import IMAGE_HEIGHT, IMAGE_WIDTH, N_PIXELS, image_parquet_files, iter_image_parquet
-from okkhor.sources.synth.generate import Imager, file_rows, image_rng, plan_draws, sample_labels, synthesize
-from okkhor.sources.synth.render import (
-    FontRenderer,
-    check_shaping,
-    grapheme_string,
-    known_graphemes,
-    render_grapheme,
-    seen_triples,
-    select_fonts,
-    self_check_fonts,
-)
+from okkhor.io.layout import file_rows
+from okkhor.sources.synth.fonts import render_grapheme, select_fonts
+from okkhor.sources.synth.imager import Imager
+from okkhor.sources.synth.keys import image_rng
+from okkhor.sources.synth.labels import sample_labels
+from okkhor.sources.synth.plan import plan_draws
+from okkhor.sources.synth.shaping import FontRenderer, check_shaping, self_check_fonts
+from okkhor.sources.synth.writer import synthesize
 
 runner = CliRunner()
 N_TRAIN, N_TEST, SEED = 60, 30, 7
@@ -143,18 +141,6 @@ def test_shaping_self_check_fails_without_shaping():
     check_shaping(FontRenderer(spec))
     with pytest.raises(OkkhorError, match="shaping self-check failed.*reph"):
         check_shaping(FontRenderer(spec, shaping=False))
-
-
-def test_grapheme_string_rule_and_exceptions():
-    assert grapheme_string(13, 0, 0) == "\u0995"  # ক
-    assert grapheme_string(13, 2, 2) == "\u09b0\u09cd\u0995\u09bf"  # র্কি
-    assert grapheme_string(13, 0, 6) == "\u0995\u09cd\u09b0\u09cd\u09af"  # ক্র্য
-    assert grapheme_string(123, 1, 4) == "\u09b0\u200d\u09cd\u09af\u09be"  # র + ZWJ + ্য + া
-    assert grapheme_string(165, 0, 0) == "\u09dc"  # precomposed ড়, never normalised
-    rule_misses = [(g, r, v, c) for g, r, v, c in known_graphemes() if grapheme_string(r, v, c) != g]
-    assert len(rule_misses) == 3 and all(c == 2 for *_, c in rule_misses)
-    with pytest.raises(ValueError, match="vowel_diacritic"):
-        grapheme_string(0, 11, 0)
 
 
 def test_render_grapheme_is_clean_dark_on_white():

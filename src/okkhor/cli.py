@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import inspect
 
 import typer
 
@@ -37,6 +38,7 @@ VERBS = {
     "preview": "preview",
     "memory": "memory",
     "info": "info",
+    "fonts": "fonts",
 }
 
 
@@ -63,10 +65,22 @@ def _guarded(func):
     return wrapper
 
 
+def reflow(doc: str | None) -> str | None:
+    """A docstring for `--help`: each prose paragraph on one line, so that the terminal's width wraps it (never a
+    break inside a sentence); a paragraph with an indented line (examples, listings) stays verbatim."""
+    if not doc:
+        return doc
+    paragraphs = inspect.cleandoc(doc).split("\n\n")
+    return "\n\n".join(p if any(line[:1].isspace() for line in p.splitlines()) else " ".join(p.split())
+                       for p in paragraphs)
+
+
 def _register() -> None:
     for verb, module in VERBS.items():
         mod = importlib.import_module(f"okkhor.commands.{module}")
-        app.command(name=verb)(_guarded(mod.command))
+        command = _guarded(mod.command)
+        command.__doc__ = reflow(mod.command.__doc__)
+        app.command(name=verb)(command)
 
 
 _register()

@@ -11,6 +11,7 @@ from typing import Any, Literal, Union
 import yaml
 
 from okkhor.errors import OkkhorError
+from okkhor.options import ACTIVATIONS, AUG_PRESETS, MIX_KINDS, OPTIMIZERS, SCHEDULES
 from okkhor.utils.sizes import MIN_SIDE, hw, yaml_value
 
 
@@ -50,11 +51,11 @@ class TrainConfig:
     batch_size: Union[int, Literal["auto"]] = 64   # micro-batch; "auto" probes memory (needs effective_batch)
     effective_batch: int = 0       # with batch_size=auto: the batch to reach with accumulation
     accum: int = 1                 # micro-batches per optimizer step
-    optimizer: str = "adamw"       # any timm optimizer name (training.optim.OPTIMIZERS: adamw, adam, sgd, lamb, ...)
+    optimizer: str = "adamw"       # okkhor.options.OPTIMIZERS: any timm optimizer name
     lr: float = 1e-3
     weight_decay: float = 1e-4
     momentum: float = 0.9          # sgd only
-    schedule: str = "onecycle"     # okkhor.training.optim.SCHEDULES: onecycle, cosine, poly, step, plateau, constant
+    schedule: str = "onecycle"     # okkhor.options.SCHEDULES
     warmup_epochs: float = 1.0     # cosine, poly, step: linear warmup length
     decay_rate: float = 0.1        # step, plateau: multiply the lr by this
     decay_epochs: float = 10.0     # step: every this many epochs; plateau: after this many epochs without a gain
@@ -84,13 +85,13 @@ class EvalConfig:
 
 @dataclass
 class AugConfig:
-    preset: str = "none"           # okkhor.data.augment.AUG_PRESETS: none, light, medium, heavy
+    preset: str = "none"           # okkhor.options.AUG_PRESETS
     file: str = ""                 # an albumentations pipeline saved with A.save (YAML/JSON); overrides preset
 
 
 @dataclass
 class MixConfig:
-    kind: str = "none"             # training.mixing.MIX_KINDS: none, mixup, cutmix, fmix, both, dirichlet, manifold
+    kind: str = "none"             # okkhor.options.MIX_KINDS
     alpha: float = 1.0
     prob: float = 1.0              # share of batches mixed
     switch: float = 0.5            # kind=both: chance of cutmix instead of mixup
@@ -294,11 +295,6 @@ def config_from_dict(data: dict) -> Config:
 
 def check_choices(cfg: Config) -> None:
     """Named options against the registries that own their names (one line listing the valid ones)."""
-    from okkhor.data.augment import AUG_PRESETS
-    from okkhor.models.activations import ACTIVATIONS
-    from okkhor.training.mixing import MIX_KINDS
-    from okkhor.training.optim import OPTIMIZERS, SCHEDULES
-
     ACTIVATIONS.check(cfg.model.act)
     OPTIMIZERS.check(cfg.train.optimizer)
     SCHEDULES.check(cfg.train.schedule)

@@ -28,7 +28,7 @@ EPOCHS_BY_PRECISION = {"bf16": 4, "off": 5}
 
 def _data(root: Path, params: dict, log) -> Path:
     """Synthesize the demo data once; reuse it while the parameters stay the same."""
-    from okkhor.sources.synth.generate import synthesize
+    from okkhor.sources.synth.writer import synthesize
     from okkhor.utils.extras import require
 
     require("synth", "the demo")

@@ -8,10 +8,9 @@ from typing import Sequence
 
 import pandas as pd
 
+from okkhor import bengali
 from okkhor.errors import OkkhorError
 
-BENGALI_TARGETS = ("grapheme_root", "vowel_diacritic", "consonant_diacritic")
-BENGALI_WEIGHTS = (2.0, 1.0, 1.0)
 CLASS_MAP_COLUMNS = ("component_type", "label", "component")
 
 
@@ -42,7 +41,7 @@ class Targets:
         """Build targets; weights default to 2,1,1 for the Bengali three, equal otherwise."""
         names = tuple(names)
         if weights is None or len(weights) == 0:
-            weights = BENGALI_WEIGHTS if names == BENGALI_TARGETS else (1.0,) * len(names)
+            weights = bengali.WEIGHTS if names == bengali.TARGETS else (1.0,) * len(names)
         return cls(names, tuple(int(n) for n in num_classes), tuple(float(w) for w in weights), components or {})
 
     @classmethod

@@ -5,14 +5,16 @@ from pathlib import Path
 
 import typer
 
+from okkhor.options import AUG_PRESETS, MIX_KINDS, choices
+
 
 def command(
     data_dir: Path = typer.Argument(..., help="Folder with train.csv and train_image_data_*.parquet files."),
     out: Path = typer.Option(..., "--out", help="PNG file to write."),
-    aug: str = typer.Option("medium", "--aug", help="Augmentation preset: none|light|medium|heavy."),
+    aug: str = typer.Option("medium", "--aug", help=f"Augmentation preset: {choices(AUG_PRESETS)}."),
     aug_file: str = typer.Option("", "--aug-file", help="An albumentations pipeline saved with A.save "
                                                         "(overrides --aug)."),
-    mix: str = typer.Option("mixup", "--mix", help="Mixing: none|mixup|cutmix|both|dirichlet|manifold."),
+    mix: str = typer.Option("mixup", "--mix", help=f"Mixing: {choices(MIX_KINDS)}."),
     alpha: float = typer.Option(1.0, "--alpha", help="Beta/Dirichlet concentration of the mixing weights."),
     k: int = typer.Option(3, "--k", help="Images mixed per sample with --mix dirichlet."),
     n: int = typer.Option(32, "--n", help="Number of samples shown."),

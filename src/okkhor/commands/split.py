@@ -38,6 +38,7 @@ def command(
     elif data_dir.is_dir():
         check_writable(data_dir / "folds.csv", "folds file", hint="pass --out FILE")
     targets = load_targets(data_dir)
-    path = split(data_dir, targets, folds=folds, seed=seed, out=out, group=group)
+    path = split(data_dir, targets, folds=folds, seed=seed, out=out, group=group,
+                 note=lambda line: typer.echo(line, err=True))
     counts = np.bincount(pd.read_csv(path)["fold"].to_numpy(), minlength=folds)
     typer.echo(f"wrote {path}: {counts.sum()} images in {folds} folds ({', '.join(map(str, counts))})")

@@ -39,6 +39,18 @@ def command(
         "mix", "--style",
         help="font: font outlines, distorted; hand: per-glyph jitter, re-inked strokes with a varying pen, tremor, "
              "paper and scan marks; mix: each image one or the other (half each)."),
+    graphemes: Optional[Path] = typer.Option(
+        None, "--graphemes",
+        help="Render only the label triples this CSV lists: columns grapheme_root, vowel_diacritic, "
+             "consonant_diacritic (and optionally grapheme, the string to draw), or a grapheme column alone."),
+    missing_from: Optional[Path] = typer.Option(
+        None, "--missing-from",
+        help="Render what the data dir DATA lacks: every triple of the class map's grapheme list (the 1,295 train "
+             "graphemes' triples and okkhor's unseen triples) absent from DATA/train.csv."),
+    missing: Optional[str] = typer.Option(
+        None, "--missing",
+        help="With --missing-from: triples (default; the triples DATA lacks) or roots (every triple of the "
+             "grapheme list whose grapheme_root never occurs in DATA/train.csv, whatever its diacritics)."),
 ) -> None:
     """Render handwritten-looking Bengali graphemes into train/test files shaped like the competition's.
 
@@ -57,11 +69,18 @@ def command(
 
     An unknown --fonts name or --holdout-fonts family fails with the list of available ones. A --fonts-dir file
     that cannot be used is left out with a warning naming it.
+
+    With --graphemes or --missing-from, both splits draw their images over that list of triples instead, evenly
+    (each triple once before any twice: --train at least the number of triples covers them all); the unseen
+    fractions do not apply. For example, what a real set lacks:
+      okkhor synth data/fill --train 5000 --test 0 --missing-from data/real
+      okkhor synth data/roots --train 2000 --test 0 --missing-from data/real --missing roots
+      okkhor synth data/mine --train 600 --test 0 --graphemes wanted.csv
     """
     from okkhor.utils.extras import require
 
     require("synth", "okkhor synth")
-    from okkhor.sources.synth.generate import synthesize
+    from okkhor.sources.synth.writer import synthesize
     from okkhor.utils.files import check_writable
 
     check_writable(out_dir, "OUT_DIR", folder=True)
@@ -70,12 +89,18 @@ def command(
     s = synthesize(out_dir, n_train=train, n_test=test, seed=seed, unseen_test_fraction=unseen_test_fraction,
                    train_unseen_fraction=train_unseen_fraction, fonts=fonts, workers=workers, preview=preview,
                    rows_per_file=rows_per_file, overwrite=overwrite, holdout_fonts=holdout_fonts,
-                   holdout_share=holdout_share, fonts_dir=fonts_dir, style=style)
+                   holdout_share=holdout_share, fonts_dir=fonts_dir, style=style, graphemes=graphemes,
+                   missing_from=missing_from, missing=missing)
     for note in s["font_notes"]:
         typer.echo(f"note: {note}", err=True)
     for warning in s["font_warnings"]:
         typer.echo(f"warning: {warning}", err=True)
+    listed = s["listed_triples"]
+    if listed is not None and s["train"] < listed:
+        typer.echo(f"note: {s['train']} train images cover {s['train']} of the {listed} listed triples; "
+                   f"--train {listed} or more covers them all", err=True)
     held = f", {s['test_font_unseen']} in {','.join(s['holdout_fonts'])}" if s["holdout_fonts"] else ""
+    held += f", over {listed} listed triples" if listed is not None else ""
     typer.echo(f"synth: {s['train']} train ({s['train_unseen']} unseen) + {s['test']} test ({s['test_unseen']} "
                f"unseen{held}) images in {len(s['files'])} parquet files, {len(s['fonts'])} fonts, {s['workers']} "
                f"workers: {s['seconds']:.1f}s, {s['images_per_s']:.0f} images/s -> {s['out_dir']}")

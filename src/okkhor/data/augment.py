@@ -14,7 +14,7 @@ from pydantic import Field
 from okkhor.config import AugConfig
 from okkhor.data.dataset import Augment
 from okkhor.errors import OkkhorError
-from okkhor.registry import Registry
+from okkhor.options import AUG_PRESETS
 from okkhor.utils.sizes import hw
 
 # the cache holds bright ink on black: everything moved in from outside the image is background (0).
@@ -88,17 +88,16 @@ def _heavy(size: int) -> list[Transform]:
     ]
 
 
-# aug.preset -> builder of its transforms for a given image side
-AUG_PRESETS: Registry = Registry("aug.preset", {"none": lambda size: [], "light": _light, "medium": _medium,
-                                                "heavy": _heavy})
-PRESET_NAMES = tuple(AUG_PRESETS)  # the names, for callers that list them
+# aug.preset (okkhor.options.AUG_PRESETS) -> builder of its transforms for a given image side
+PRESET_BUILDERS = {"none": lambda size: [], "light": _light, "medium": _medium, "heavy": _heavy}
+assert set(PRESET_BUILDERS) == set(AUG_PRESETS), "okkhor.options.AUG_PRESETS and the builders disagree"
 
 
 def preset_pipeline(name: str, image_size: int) -> A.Compose:
     """The albumentations pipeline of a preset, e.g. to save with `A.save` and edit into an `aug.file`."""
     if name not in AUG_PRESETS:
         raise ValueError(f"unknown augmentation preset {name!r}; choose one of {', '.join(AUG_PRESETS)}")
-    return A.Compose(AUG_PRESETS[name](image_size))
+    return A.Compose(PRESET_BUILDERS[name](image_size))
 
 
 def _nodes(transform: Transform) -> list[Transform]:

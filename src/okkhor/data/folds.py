@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -10,7 +11,7 @@ from iterstrat.ml_stratifiers import MultilabelStratifiedKFold, MultilabelStrati
 from okkhor.errors import OkkhorError
 from okkhor.io.kaggle import read_csv_checked, read_train_labels
 from okkhor.targets import Targets
-from okkhor.utils.files import atomic_path
+from okkhor.utils.files import write_csv_atomic
 
 
 def one_hot_all(labels: np.ndarray, targets: Targets) -> np.ndarray:
@@ -45,13 +46,16 @@ def label_groups(labels: np.ndarray) -> np.ndarray:
     return np.unique(np.asarray(labels).reshape(len(labels), -1), axis=0, return_inverse=True)[1].ravel()
 
 
-def make_group_folds(labels: np.ndarray, targets: Targets, folds: int = 5, seed: int = 42) -> np.ndarray:
+def make_group_folds(labels: np.ndarray, targets: Targets, folds: int = 5, seed: int = 42,
+                     note: Callable[[str], None] | None = None) -> np.ndarray:
     """Fold per sample [n] holding out whole label triples: no triple is split across folds, so validation
     measures graphemes the model never saw. Stratified over the first target (the root) by sklearn's
-    StratifiedGroupKFold, which balances that target's classes across folds while keeping groups whole."""
+    StratifiedGroupKFold, which balances that target's classes across folds while keeping groups whole. Where no
+    root class has as many images as folds (a small set), stratifying is impossible: the folds are then grouped
+    only (GroupKFold, shuffled), and `note` gets one line saying so."""
     import warnings
 
-    from sklearn.model_selection import StratifiedGroupKFold
+    from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
 
     groups = label_groups(labels)
     n_groups = int(groups.max()) + 1 if len(groups) else 0
@@ -61,6 +65,11 @@ def make_group_folds(labels: np.ndarray, targets: Targets, folds: int = 5, seed:
         raise OkkhorError(f"--folds {folds}: more folds than distinct label triples ({n_groups})")
     out = np.full(len(labels), -1, dtype=np.int64)
     splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    if np.bincount(labels[:, 0]).max() < folds:  # sklearn refuses to stratify when every class is this small
+        splitter = GroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+        if note is not None:
+            note(f"note: no {targets.names[0]} class has {folds} images, so the {folds} folds keep label triples "
+                 f"whole without stratifying by {targets.names[0]}")
     with warnings.catch_warnings():  # it warns when a root has fewer groups than folds; the split is still valid
         warnings.simplefilter("ignore", UserWarning)
         for k, (_, valid_idx) in enumerate(splitter.split(np.zeros(len(labels)), labels[:, 0], groups)):
@@ -80,7 +89,7 @@ def stratified_subset(labels: np.ndarray, targets: Targets, n: int, seed: int = 
 
 
 def split(data_dir: str | Path, targets: Targets, folds: int = 5, seed: int = 42,
-          out: str | Path | None = None, group: str = "none") -> Path:
+          out: str | Path | None = None, group: str = "none", note: Callable[[str], None] | None = None) -> Path:
     """Write `image_id,fold` for every row of DATA_DIR/train.csv (default DATA_DIR/folds.csv).
 
     group="grapheme" holds out whole label triples (make_group_folds); "none" stratifies images (make_folds).
@@ -89,10 +98,12 @@ def split(data_dir: str | Path, targets: Targets, folds: int = 5, seed: int = 42
         raise OkkhorError(f"--group {group!r}: not one of {', '.join(GROUPINGS)}")
     data_dir = Path(data_dir)
     df, labels = read_train_labels(data_dir / "train.csv", targets)
-    fold = (make_group_folds if group == "grapheme" else make_folds)(labels, targets, folds, seed)
+    if group == "grapheme":
+        fold = make_group_folds(labels, targets, folds, seed, note=note)
+    else:
+        fold = make_folds(labels, targets, folds, seed)
     out = Path(out) if out else data_dir / "folds.csv"
-    with atomic_path(out) as tmp:
-        pd.DataFrame({"image_id": df["image_id"].astype(str), "fold": fold}).to_csv(tmp, index=False)
+    write_csv_atomic(out, pd.DataFrame({"image_id": df["image_id"].astype(str), "fold": fold}))
     return out
 
 

@@ -15,7 +15,7 @@ import pandas as pd
 
 from okkhor.errors import OkkhorError
 from okkhor.io.kaggle import N_PIXELS, ImageFiles, image_parquet_files
-from okkhor.utils.files import atomic_path, write_text_atomic
+from okkhor.utils.files import atomic_path, write_csv_atomic, write_text_atomic
 from okkhor.utils.progress import progress
 from okkhor.utils.sizes import Size, hw, parse_size, size_option, size_text, yaml_value
 
@@ -158,8 +158,7 @@ def prepare_split(data_dir: str | Path, split: str, opts: PrepareOptions, cache_
                     bar.update(len(out))
                 ids.extend(chunk_ids)
         fh.flush()
-    with atomic_path(ids_csv) as tmp:
-        pd.DataFrame({"image_id": ids}).to_csv(tmp, index=False)
+    write_csv_atomic(ids_csv, pd.DataFrame({"image_id": ids}))
     write_text_atomic(meta, json.dumps({"fingerprint": fp, "size": yaml_value(opts.size), "crop": opts.crop,
                                         "count": total, "files": [f.name for f in files]}, indent=1))
     return npy, False

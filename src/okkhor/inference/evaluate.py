@@ -15,6 +15,7 @@ from okkhor.data.prepare import PrepareOptions, default_cache_dir, load_cache, p
 from okkhor.errors import OkkhorError
 from okkhor.inference.predict import (
     Member,
+    check_data_targets,
     check_route,
     class_priors,
     decide,
@@ -28,13 +29,13 @@ from okkhor.io.kaggle import image_parquet_files, load_targets, read_train_label
 from okkhor.metrics import by_groups, per_class_recall, summary
 from okkhor.models.graphemes import ABSENT, GRAPHEME, grapheme_index, seen_auroc, seen_score
 from okkhor.targets import Targets
-from okkhor.utils.files import atomic_path, check_writable, write_text_atomic
+from okkhor.utils.files import atomic_path, check_writable, write_csv_atomic, write_text_atomic
 
 TOP_PAIRS = 20
 
 
 @dataclass
-class Evaluation:
+class EvaluationResult:
     """Predictions and metrics of one checkpoint on a labelled set."""
 
     checkpoint: Path
@@ -125,7 +126,7 @@ def _fold_set(member: Member, data_dir: Path, fold: int, show_progress: bool):
 def evaluate(ckpt: str | Path, data_dir: str | Path, fold: int | None = None, labels: str | Path | None = None,
              out: str | Path | None = None, tta: int = 1, batch_size: int = 128, prior_correction: bool = False,
              device: str = "auto", top_pairs: int = TOP_PAIRS, show_progress: bool = True, route: bool = False,
-             route_threshold: float = 0.5) -> Evaluation:
+             route_threshold: float = 0.5) -> EvaluationResult:
     """Predict a labelled set with one checkpoint and score it.
 
     Without `labels`: the validation fold `fold` (default: the checkpoint's data.fold) of DATA_DIR/train.csv, images
@@ -179,7 +180,7 @@ def evaluate(ckpt: str | Path, data_dir: str | Path, fold: int | None = None, la
                "routed": routed, **summarize(y_true, y_pred, targets, top_pairs, groups)}
     if GRAPHEME in probs:
         metrics["grapheme_head"] = grapheme_head_metrics(probs[GRAPHEME], member.graphemes, y_true, groups)
-    ev = Evaluation(Path(ckpt), source, targets, ids, y_true, y_pred, probs, metrics, images, rows)
+    ev = EvaluationResult(Path(ckpt), source, targets, ids, y_true, y_pred, probs, metrics, images, rows)
     if out is not None:
         write_evaluation(ev, out)
     return ev
@@ -210,12 +211,7 @@ def default_out_dir(ckpt: str | Path) -> Path:
     return base / f"eval-{ckpt.stem}"
 
 
-def _write_csv(path: Path, df: pd.DataFrame) -> None:
-    with atomic_path(path) as tmp:
-        df.to_csv(tmp, index=False)
-
-
-def write_evaluation(ev: Evaluation, out: str | Path) -> dict[str, Path]:
+def write_evaluation(ev: EvaluationResult, out: str | Path) -> dict[str, Path]:
     """Write metrics.json, truth.csv + submission.csv (so `okkhor score --truth truth.csv --submission
     submission.csv` reproduces the score), class_map.csv (the targets scored) and the PNG plots."""
     out = Path(out)
@@ -225,9 +221,9 @@ def write_evaluation(ev: Evaluation, out: str | Path) -> dict[str, Path]:
              "class_map": out / "class_map.csv"}
     write_text_atomic(files["metrics"], json.dumps(ev.metrics, indent=1, ensure_ascii=False))
     truth = pd.DataFrame({"image_id": ev.image_ids, **{n: ev.y_true[:, t] for t, n in enumerate(names)}})
-    _write_csv(files["truth"], truth)
+    write_csv_atomic(files["truth"], truth)
     write_submission(files["submission"], [f"{i}_{n}" for i in ev.image_ids for n in names], ev.y_pred.ravel())
-    _write_csv(files["class_map"], pd.DataFrame(
+    write_csv_atomic(files["class_map"], pd.DataFrame(
         [(n, k, _component(ev.targets, n, k))
          for n, c in zip(names, ev.targets.num_classes, strict=True) for k in range(c)],
         columns=["component_type", "label", "component"]))
@@ -238,24 +234,6 @@ def write_evaluation(ev: Evaluation, out: str | Path) -> dict[str, Path]:
 def _component(targets: Targets, name: str, k: int) -> str:
     comps = targets.components.get(name, ())
     return comps[k] if k < len(comps) else str(k)
-
-
-def check_data_targets(members: list[Member], data_dir: str | Path) -> None:
-    """Refuse, in one line naming the checkpoint, a checkpoint of other targets than DATA_DIR/class_map.csv's:
-    a target the class map lacks, or one with another class count (nothing to compare without a class map)."""
-    class_map = Path(data_dir) / "class_map.csv"
-    if not class_map.is_file():
-        return
-    full = load_targets(data_dir)
-    counts = dict(zip(full.names, full.num_classes, strict=False))
-    for member in members:
-        for name, n in zip(member.targets.names, member.targets.num_classes, strict=False):
-            if name not in counts:
-                raise OkkhorError(f"{member.path}: predicts target {name}, which {class_map} does not have "
-                                  f"({', '.join(full.names)}); a checkpoint of other targets")
-            if counts[name] != n:
-                raise OkkhorError(f"{member.path}: predicts {name} with {n} classes but {class_map} has "
-                                  f"{counts[name]}; a checkpoint of other targets")
 
 
 def with_components(targets: Targets, data_dir: Path, class_map: str = "") -> Targets:

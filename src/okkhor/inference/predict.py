@@ -12,7 +12,14 @@ import torch.nn.functional as F
 from okkhor.config import Config
 from okkhor.data.prepare import preprocess
 from okkhor.errors import OkkhorError
-from okkhor.io.kaggle import ImageFiles, image_parquet_files, read_test_csv, read_train_labels, write_submission
+from okkhor.io.kaggle import (
+    ImageFiles,
+    image_parquet_files,
+    load_targets,
+    read_test_csv,
+    read_train_labels,
+    write_submission,
+)
 from okkhor.models.graphemes import GRAPHEME, union_classes
 from okkhor.models.graphemes import route as route_by_head
 from okkhor.targets import Targets
@@ -84,6 +91,24 @@ def load_members(ckpts: Sequence[str | Path], device: str | torch.device = "auto
         layout = torch.channels_last if Precision.for_inference(dev).channels_last else torch.contiguous_format
         members.append(Member(Path(path), model.to(dev, memory_format=layout), cfg, targets, meta))
     return members
+
+
+def check_data_targets(members: list[Member], data_dir: str | Path) -> None:
+    """Refuse, in one line naming the checkpoint, a checkpoint of other targets than DATA_DIR/class_map.csv's:
+    a target the class map lacks, or one with another class count (nothing to compare without a class map)."""
+    class_map = Path(data_dir) / "class_map.csv"
+    if not class_map.is_file():
+        return
+    full = load_targets(data_dir)
+    counts = dict(zip(full.names, full.num_classes, strict=False))
+    for member in members:
+        for name, n in zip(member.targets.names, member.targets.num_classes, strict=False):
+            if name not in counts:
+                raise OkkhorError(f"{member.path}: predicts target {name}, which {class_map} does not have "
+                                  f"({', '.join(full.names)}); a checkpoint of other targets")
+            if counts[name] != n:
+                raise OkkhorError(f"{member.path}: predicts {name} with {n} classes but {class_map} has "
+                                  f"{counts[name]}; a checkpoint of other targets")
 
 
 def _describe_targets(targets: Targets) -> str:
@@ -288,8 +313,6 @@ def predict(ckpts: Sequence[str | Path], data_dir: str | Path, out: str | Path, 
     data_dir = Path(data_dir)
     test_files(data_dir)
     members = load_members(ckpts, device)
-    from okkhor.inference.evaluate import check_data_targets  # evaluate builds on this module
-
     check_data_targets(members, data_dir)
     if route:
         check_route(members, route_threshold)

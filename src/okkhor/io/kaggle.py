@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 
 from okkhor.errors import OkkhorError
 from okkhor.targets import Targets
-from okkhor.utils.files import atomic_path
+from okkhor.utils.files import atomic_path, write_csv_atomic
 
 IMAGE_HEIGHT = 137
 IMAGE_WIDTH = 236
@@ -425,9 +425,7 @@ def load_targets(data_dir: str | Path | None, class_map: str = "", names: Sequen
 
 def write_submission(path: str | Path, row_ids: Sequence[str], values: Sequence[int]) -> None:
     """Write `row_id,target` atomically."""
-    df = pd.DataFrame({"row_id": list(row_ids), "target": np.asarray(values, dtype=np.int64)})
-    with atomic_path(path) as tmp:
-        df.to_csv(tmp, index=False)
+    write_csv_atomic(path, pd.DataFrame({"row_id": list(row_ids), "target": np.asarray(values, dtype=np.int64)}))
 
 
 def read_submission(path: str | Path) -> pd.DataFrame:

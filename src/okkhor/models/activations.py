@@ -12,12 +12,9 @@ import timm.layers.squeeze_excite as _timm_se
 import torch
 import torch.nn as nn
 from timm.layers import get_act_layer
-from timm.layers.create_act import _ACT_LAYER_DEFAULT
 
-from okkhor.registry import Registry
-
-# model.act: `default` keeps the model's own; every other name is one timm's get_act_layer knows
-ACTIVATIONS = Registry("model.act", {"default": None, **{name: name for name in sorted(_ACT_LAYER_DEFAULT)}})
+from okkhor.models.timm_adapter import efficientnet_se_type
+from okkhor.options import ACTIVATIONS
 
 ActLike = Union[str, type, None]
 
@@ -42,11 +39,7 @@ GATE_ACTS: tuple[type, ...] = (
 # squeeze-excitation blocks known by type; other classes count when their name says so (SEModule, SELayer,
 # SEBlock, ...SqueezeExcite...; not networks or residual blocks that merely contain one, like SENet)
 SE_TYPES: tuple[type, ...] = _existing(_timm_se, ("SEModule", "EffectiveSEModule", "SqueezeExcite", "SqueezeExciteCl"))
-try:
-    from timm.models._efficientnet_blocks import SqueezeExcite as _EffSqueezeExcite
-    SE_TYPES = SE_TYPES + (_EffSqueezeExcite,)
-except ImportError:  # pragma: no cover - other timm layouts
-    pass
+SE_TYPES += tuple(t for t in (efficientnet_se_type(),) if t is not None)
 _SE_NAME = re.compile(r"^(Effective)?(SE|Se)(Module|Layer|Block)$|SqueezeExcit")
 
 

@@ -9,24 +9,25 @@ from typing import Sequence, Union
 import numpy as np
 import torch
 
+from okkhor.bengali import SHORT_NAMES
 from okkhor.config import AugConfig, MixConfig
-from okkhor.data.augment import PRESET_NAMES, build_augment
+from okkhor.data.augment import build_augment
 from okkhor.data.dataset import sample_seed, to_tensor
 from okkhor.data.prepare import load_cache, prepare
 from okkhor.errors import OkkhorError
 from okkhor.io.kaggle import load_targets, read_train_labels
+from okkhor.options import AUG_PRESETS, MIX_KINDS
 from okkhor.targets import Targets
-from okkhor.training.mixing import MIX_KINDS, MixedTargets, Mixer
+from okkhor.training.mixing import MixedTargets, Mixer
 from okkhor.utils.files import atomic_path
 from okkhor.utils.sizes import Size, size_text
 
-# short names for the Bengali targets in captions; other targets use their first letter (or full name if ambiguous)
-_SHORT = {"grapheme_root": "r", "vowel_diacritic": "v", "consonant_diacritic": "c"}
 MAX_SAMPLES = 256
 
 
 def short_names(names: Sequence[str]) -> list[str]:
-    short = [_SHORT.get(n, n[:1]) for n in names]
+    """Caption names of targets: the Bengali three's own, others their first letter (full names if ambiguous)."""
+    short = [SHORT_NAMES.get(n, n[:1]) for n in names]
     return short if len(set(short)) == len(short) else list(names)
 
 
@@ -88,8 +89,8 @@ def preview(data_dir: Union[str, Path], out: Union[str, Path], aug: str = "mediu
     Reuses or builds the prepare cache at `size`. Manifold mixing acts on features, so its grid shows the same
     weights applied to the images. Returns a summary (path, count, the mix kind drawn).
     """
-    if aug not in PRESET_NAMES:
-        raise OkkhorError(f"--aug {aug!r}: choose one of {', '.join(PRESET_NAMES)}")
+    if aug not in AUG_PRESETS:
+        raise OkkhorError(f"--aug {aug!r}: choose one of {', '.join(AUG_PRESETS)}")
     if mix not in MIX_KINDS:
         raise OkkhorError(f"--mix {mix!r}: choose one of {', '.join(MIX_KINDS)}")
     if not 1 <= n <= MAX_SAMPLES:

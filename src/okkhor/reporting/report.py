@@ -9,12 +9,11 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
+from okkhor.bengali import grapheme_string, is_bengali
 from okkhor.errors import OkkhorError
-from okkhor.targets import BENGALI_TARGETS
 from okkhor.utils.files import atomic_path, write_text_atomic
 
 REPORT_DIR = "report"        # RUN_DIR/report/: the images (and evaluation files) the page shows
-BENGALI_CLASSES = (168, 11, 7)
 GALLERY = 48                 # misclassified images shown at most
 TILE = 96                    # side of each picture in a gallery tile
 WORST_ROOTS = 16             # worst classes listed with their glyphs
@@ -140,15 +139,15 @@ def _fmt(value: Any) -> str:
 
 # ----------------------------------------------------------------------------------------------- glyphs
 
-def _renderer() -> tuple[Callable[[str], np.ndarray], Callable[[int, int, int], str]] | None:
-    """(render text -> uint8 dark-on-white image, grapheme_string) from the synth renderer, None if unavailable."""
+def _renderer() -> Callable[[str], np.ndarray] | None:
+    """Render text -> uint8 dark-on-white image, from the synth renderer; None if unavailable."""
     try:
-        from okkhor.sources.synth.render import grapheme_string, render_grapheme
+        from okkhor.sources.synth.fonts import render_grapheme
 
         render_grapheme("\u0995", height=TILE, width=TILE)   # fails here when no usable font is installed
     except Exception:  # a missing module, font or shaping library only costs the drawn graphemes
         return None
-    return (lambda text: render_grapheme(text, height=TILE, width=TILE)), grapheme_string
+    return lambda text: render_grapheme(text, height=TILE, width=TILE)
 
 
 def _fit_tile(img: np.ndarray) -> np.ndarray:
@@ -178,15 +177,15 @@ class _Glyphs:
 
     def __init__(self, out: Path, rel: str):
         self.out, self.rel = out, rel
-        self.tools = _renderer()
+        self.render = _renderer()
         self.made: dict[str, str | None] = {}
 
     def draw(self, text: str | None) -> np.ndarray | None:
         """`text` drawn dark on white, TILE x TILE; None without a renderer or Bengali letters to draw."""
-        if self.tools is None or not any("\u0980" <= ch <= "\u09ff" for ch in text or ""):
+        if self.render is None or not any("\u0980" <= ch <= "\u09ff" for ch in text or ""):
             return None
         try:
-            return _fit_tile(self.tools[0](text))
+            return _fit_tile(self.render(text))
         except Exception:  # a string the font cannot shape: the caller shows the label alone
             return None
 
@@ -199,14 +198,6 @@ class _Glyphs:
                 _write_png(self.out / f"glyph_{key}.png", img)
         return self.made[key]
 
-    def grapheme(self, labels: tuple[int, ...]) -> str | None:
-        """The grapheme string of Bengali labels (root, vowel, consonant), or None."""
-        if self.tools is None or len(labels) != 3:
-            return None
-        try:
-            return self.tools[1](*labels)
-        except Exception:  # labels outside the Bengali class map
-            return None
 
     def img(self, text: str | None, key: str) -> str:
         path = self.text(text, key) if text else None
@@ -269,13 +260,13 @@ def _gallery_section(ev, out: Path, rel: str, glyphs: _Glyphs, limit: int) -> st
     n_wrong = int((ev.y_true != ev.y_pred).any(axis=1).sum())
     if len(picks) == 0:
         return "<p class='note'>no misclassified validation images</p>"
-    bengali = ev.targets.names == BENGALI_TARGETS and ev.targets.num_classes == BENGALI_CLASSES
+    bengali = is_bengali(ev.targets.names, ev.targets.num_classes)  # labels in range: grapheme strings apply
     tiles = []
     for rank, i in enumerate(picks):
         image = ev.image(int(i))
         true, pred = tuple(int(v) for v in ev.y_true[i]), tuple(int(v) for v in ev.y_pred[i])
         parts = [_fit_tile(255 - image)] if image is not None else []
-        strings = [glyphs.grapheme(true), glyphs.grapheme(pred)] if bengali else [None, None]
+        strings = [grapheme_string(*true), grapheme_string(*pred)] if bengali else [None, None]
         parts += [img for img in map(glyphs.draw, strings) if img is not None]
         if parts:
             gap = np.full((TILE, 6), 200, dtype=np.uint8)
@@ -294,7 +285,7 @@ def _gallery_section(ev, out: Path, rel: str, glyphs: _Glyphs, limit: int) -> st
         tiles.append(f"<div class='tile'>{picture}<div><b>{_esc(ev.image_ids[i])}</b>"
                      f"<span class='note'> {legend}</span></div><table><tr><th>target</th><th>true</th>"
                      f"<th>pred</th></tr>{labels}</table></div>")
-    note = "" if glyphs.tools is not None else \
+    note = "" if glyphs.render is not None else \
         "<p class='note'>grapheme pictures need the synth renderer and a Bengali font; not available here</p>"
     return (f"<p>{n_wrong} of {len(ev.image_ids)} validation images have at least one wrong target; "
             f"showing {len(picks)}, most confident mistakes first.</p>{note}<div class='grid'>{''.join(tiles)}</div>")

@@ -1,5 +1,4 @@
-"""Other labelled handwriting: a folder of images, one subfolder per class (torchvision's ImageFolder layout),
-written in the competition's format (dark ink on a light 137x236 page) with the targets a label map gives."""
+"""Other labelled handwriting: an ImageFolder tree of images written in the competition's format, labels by a map."""
 from __future__ import annotations
 
 import contextlib
@@ -14,8 +13,9 @@ import pandas as pd
 
 from okkhor.errors import OkkhorError
 from okkhor.io.kaggle import IMAGE_HEIGHT, IMAGE_WIDTH, ImageParquetWriter, check_labels, image_parquet_files
-from okkhor.io.layout import SPLIT_CSVS, class_map_frame, write_csv, write_split_csvs
+from okkhor.io.layout import SPLIT_CSVS, class_map_frame, file_rows, image_file_name, write_split_csvs
 from okkhor.targets import Targets
+from okkhor.utils.files import write_csv_atomic
 
 MARGIN = 8            # page pixels kept free around the scaled image
 DARK_BACKGROUND = 128  # a border median below this means light ink on a dark background: the image is inverted
@@ -129,6 +129,25 @@ def _existing(out_dir: Path, split: str) -> list[Path]:
     return [out_dir / n for n in SPLIT_CSVS[split] if (out_dir / n).exists()] + image_parquet_files(out_dir, split)
 
 
+def _write_pages(out_dir: Path, split: str, stream: Iterator[tuple[str, np.ndarray]], rows: list[int]) -> list[str]:
+    """Stream (image id, page) pairs into the split's parquet files of at most `rows` pages each; their names."""
+    written: list[str] = []
+    for index, most in enumerate(rows):
+        part = islice(stream, most)
+        group = list(islice(part, ROW_GROUP_ROWS))
+        if not group:
+            break
+        path = out_dir / image_file_name(split, index)
+        with ImageParquetWriter(path) as writer:
+            while group:
+                writer.write([g[0] for g in group], np.stack([g[1] for g in group]))
+                group = list(islice(part, ROW_GROUP_ROWS))
+        written.append(path.name)
+    with contextlib.suppress(StopIteration):   # finish the stream: the last images may all be unreadable
+        next(stream)
+    return written
+
+
 def import_image_folder(image_dir: str | Path, out_dir: str | Path, labels: str | Path, split: str = "train",
                         class_map: str | Path | None = None, rows_per_file: int | None = None,
                         overwrite: bool = False, warn: Callable[[str], None] = print,
@@ -138,7 +157,6 @@ def import_image_folder(image_dir: str | Path, out_dir: str | Path, labels: str 
     test_labels.csv) and class_map.csv (the targets `labels` gives). The other split's files are left alone, so
     a train and a test import can share `out_dir`. An unreadable image or a folder not in the label map costs one
     `warn` line each, and the rest is imported. Returns a summary."""
-    from okkhor.sources.synth.generate import file_rows
     from okkhor.utils.progress import progress
 
     start = time.perf_counter()
@@ -191,21 +209,7 @@ def import_image_folder(image_dir: str | Path, out_dir: str | Path, labels: str 
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in existing:  # only this split's own file names, and only with overwrite
         stale.unlink()
-    written: list[str] = []
-    stream = pages()
-    for index, rows in enumerate(file_rows(len(files), rows_per_file)):
-        part = islice(stream, rows)
-        group = list(islice(part, ROW_GROUP_ROWS))
-        if not group:
-            break
-        path = out_dir / f"{split}_image_data_{index}.parquet"
-        with ImageParquetWriter(path) as writer:
-            while group:
-                writer.write([g[0] for g in group], np.stack([g[1] for g in group]))
-                group = list(islice(part, ROW_GROUP_ROWS))
-        written.append(path.name)
-    with contextlib.suppress(StopIteration):   # finish the stream: the last images may all be unreadable
-        next(stream)
+    written = _write_pages(out_dir, split, pages(), file_rows(len(files), rows_per_file))
     if not kept:
         raise OkkhorError(f"{image_dir}: none of the {len(files)} images could be read")
 
@@ -218,7 +222,7 @@ def import_image_folder(image_dir: str | Path, out_dir: str | Path, labels: str 
         if extra in label_map.columns:
             frame[extra] = label_map.loc[kept_folders, extra].to_numpy()
     write_split_csvs(out_dir, split, frame, targets.names)
-    write_csv(class_map_file, classes)
+    write_csv_atomic(class_map_file, classes)
     seconds = time.perf_counter() - start
     return {"out_dir": str(out_dir), "split": split, "images": len(kept), "folders": len(set(kept_folders)),
             "inverted": counts["inverted"], "unreadable": counts["unreadable"],

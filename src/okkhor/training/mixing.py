@@ -8,21 +8,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.utils import unwrap_model  # noqa: F401 - the plain module under DDP / DataParallel / compile
+from timm.utils import unwrap_model  # the plain module under DDP / DataParallel / compile
 
 from okkhor.config import MixConfig
-from okkhor.registry import Registry
+from okkhor.options import MIX_KINDS
 
 # mix.kind -> what it does; a new kind is one entry here and its branch in Mixer.plan
-MIX_KINDS = Registry("mix.kind", {
-    "none": "no mixing",
-    "mixup": "blend two images, weights ~ Beta(alpha, alpha)",
-    "cutmix": "paste a box of a second image, weights = pasted areas",
-    "fmix": "paste a low-frequency random mask (FMix) of a second image, weights = the mask's area",
-    "both": "cutmix with probability switch, else mixup",
-    "dirichlet": "blend k images, weights ~ Dirichlet(alpha)",
-    "manifold": "mixup of the features after backbone stage `layer`",
-})
 FMIX_DECAY = 3.0  # FMix's decay power: the spectrum falls as 1 / frequency**3, so masks are a few smooth blobs
 
 

@@ -7,16 +7,14 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 import torch
-from timm.optim import create_optimizer_v2, list_optimizers
+from timm.optim import create_optimizer_v2
 
 from okkhor.config import TrainConfig
 from okkhor.errors import OkkhorError
-from okkhor.registry import Registry
+from okkhor.options import OPTIMIZERS, SCHEDULES
+
 
 # every optimizer timm's factory builds (adamw, adam, sgd, lamb, lion, ...); weight decay skips biases and norms
-OPTIMIZERS = Registry("train.optimizer", {name: name for name in list_optimizers()})
-
-
 def build_optimizer(model: torch.nn.Module, tcfg: TrainConfig) -> torch.optim.Optimizer:
     """`train.optimizer` through timm, with train.lr, train.weight_decay (not on 1-d parameters) and train.momentum
     (for the optimizers that take one; timm's `sgd` is Nesterov SGD, `momentum` the classical one)."""
@@ -81,15 +79,16 @@ def _constant(optimizer, tcfg, total, per_epoch, warmup):
     return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
 
 
-# train.schedule -> spec; warmup (train.warmup_epochs) applies to cosine, poly and step
-SCHEDULES = Registry("train.schedule", {
+# train.schedule (okkhor.options.SCHEDULES) -> spec
+SCHEDULE_SPECS = {
     "onecycle": ScheduleSpec(_onecycle, "step", True),      # torch OneCycleLR (cos anneal, momentum cycling)
     "cosine": ScheduleSpec(_cosine, "update", True),        # timm CosineLRScheduler to 0 at the run's end
     "poly": ScheduleSpec(_poly, "update", True),            # timm PolyLRScheduler (train.poly_power)
     "step": ScheduleSpec(_step, "update", False),           # timm StepLRScheduler: x decay_rate every decay_epochs
     "plateau": ScheduleSpec(_plateau, "epoch", False),      # torch ReduceLROnPlateau on the valid score
     "constant": ScheduleSpec(_constant, "step", False),     # torch ConstantLR(factor=1)
-})
+}
+assert set(SCHEDULE_SPECS) == set(SCHEDULES), "okkhor.options.SCHEDULES and the specs disagree"
 
 
 class Schedule:
@@ -124,7 +123,8 @@ class Schedule:
 def build_scheduler(optimizer: torch.optim.Optimizer, tcfg: TrainConfig, iterations_per_epoch: int,
                     accum: int) -> Schedule:
     """`train.schedule` over train.epochs * ceil(iterations per epoch / accum) optimizer steps."""
-    spec = SCHEDULES.check(tcfg.schedule)
+    SCHEDULES.check(tcfg.schedule)
+    spec = SCHEDULE_SPECS[tcfg.schedule]
     per_epoch = steps_per_epoch(iterations_per_epoch, accum)
     total = max(1, tcfg.epochs * per_epoch)
     warmup = round(tcfg.warmup_epochs * per_epoch)

@@ -61,7 +61,7 @@ from okkhor.training.handlers import (
     metrics_columns,
     summary_line,
 )
-from okkhor.training.optim import SCHEDULES, build_optimizer, build_scheduler, steps_per_epoch
+from okkhor.training.optim import SCHEDULE_SPECS, build_optimizer, build_scheduler, steps_per_epoch
 from okkhor.training.step import (
     BatchPlan,
     Precision,
@@ -136,7 +136,7 @@ def check_resume_config(saved: dict, cfg: Config, path: Path) -> None:
         detail = ", ".join(f"{k} ({old.get(k)!r} -> {new[k]!r})" for k in changed[:6])
         raise OkkhorError(f"--resume: {path} was trained with a different config: {detail}; only "
                           f"{', '.join(RESUMABLE_KEYS)} may change")
-    if old["train.epochs"] != new["train.epochs"] and SCHEDULES[cfg.train.schedule].fixed_length:
+    if old["train.epochs"] != new["train.epochs"] and SCHEDULE_SPECS[cfg.train.schedule].fixed_length:
         raise OkkhorError(f"--resume: train.epochs changed ({old['train.epochs']} -> {new['train.epochs']}) but "
                           f"the {cfg.train.schedule} learning-rate schedule is laid out over the run's length; "
                           "resume with the same train.epochs, or start a new run")

@@ -1,1 +1,1 @@
-"""The synthetic generator: fonts and shaping, the hand style, and the writer of a data dir."""
+"""The synthetic generator: fonts, shaping, labels, drawing plan, imager and hand style, workers, writer, preview."""

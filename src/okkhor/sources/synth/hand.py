@@ -1,8 +1,4 @@
-"""Handwriting-like synthesis steps: per-glyph jitter, stroke re-inking, and paper and scan artefacts.
-
-Each step is a small function of (input, rng): the same input and random stream give the same output in any
-process, which keeps synthesis byte-identical whatever the worker count.
-"""
+"""Handwriting-like synthesis steps: per-glyph jitter, stroke re-inking, and paper and scan artefacts."""
 from __future__ import annotations
 
 import functools
@@ -12,6 +8,8 @@ from typing import Sequence
 
 import numpy as np
 
+# Each step is a small function of (input, rng): the same input and random stream give the same output in any
+# process, which keeps synthesis byte-identical whatever the worker count.
 Placed = Sequence[tuple[np.ndarray, int, int]]  # (coverage bitmap, top, left) per glyph, see FontRenderer.placed
 
 
