@@ -5,9 +5,14 @@ import cv2
 import numpy as np
 import pytest
 
+from helpers import assert_one_line_error, cli
 from okkhor.errors import OkkhorError
+from okkhor.io.kaggle import image_parquet_files, iter_image_parquet
 from okkhor.sources.synth import shape
 from okkhor.sources.synth.fonts import select_fonts
+from okkhor.sources.synth.hand import HandStyle
+from okkhor.sources.synth.imager import Imager
+from okkhor.sources.synth.keys import image_rng
 from okkhor.sources.synth.shape import PRESETS, STEP_NAMES, ShapeStyle, parse_shape
 from okkhor.sources.synth.shaping import FontRenderer
 
@@ -190,3 +195,49 @@ def test_parse_shape_presets_and_settings():
             parse_shape(spec)
     with pytest.raises(ValueError, match="ShapeStyle.move_px"):
         ShapeStyle(move_px=-1)
+
+
+# ----------------------------------------------------------------------------------------------- in the imager
+
+def test_the_imager_changes_only_the_shape_and_keeps_the_ink_inside_the_frame():
+    fonts, hand = select_fonts(), HandStyle(artefacts=0.0)
+    plain, trimmed = Imager(fonts, hand=hand), Imager(fonts, hand=hand, shape=parse_shape("trim=1"))
+    strong = Imager(fonts, hand=hand, shape=PRESETS["strong"])
+    assert Imager(fonts[:1], shape=PRESETS["none"]).shape is None
+    changed = 0
+    for k, text in enumerate(TEXTS * 3):
+        face, rng = k % len(fonts), lambda: image_rng(9, "train", k)  # noqa: B023 (called in this iteration only)
+        before, after = plain(text, rng(), face, hand=True), trimmed(text, rng(), face, hand=True)
+        moved = np.abs(before.astype(int) - after) > 60
+        changed += moved.any()
+        assert moved.mean() < 0.02  # a trimmed end: the pose, pen and page draw what they drew without it
+        assert np.array_equal(plain(text, rng(), face), trimmed(text, rng(), face))  # the font style: untouched
+        img = strong(text, rng(), face, hand=True)
+        assert np.array_equal(img, strong(text, rng(), face, hand=True))
+        assert img.min() < 100 and (img < 128).mean() > 0.004
+        band = int(plain.variation.margin_px) - 2
+        assert min(img[:band].min(), img[-band:].min(), img[:, :band].min(), img[:, -band:].min()) > 200
+    assert changed >= 10
+
+
+def test_synth_with_shape_gives_the_same_files_whatever_the_workers(tmp_path):
+    args = ["--train", "12", "--test", "4", "--seed", "3", "--style", "hand", "--rows-per-file", "4", "--shape",
+            "strong"]
+    for workers in ("1", "2"):
+        code, output = cli("synth", tmp_path / workers, *args, "--workers", workers)
+        assert code == 0, output
+    files = sorted(p.name for p in (tmp_path / "1").glob("*.parquet"))
+    assert files == sorted(p.name for p in (tmp_path / "2").glob("*.parquet")) and len(files) == 4
+    for f in files:
+        assert (tmp_path / "1" / f).read_bytes() == (tmp_path / "2" / f).read_bytes(), f
+    made = np.concatenate([b for path in image_parquet_files(tmp_path / "1", "train")
+                           for _, b in iter_image_parquet(path, batch_rows=64)])
+    assert made.shape == (12, 137, 236) and (made < 128).mean(axis=(1, 2)).min() > 0.004  # ink on every page
+
+
+def test_synth_shape_option_errors(tmp_path):
+    code, output = cli("synth", tmp_path / "a", "--train", "2", "--test", "0", "--shape", "mild,wobble=1")
+    assert_one_line_error(code, output, "--shape", "unknown setting 'wobble'")
+    code, output = cli("synth", tmp_path / "b", "--train", "2", "--test", "0", "--shape", "mild", "--style", "font")
+    assert_one_line_error(code, output, "--shape changes hand-style images only")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

@@ -43,8 +43,8 @@ class ShapeStyle:
     def __post_init__(self) -> None:
         for name in ("move", "warp", "trim", "extend", "open", "close"):
             _check(name, getattr(self, name), 0.0, 1.0)
-        limits = {"move_deg": 45.0, "move_stretch": 1.0, "move_px": 20.0, "warp_px": 20.0, "trim_share": 0.9,
-                  "trim_px": 50.0, "extend_px": 30.0, "extend_deg": 90.0, "gap_px": 20.0, "bridge_px": 30.0,
+        limits = {"move_deg": 45.0, "move_stretch": 1.0, "move_px": 12.0, "warp_px": 10.0, "trim_share": 0.9,
+                  "trim_px": 30.0, "extend_px": 15.0, "extend_deg": 90.0, "gap_px": 10.0, "bridge_px": 15.0,
                   "min_stroke_px": 100.0}
         for name, hi in limits.items():
             _check(name, getattr(self, name), 0.0, hi)
@@ -377,13 +377,20 @@ STEP_NAMES: tuple[tuple[str, Step], ...] = (("trim", trim_end), ("extend", exten
                                             ("close", close_gap), ("move", move_stroke), ("warp", tps_warp))
 
 
-def apply_shape(coverage: np.ndarray, rng: np.random.Generator, style: ShapeStyle, pen: float = 0.0) -> np.ndarray:
-    """Each step in STEP_NAMES order with its chance (one uniform draw per step, drawn at once); the warp last."""
+def apply_shape(coverage: np.ndarray, rng: np.random.Generator, style: ShapeStyle, pen: float = 0.0,
+                inside: tuple[slice, slice] | None = None) -> np.ndarray:
+    """Each step in STEP_NAMES order with its chance (one uniform draw per step, drawn at once); the warp last.
+    New ink outside the box `inside` (when given) is cut off: ink there can only fade."""
     u = rng.random(len(STEP_NAMES))
+    out = coverage
     for (name, step), draw in zip(STEP_NAMES, u, strict=True):
         if draw < getattr(style, name):
-            coverage = step(coverage, rng, style, pen)
-    return coverage
+            out = step(out, rng, style, pen)
+    if inside is not None and out is not coverage:
+        keep = np.minimum(out, coverage)
+        keep[inside] = out[inside]
+        out = keep
+    return out
 
 
 PRESETS = {"none": ShapeStyle(**{name: 0.0 for name, _ in STEP_NAMES}), "mild": ShapeStyle(),
