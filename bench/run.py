@@ -88,30 +88,17 @@ def _random_batches(count: int, batch: int, size: int, targets, seed: int = 0) -
             for _ in range(count)]
 
 
-def _okkhor_engine(model, cfg, targets, device, mixer=None):
-    """An ignite Engine around engine.TrainStep wired as train.py wires it: build_optimizer, the lr schedule, the
-    GradScaler, OomRecovery as the micro-batch runner, and the step's epoch handlers."""
-    import logging
+def _okkhor_engine(model, cfg, targets, device):
+    """An ignite Engine around the training step the trainer builds (okkhor.training.setup.build_training:
+    build_optimizer, the lr schedule, the loss with the mixer, the GradScaler, OomRecovery as the micro-batch
+    runner) with the step's epoch handlers (okkhor.training.step.create_trainer)."""
+    from okkhor.training.setup import build_training
+    from okkhor.training.step import BatchPlan, Precision, create_trainer
 
-    from ignite.engine import Engine
-
-    from okkhor.training.oom import OomRecovery
-    from okkhor.training.optim import build_optimizer, build_scheduler
-    from okkhor.training.step import BatchPlan, Precision, TrainLoss, TrainStep
-
-    plan = BatchPlan(int(cfg.train.batch_size), 1)
-    optimizer = build_optimizer(model, cfg.train)
-    scheduler = build_scheduler(optimizer, cfg.train, 1000, 1)
-    runner = OomRecovery(plan, model, log=lambda message: None)
-    step = TrainStep(model, optimizer, plan, TrainLoss(list(targets.weights), mixer=mixer), scheduler=scheduler,
-                     precision=Precision(device, cfg.train.amp, cfg.train.channels_last), runner=runner)
-    engine = Engine(step)
-    engine.logger = logging.getLogger("okkhor.bench")
-    engine.logger.addHandler(logging.NullHandler())
-    engine.logger.propagate = False
-    step.attach(engine)
-    runner.attach(engine)
-    return engine
+    parts = build_training(model, cfg, targets, Precision(device, cfg.train.amp, cfg.train.channels_last),
+                           BatchPlan(int(cfg.train.batch_size), 1), iterations_per_epoch=1000,
+                           log=lambda message: None)
+    return create_trainer(parts.step, parts.oom)
 
 
 def _bare_loop(model, cfg, targets, device) -> Callable[[list], None]:
@@ -180,15 +167,14 @@ def _threads() -> int:
 def _setup_model(args: argparse.Namespace):
     import torch
 
-    from okkhor.models.model import build_model
     from okkhor.targets import Targets
+    from okkhor.training.setup import build_net
 
     device = torch.device(args.device)
     cfg = _bench_config(args)
     targets = Targets.from_class_map()
     torch.manual_seed(0)
-    model = build_model(cfg.model, targets).to(
-        device, memory_format=torch.channels_last if args.channels_last else torch.contiguous_format)
+    model = build_net(cfg.model, targets, device, args.channels_last)
     if args.compile:
         model = torch.compile(model)
     return cfg, targets, model, device
@@ -197,7 +183,7 @@ def _setup_model(args: argparse.Namespace):
 # ------------------------------------------------------------------------------------------------ sections
 
 def trainer_overhead(args: argparse.Namespace) -> dict:
-    """okkhor's training images/s (ignite Engine + engine.TrainStep) / a bare loop's, same model and data."""
+    """okkhor's training images/s (ignite Engine + the trainer's TrainStep) / a bare loop's, same model and data."""
     import torch
 
     cfg, targets, model, device = _setup_model(args)
@@ -236,9 +222,9 @@ def trainer_overhead(args: argparse.Namespace) -> dict:
                     f"median of the per-round ratios of images per {kind} second",
            "note": "python_overhead_share = (okkhor's - bare's Python self time per step, under cProfile, which "
                    "inflates it) / the bare step's CPU time: what okkhor's own code adds, measured without the "
-                   "machine's load in it (an upper bound). okkhor = an ignite Engine running engine.TrainStep as "
-                   "train.py wires it (build_optimizer, "
-                   "one-cycle schedule, GradScaler, OomRecovery runner); the trainer's progress bar and TensorBoard "
+                   "machine's load in it (an upper bound). okkhor = an ignite Engine running the TrainStep the "
+                   "trainer builds (okkhor.training.setup: build_optimizer, one-cycle schedule, loss with the mixer, "
+                   "GradScaler, OomRecovery runner); the trainer's progress bar and TensorBoard "
                    "handlers are not attached. bare = AdamW + autocast + summed cross-entropies by hand. Both train "
                    "the same model object on the same in-memory batches",
            "command": _command(args, "trainer_overhead")}
@@ -257,8 +243,8 @@ def data_stall(args: argparse.Namespace) -> dict:
 
     from okkhor.data.augment import build_augment
     from okkhor.data.dataset import GraphemeDataset
+    from okkhor.data.sets import EpochBatches
     from okkhor.training.step import BatchPlan
-    from okkhor.training.train import EpochBatches
 
     cfg, targets, model, device = _setup_model(args)
     presets = [cfg.aug.preset] + ([] if args.quick else [p for p in ("medium",) if p != cfg.aug.preset])

@@ -23,6 +23,7 @@ from typer.testing import CliRunner
 from okkhor.bengali import TARGETS as BENGALI_TARGETS
 from okkhor.cli import app
 from okkhor.config import Config
+from okkhor.io import checkpoint
 from okkhor.io.kaggle import IMAGE_HEIGHT, IMAGE_WIDTH, load_targets, write_image_parquet
 from okkhor.models.model import build_model
 
@@ -187,20 +188,21 @@ def cli(*args) -> tuple[int, str]:
 
 def make_checkpoint(path: Path, data_dir: Path, seed: int = 0, image_size: int = 32, crop: bool = True,
                     counts: bool = True, record_data_dir: bool = True, fold: int = 0) -> Path:
-    """A checkpoint as the trainer writes it (the keys inference reads), with a small timm model, random init."""
+    """A checkpoint with the keys inference reads, written as the trainer writes them (okkhor.io.checkpoint), with a
+    small timm model at random init. counts: with train_class_counts; record_data_dir: with the data record of the
+    run's data dir (no fingerprints: a made-up run)."""
     targets = load_targets(data_dir)
     cfg = Config()
     cfg.data.image_size, cfg.data.crop, cfg.data.fold = image_size, crop, fold
     cfg.model.name = "test_resnet"
     torch.manual_seed(seed)
     model = build_model(cfg.model, targets)
-    ckpt = {"config": cfg.to_dict(), "targets": targets.to_dict(), "model": model.state_dict(), "ema": None}
-    if counts:
-        labels = pd.read_csv(data_dir / "train.csv")
-        ckpt["train_class_counts"] = {name: np.bincount(labels[name], minlength=n).tolist()
-                                      for name, n in zip(targets.names, targets.num_classes, strict=False)}
-    if record_data_dir:
-        ckpt["data_dir"] = str(data_dir)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(ckpt, path)
-    return path
+    labels = pd.read_csv(data_dir / "train.csv")
+    class_counts = {name: np.bincount(labels[name], minlength=n).tolist()
+                    for name, n in zip(targets.names, targets.num_classes, strict=False)}
+    data = checkpoint.data_record({}, data_dir) if record_data_dir else {}
+    ckpt = {checkpoint.MODEL: model.state_dict(), checkpoint.EMA: None,
+            **checkpoint.meta_record(cfg.to_dict(), targets.to_dict(), class_counts, data)}
+    if not counts:
+        del ckpt[checkpoint.CLASS_COUNTS]
+    return checkpoint.save(path, ckpt)

@@ -9,7 +9,8 @@ from typer.testing import CliRunner
 from helpers import TINY_TRAIN, assert_one_line_error, prepared_tiny
 from okkhor.cli import app
 from okkhor.config import load_config
-from okkhor.models.model import load_checkpoint, load_for_inference
+from okkhor.io.checkpoint import load as load_checkpoint
+from okkhor.models.model import load_for_inference
 from okkhor.training.train import train
 
 FAST = [*TINY_TRAIN, "train.epochs=3", "train.keep_top=2", "train.swa_epochs=2", "train.lr=3e-3",

@@ -105,13 +105,13 @@ def test_a_fold_interrupted_mid_run_is_resumed_not_restarted(tiny_kaggle_dir, tm
     """A fold stopped after epoch 1 of 2 (as a kill after its first save leaves it) continues from its last.pt."""
     import pandas as pd
 
-    from okkhor.training.train import _train
+    from okkhor.training import testing
 
     tiny = prepared_tiny(tiny_kaggle_dir, n_train=60, n_test=8)
     cfg = load_config(None, FAST + ["train.epochs=2"])
     fold_cfg = load_config(None, FAST + ["train.epochs=2", "data.fold=1"])
     runs = tmp_path / "runs"
-    _train(tiny.root, runs / "fold1", fold_cfg, show_progress=False, log=lambda m: None, stop_after=1)
+    testing.train(tiny.root, runs / "fold1", fold_cfg, show_progress=False, log=lambda m: None, stop_after=1)
     first = pd.read_csv(runs / "fold1" / "metrics.csv")
     lines: list[str] = []
     result = run_cv(tiny.root, runs, cfg, [1], show_progress=False, log=lines.append)

@@ -14,7 +14,8 @@ from okkhor.config import load_config
 from okkhor.data.folds import split
 from okkhor.errors import Interrupted, OkkhorError
 from okkhor.io.kaggle import load_targets
-from okkhor.training.train import _train, train
+from okkhor.training import testing
+from okkhor.training.train import train
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +56,7 @@ def test_sigterm_mid_epoch_saves_and_resume_is_exact(data, reference, tmp_path):
     cfg = load_config(None, STATEFUL)
     with pytest.raises(Interrupted) as info:
         # SIGTERM in epoch 2 (5 iterations an epoch) at iteration 2: the step of iterations 3-4 (accum 2) finishes
-        _train(data.root, out, cfg, signal_at=7, **QUIET)
+        testing.train(data.root, out, cfg, signal_at=7, **QUIET)
     line = str(info.value)
     assert info.value.exit_code == 128 + signal.SIGTERM
     assert line.startswith("train: stopped by SIGTERM at epoch 2, iteration 4/5") and "--resume" in line
@@ -139,7 +140,7 @@ def test_a_full_disk_keeps_the_previous_checkpoint_and_stops_with_one_line(data,
 def one_epoch(data, tmp_path_factory):
     """A run stopped after epoch 1 of 2 (the tests that change it work on a copy)."""
     out = tmp_path_factory.mktemp("one") / "run"
-    _train(data.root, out, load_config(None, FAST), stop_after=1, **QUIET)
+    testing.train(data.root, out, load_config(None, FAST), stop_after=1, **QUIET)
     return out
 
 
@@ -195,7 +196,7 @@ def test_resume_without_a_checkpoint_starts_from_the_beginning(data, tmp_path):
     out.mkdir()
     (out / "metrics.csv").write_text("epoch,split,loss\n1,train,9.9\n")
     lines: list[str] = []
-    _train(data.root, out, load_config(None, FAST), resume=True, show_progress=False, log=lines.append,
+    testing.train(data.root, out, load_config(None, FAST), resume=True, show_progress=False, log=lines.append,
            stop_after=1)
     assert any("holds no checkpoint yet; starting from the beginning" in m for m in lines)
     df = pd.read_csv(out / "metrics.csv")

@@ -11,8 +11,9 @@ from helpers import TINY_TRAIN, assert_one_line_error, prepared_tiny
 from okkhor.cli import app
 from okkhor.config import ModelConfig, load_config
 from okkhor.errors import OkkhorError
+from okkhor.io.checkpoint import load as load_checkpoint
 from okkhor.io.kaggle import load_targets
-from okkhor.models.model import build_model, load_checkpoint
+from okkhor.models.model import build_model
 from okkhor.targets import Targets
 from okkhor.training.finetune import init_from
 from okkhor.training.train import train

@@ -51,3 +51,12 @@ def test_wandb_gets_the_config_and_each_epochs_results(monkeypatch):
     assert [(c[1]["epoch/valid/score"], c[2]) for c in epochs] == [(0.75, 10), (0.75, 20)]
     assert any(c[0] == "log" and c[1].get("train/loss") == 0.5 for c in calls)
     assert calls[-1] == ("finish",)
+
+
+def test_flatten_gives_the_dotted_keys_of_the_config():
+    from okkhor.training.tracking import flatten
+
+    flat = flatten(load_config(None, ["train.lr=0.5", "data.targets=[grapheme_root]"]).to_dict())
+    assert flat["train.lr"] == 0.5 and flat["data.targets"] == ["grapheme_root"] and flat["seed"] == 42
+    assert not any(isinstance(v, dict) for v in flat.values())
+    assert flatten({"a": {"b": {"c": 1}, "d": 2}}) == {"a.b.c": 1, "a.d": 2}

@@ -190,3 +190,63 @@ def test_in_process_probe_restores_the_model_and_stops_at_out_of_memory(monkeypa
     for key, value in model.state_dict().items():
         assert torch.equal(value, before[key]), key
     assert torch.equal(torch.get_rng_state(), rng)
+
+
+def describe(step) -> dict:
+    """What makes a training step, as plain values: optimizer, schedule, EMA, loss, mixer, clipping, precision."""
+    ema, mixer = step.ema, step.loss.mixer
+    return {"optimizer": (type(step.optimizer).__name__, dict(step.optimizer.defaults)),
+            "schedule": None if step.scheduler is None else type(step.scheduler.scheduler).__name__,
+            "ema": None if ema is None else (type(ema).__name__, ema.decay, ema.use_warmup),
+            "loss": (step.loss.weights, step.loss.label_smoothing, step.loss.ohem),
+            "mixer": None if mixer is None else (mixer.cfg, mixer.generator.initial_seed()),
+            "clip_grad": step.clip_grad, "precision": (step.precision.amp, step.precision.channels_last)}
+
+
+class Built(Exception):
+    """Raised once the trainer has built its step: the test needs nothing more of the run."""
+
+
+@pytest.fixture(scope="module")
+def tiny(prepared_tiny_kaggle):
+    return prepared_tiny_kaggle()
+
+
+@pytest.mark.parametrize("sets", [
+    [],
+    ["train.ema=0.9", "mix.kind=cutmix", "train.label_smoothing=0.1", "train.ohem=0.75", "train.clip_grad=1.0",
+     "train.optimizer=sgd"],
+])
+def test_the_memory_probe_measures_the_step_the_trainer_builds(tiny, monkeypatch, tmp_path, sets):
+    """train.batch_size=auto: the probe's measured step (here on the trainer's own model, as on CUDA) is the one the
+    run then trains with: the same EMA (with its warm-up), mixer (one for every mix.kind, seeded alike), schedule,
+    loss, optimizer, clipping and precision."""
+    from okkhor.config import load_config
+    from okkhor.io.kaggle import load_targets
+    from okkhor.training.memory.steps import train_steps
+    from okkhor.training.step import TrainStep
+    from okkhor.training.train import train
+
+    data = tiny
+    steps: list = []
+    real = TrainStep.__init__
+
+    def spy(self, *args, **kwargs):
+        real(self, *args, **kwargs)
+        steps.append(self)
+        if len(steps) == 2:   # the probe's, then the trainer's
+            raise Built
+
+    def choose_batch(model, cfg, device):
+        train_steps(model, cfg, load_targets(data.root), device, 2, CountingMeter())
+        return 16, 1
+
+    monkeypatch.setattr(TrainStep, "__init__", spy)
+    monkeypatch.setattr(memory, "choose_batch", choose_batch)
+    cfg = load_config(None, ["model.name=test_efficientnet", "data.image_size=32", "data.folds=4", "data.workers=0",
+                             "train.batch_size=auto", "train.effective_batch=16", "train.device=cpu", *sets])
+    with pytest.raises(Built):
+        train(data.root, tmp_path / "run", cfg, show_progress=False, log=lambda m: None)
+    probe, trainer = (describe(step) for step in steps)
+    assert probe == trainer
+    assert (trainer["ema"] is not None) == bool(sets) and trainer["mixer"][0].kind == ("cutmix" if sets else "none")

@@ -13,8 +13,9 @@ from okkhor.errors import OkkhorError
 from okkhor.models.model import GraphemeModel
 from okkhor.targets import Targets
 from okkhor.training.mixing import MixedTargets, multihead_loss
-from okkhor.training.oom import FaultInjector, OomRecovery, is_oom
+from okkhor.training.oom import OomRecovery, is_oom
 from okkhor.training.step import BatchPlan
+from okkhor.training.testing import FaultInjector
 
 TARGETS = Targets.make(["a", "b", "c"], [7, 3, 2])
 # SGD's update is proportional to the gradient, so any wrong chunk weight shows (AdamW's is blind to a gradient

@@ -12,6 +12,7 @@ import torch
 from helpers import assert_one_line_error, cli, make_checkpoint
 from okkhor.config import Config
 from okkhor.errors import OkkhorError
+from okkhor.io import checkpoint
 from okkhor.reporting.report import resolve_data_dir
 
 
@@ -80,12 +81,12 @@ def test_data_dir_resolution_order(tmp_path):
     run, a, b = tmp_path / "run", tmp_path / "a", tmp_path / "b"
     for p in (run, a, b):
         p.mkdir()
-    assert resolve_data_dir(run, a, {"data_dir": str(b)}) == a
-    assert resolve_data_dir(run, None, {"data_dir": str(b)}) == b
+    assert resolve_data_dir(run, a, {"data": checkpoint.data_record({}, b)}) == a
+    assert resolve_data_dir(run, None, {"data": checkpoint.data_record({}, b)}) == b
     (run / "run.json").write_text(json.dumps({"data_dir": str(a)}))
     assert resolve_data_dir(run, None, {}) == a
     with pytest.raises(OkkhorError, match="data directory not found"):
-        resolve_data_dir(run, None, {"data_dir": str(tmp_path / "gone")})
+        resolve_data_dir(run, None, {"data": checkpoint.data_record({}, tmp_path / "gone")})
 
 
 def test_report_on_labels_with_groups_has_the_cells_table(tiny_kaggle_dir, tmp_path):

@@ -19,14 +19,18 @@ from typer.testing import CliRunner
 from helpers import FAST, assert_one_line_error
 from okkhor.cli import app
 from okkhor.config import TrainConfig, load_config
+from okkhor.data.sets import EpochBatches
+from okkhor.io import checkpoint
 from okkhor.models.model import load_for_inference
 from okkhor.targets import Targets
+from okkhor.training import testing
 from okkhor.training.optim import build_optimizer
 from okkhor.training.step import BatchPlan, TrainStep
-from okkhor.training.train import EpochBatches, _train, metrics_columns, train
+from okkhor.training.tracking import metrics_columns
+from okkhor.training.train import train
 
-# what every checkpoint of a run holds (okkhor.training.train lists the objects in one place); ema and early_stopping
-# appear when the run has them
+# what every checkpoint of a run holds (okkhor.training.checkpoints.run_objects lists the stateful objects, and
+# okkhor.io.checkpoint.meta_record the rest); ema and early_stopping appear when the run has them
 CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "scaler", "mixer", "trainer", "run", "meter", "rng", "config",
                    "targets", "train_class_counts", "data")
 
@@ -223,12 +227,32 @@ def test_run_dir_contract(two_epoch_run):
     assert not list((out / "checkpoints").glob(".*tmp*"))
 
 
+def test_the_report_of_a_trained_run_finds_its_data_through_the_checkpoint(data, two_epoch_run, tmp_path):
+    """The trainer records the data dir it read in the checkpoint's data record, so `okkhor report RUN` without
+    --data evaluates on it also when the run dir travelled without its run.json (the report read a `data_dir`
+    key that no trainer wrote)."""
+    import json
+    import shutil
+
+    out, result = two_epoch_run
+    run = tmp_path / "copied"
+    shutil.copytree(out / "checkpoints", run / "checkpoints")
+    shutil.copy(out / "metrics.csv", run / "metrics.csv")
+    best = checkpoint.load(run / "checkpoints" / "best.pt")
+    assert checkpoint.data_dir(best) == data.root.resolve()
+    code, output = cli("report", run, "--gallery", 2)
+    assert code == 0, output
+    metrics = json.loads((run / "report" / "metrics.json").read_text())
+    assert metrics["images"] == 24 and metrics["source"] == "fold 0"   # the valid fold: 1 of 4 folds of 96 images
+    assert metrics["score"] == pytest.approx(best["run"]["best_score"], abs=1e-9)
+
+
 def test_resume_continues_exactly_and_workers_do_not_matter(data, two_epoch_run, tmp_path):
     """Stop after epoch 1 (data.workers=2), resume to 2: the same values as the uninterrupted workers=0 run."""
     reference, _ = two_epoch_run
     out = tmp_path / "resumed"
     cfg = load_config(None, FAST + ["data.workers=2"])
-    first = _train(data.root, out, cfg, show_progress=False, log=lambda m: None, stop_after=1)
+    first = testing.train(data.root, out, cfg, show_progress=False, log=lambda m: None, stop_after=1)
     assert first["stop_reason"] == "stop_after" and len(values(out)) == 3
     result = train(data.root, out, cfg, resume=True, show_progress=False, log=lambda m: None)
     assert result["epoch"] == 2
@@ -272,16 +296,16 @@ def test_cli_resume_with_more_epochs_on_a_constant_schedule(data, tmp_path):
 
 
 def test_nan_loss_stops_with_one_line_and_keeps_the_last_good_checkpoint(data, tmp_path, monkeypatch):
-    import okkhor.training.step
+    import okkhor.training.loss
 
-    real = okkhor.training.step.multihead_loss
+    real = okkhor.training.loss.multihead_loss
 
     def poisoned(logits, mixed, *args, **kwargs):
         loss = real(logits, mixed, *args, **kwargs)
         return loss * float("nan") if calls.append(1) or len(calls) > 6 else loss
 
     calls: list[int] = []
-    monkeypatch.setattr(okkhor.training.step, "multihead_loss", poisoned)
+    monkeypatch.setattr(okkhor.training.loss, "multihead_loss", poisoned)  # the training loss only
     out = tmp_path / "nan"
     code, output = cli("train", "--data", data.root, "--out", out, "--no-progress", *sum(
         (["--set", s] for s in FAST + ["train.epochs=3"]), []))

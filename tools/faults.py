@@ -131,13 +131,14 @@ def run(cmd: list[str], kill: Kill | None = None, timeout: float = 300, times: l
 def check_consistent(out: Path) -> str:
     """What the run dir holds right after a kill; raises AssertionError when it is inconsistent."""
     import pandas as pd
-    import torch
+
+    from okkhor.io import checkpoint
 
     last = out / "checkpoints" / "last.pt"
     if not last.is_file():
         return "no checkpoint yet"
-    ckpt = torch.load(last, weights_only=True)
-    done, within = ckpt["trainer"]["epoch"], ckpt["trainer"].get("epoch_iteration", 0)
+    ckpt = checkpoint.load_for_resume(last)   # weights_only=True: a file a kill left half written would not load
+    done, within = checkpoint.finished_epochs(ckpt), checkpoint.epoch_iteration(ckpt)
     if (out / "metrics.csv").is_file():
         epochs = pd.read_csv(out / "metrics.csv")["epoch"]
         # metrics are written before the epoch's checkpoint: at most one epoch more, dropped on resume

@@ -9,8 +9,8 @@ import typer
 
 def command(
     run_dir: Path = typer.Argument(..., help="Run directory (config.yaml, metrics.csv, checkpoints/)."),
-    data: Optional[Path] = typer.Option(None, "--data", help="Data folder (default: the checkpoint's data_dir, "
-                                                             "else RUN_DIR/run.json's)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Data folder (default: the data dir the checkpoint "
+                                                             "records, else RUN_DIR/run.json's)."),
     labels: Optional[Path] = typer.Option(None, "--labels", help="Evaluate on this labelled test set (image_id + "
                                                                  "one column per target, e.g. data/test_labels.csv; "
                                                                  "images from the test parquet files) instead of "

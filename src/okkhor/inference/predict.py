@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from okkhor.config import Config
 from okkhor.data.prepare import preprocess
 from okkhor.errors import OkkhorError
+from okkhor.io import checkpoint
 from okkhor.io.kaggle import (
     ImageFiles,
     image_parquet_files,
@@ -41,7 +42,6 @@ TTA_VIEWS: tuple[tuple[int, int, float], ...] = (
 MAX_TTA = len(TTA_VIEWS)
 SHIFT_FRACTION = 0.03
 PRIOR_SMOOTHING = 1.0   # add-one smoothing of the class counts behind --prior-correction
-_HEAVY_KEYS = ("model", "ema", "optimizer", "scheduler", "scaler")
 
 
 @dataclass
@@ -52,7 +52,7 @@ class Member:
     model: torch.nn.Module
     cfg: Config
     targets: Targets
-    meta: dict[str, Any]   # the checkpoint dict without its weights (train_class_counts, data_dir, ...)
+    meta: dict[str, Any]   # the checkpoint without its weights (okkhor.io.checkpoint.meta: train_class_counts, ...)
 
     @property
     def preprocessing(self) -> tuple[Size, bool]:
@@ -87,7 +87,7 @@ def load_members(ckpts: Sequence[str | Path], device: str | torch.device = "auto
             first = members[0]
             raise OkkhorError(f"{path}: predicts {_describe_targets(targets)} but {first.path} predicts "
                               f"{_describe_targets(first.targets)}; an ensemble needs the same targets")
-        meta = {k: v for k, v in ckpt.items() if k not in _HEAVY_KEYS}
+        meta = checkpoint.meta(ckpt)
         layout = torch.channels_last if Precision.for_inference(dev).channels_last else torch.contiguous_format
         members.append(Member(Path(path), model.to(dev, memory_format=layout), cfg, targets, meta))
     return members
@@ -230,7 +230,7 @@ def class_priors(members: Sequence[Member], data_dir: str | Path | None = None,
     fallback: dict[str, np.ndarray] | None = None
     priors = {name: np.zeros(c, dtype=np.float64) for name, c in zip(targets.names, targets.num_classes, strict=False)}
     for member in members:
-        counts = member.meta.get("train_class_counts")
+        counts = member.meta.get(checkpoint.CLASS_COUNTS)
         if not counts:
             if fallback is None:
                 fallback = _train_csv_counts(targets, data_dir, member.path)

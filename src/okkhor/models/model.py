@@ -9,6 +9,8 @@ import torch.nn as nn
 
 from okkhor.config import Config, ModelConfig, config_from_dict
 from okkhor.errors import OkkhorError
+from okkhor.io import checkpoint
+from okkhor.io.checkpoint import load as load_checkpoint  # the name inference and tests know it by
 from okkhor.models.activations import create_backbone
 from okkhor.targets import Targets
 
@@ -80,62 +82,7 @@ def build_model(mcfg: ModelConfig, targets: Targets, graphemes=None) -> Grapheme
     return GraphemeModel(backbone, targets, mcfg.dropout, graphemes if mcfg.grapheme_head else None)
 
 
-def _numpy_globals() -> list:
-    """What numpy arrays and scalars need to be unpickled (the RNG state of older checkpoints), under the names
-    numpy 1 and numpy 2 write; building an array or a scalar of a dtype runs no user code."""
-    import numpy as np
-
-    core = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray
-    dtypes = [type(np.dtype(c)) for c in "?bhilqBHILQefdg"]
-    out: list = [np.ndarray, np.dtype, *dtypes]
-    for name in ("_reconstruct", "scalar"):
-        fn = getattr(core, name)
-        out += [fn, (fn, f"numpy.core.multiarray.{name}"), (fn, f"numpy._core.multiarray.{name}")]
-    return out
-
-
-def _refused(path: Path, exc: Exception) -> OkkhorError | None:
-    """The error for a file that torch.load(weights_only=True) refuses to unpickle; None when it is not that."""
-    import re
-
-    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
-    if not found and "allowlist" not in str(exc):
-        return None
-    what = f"it asks for {found.group(1)}" if found else "it holds objects other than tensors and plain data"
-    return OkkhorError(f"{path}: refused: {what}; okkhor loads checkpoints with torch.load(weights_only=True), "
-                       f"which runs no code from the file, so this is not an okkhor checkpoint or it was "
-                       f"altered")
-
-
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint file without running code from it (torch.load(weights_only=True), numpy arrays allowed);
-    a missing, truncated, foreign or code-carrying file is one clear error naming it."""
-    import os
-    import warnings
-
-    path = Path(path)
-    if path.is_dir():
-        raise OkkhorError(f"{path}: is a folder, not a checkpoint file")
-    if not path.is_file():
-        raise OkkhorError(f"{path}: checkpoint not found")
-    try:
-        with torch.serialization.safe_globals(_numpy_globals()), warnings.catch_warnings():
-            warnings.simplefilter("ignore")   # e.g. torch's note on the pickle protocol of a foreign file
-            ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except OSError as exc:
-        raise OkkhorError(f"{path}: cannot read: {os.strerror(exc.errno) if exc.errno else exc}") from None
-    except Exception as exc:
-        refused = _refused(path, exc)
-        if refused is not None:
-            raise refused from None
-        hint = "truncated, corrupted or not a torch file" if path.stat().st_size else "an empty file"
-        raise OkkhorError(f"{path}: not a readable checkpoint ({hint}: {exc.__class__.__name__})") from None
-    if not isinstance(ckpt, dict):
-        raise OkkhorError(f"{path}: not an okkhor checkpoint (it holds a {type(ckpt).__name__}, not a dict)")
-    return ckpt
-
-
-def _weights_mismatch(model: nn.Module, weights: dict) -> str:
+def weights_mismatch(model: nn.Module, weights: dict) -> str:
     """'' when `weights` fit `model` exactly, else a short account of what differs."""
     want = model.state_dict()
     missing = [k for k in want if k not in weights]
@@ -154,26 +101,22 @@ def load_for_inference(path: str | Path, map_location: str | torch.device = "cpu
     is one clear error naming the file.
     """
     ckpt = load_checkpoint(path, map_location)
-    for key in ("config", "targets", "model"):
-        if key not in ckpt:
-            raise OkkhorError(f"{path}: not an okkhor checkpoint (no '{key}')")
+    checkpoint.require(ckpt, checkpoint.INFERENCE_KEYS, path)
     try:
-        cfg = config_from_dict(ckpt["config"])
-        targets = Targets.from_dict(ckpt["targets"])
+        cfg = config_from_dict(ckpt[checkpoint.CONFIG])
+        targets = Targets.from_dict(ckpt[checkpoint.TARGETS])
     except OkkhorError as exc:
         raise OkkhorError(f"{path}: {exc}") from None
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise OkkhorError(f"{path}: not an okkhor checkpoint (bad config or targets: "
                           f"{exc.__class__.__name__}: {exc})") from None
     mcfg = ModelConfig(**{**cfg.model.__dict__, "pretrained": False})
-    weights = ckpt.get("ema") or ckpt["model"]
-    if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
-        raise OkkhorError(f"{path}: not an okkhor checkpoint (its weights are not a dict of tensors)")
+    weights = checkpoint.inference_weights(ckpt, path)
     try:
         model = build_model(mcfg, targets, weights.get("grapheme_classes"))
     except (OkkhorError, ValueError) as exc:
         raise OkkhorError(f"{path}: {exc}") from None
-    mismatch = _weights_mismatch(model, weights)
+    mismatch = weights_mismatch(model, weights)
     if mismatch:
         heads = ", ".join(f"{n} ({c})" for n, c in zip(targets.names, targets.num_classes, strict=False))
         raise OkkhorError(f"{path}: its weights do not fit the model its config describes (model.name "

@@ -11,6 +11,7 @@ import pandas as pd
 
 from okkhor.bengali import grapheme_string, is_bengali
 from okkhor.errors import OkkhorError
+from okkhor.io import checkpoint
 from okkhor.utils.files import atomic_path, write_text_atomic
 
 REPORT_DIR = "report"        # RUN_DIR/report/: the images (and evaluation files) the page shows
@@ -34,12 +35,14 @@ def _esc(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
-def resolve_data_dir(run_dir: Path, data_dir: str | Path | None, ckpt_meta: dict | None) -> Path:
-    """--data, else the checkpoint's data_dir, else RUN_DIR/run.json's; one clear error when none is known."""
+def resolve_data_dir(run_dir: Path, data_dir: str | Path | None, ckpt: dict | None) -> Path:
+    """--data, else the data dir the checkpoint's run read (okkhor.io.checkpoint.data_dir), else RUN_DIR/run.json's;
+    one clear error when none is known."""
+    read = checkpoint.data_dir(ckpt)
     if data_dir is not None:
         where, path = "--data", Path(data_dir)
-    elif ckpt_meta and ckpt_meta.get("data_dir"):
-        where, path = "the checkpoint's data_dir", Path(str(ckpt_meta["data_dir"]))
+    elif read is not None:
+        where, path = "the checkpoint's data record", read
     elif (run_dir / "run.json").is_file():
         try:
             recorded = json.loads((run_dir / "run.json").read_text(encoding="utf-8")).get("data_dir")
@@ -318,9 +321,9 @@ def write_report(run_dir: str | Path, data_dir: str | Path | None = None, galler
     """Write RUN_DIR/report.html (images in RUN_DIR/report/) and return its path.
 
     Curves come from RUN_DIR/metrics.csv; per-class recall, confusions and the gallery of mistakes from evaluating
-    checkpoints/best.pt (else last.pt) on its validation fold of DATA_DIR (--data, else the checkpoint's
-    data_dir, else RUN_DIR/run.json's), or on the labelled test set `labels` (its images from DATA_DIR's test
-    files) when given. Labels with `seen` / `font_seen` columns add a table by group.
+    checkpoints/best.pt (else last.pt) on its validation fold of DATA_DIR (--data, else the data dir the
+    checkpoint's run read, else RUN_DIR/run.json's), or on the labelled test set `labels` (its images from DATA_DIR's
+    test files) when given. Labels with `seen` / `font_seen` columns add a table by group.
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -334,9 +337,8 @@ def write_report(run_dir: str | Path, data_dir: str | Path | None = None, galler
     ev = None
     if ckpt is not None:
         from okkhor.inference.evaluate import evaluate
-        from okkhor.models.model import load_checkpoint
 
-        data = resolve_data_dir(run_dir, data_dir, load_checkpoint(ckpt) if data_dir is None else None)
+        data = resolve_data_dir(run_dir, data_dir, checkpoint.load(ckpt) if data_dir is None else None)
         ev = evaluate(ckpt, data, labels=labels, out=out, batch_size=batch_size, device=device,
                       show_progress=show_progress)
     sections = [f"<h1>okkhor run report: {_esc(run_dir.resolve().name)}</h1>"

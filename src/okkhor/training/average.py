@@ -16,14 +16,19 @@ from torch.utils.data import DataLoader
 
 from okkhor.config import Config
 from okkhor.errors import OkkhorError
+from okkhor.io import checkpoint
 from okkhor.targets import Targets
-from okkhor.utils.files import atomic_path, check_writable
+from okkhor.utils.files import check_writable
 
 BN_BATCH = 64
 
 
+# the batch-norm layers whose running statistics update_bn recomputes (timm's BatchNormAct2d is a BatchNorm2d)
+BATCH_NORMS = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d, torch.nn.SyncBatchNorm)
+
+
 def has_batch_norm(model: torch.nn.Module) -> bool:
-    return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    return any(isinstance(m, BATCH_NORMS) for m in model.modules())
 
 
 def training_images_loader(data_dir: str | Path, cfg: Config, targets: Targets, log: Callable[[str], None] = print,
@@ -47,17 +52,11 @@ def recompute_bn(model: torch.nn.Module, loader: DataLoader, device: torch.devic
         model.train(was_training)
 
 
-def _save(path: Path, ckpt: dict[str, Any]) -> Path:
-    with atomic_path(path) as tmp:
-        torch.save(ckpt, tmp)
-    return path
-
-
 def average_checkpoints(paths: Sequence[str | Path], out: str | Path, bn_data: str | Path | None = None,
                         log: Callable[[str], None] = print, show_progress: bool = False) -> dict[str, Any]:
     """Average the inference weights of CKPTS (same model, targets and grapheme classes) into OUT; with
     `bn_data` recompute the batch-norm statistics on that data dir's training images. Returns a summary."""
-    from okkhor.models.model import _weights_mismatch, load_for_inference
+    from okkhor.models.model import load_for_inference, weights_mismatch
 
     if len(paths) < 1:
         raise OkkhorError("average: give at least one checkpoint")
@@ -73,7 +72,7 @@ def average_checkpoints(paths: Sequence[str | Path], out: str | Path, bn_data: s
             raise OkkhorError(f"{path}: model {other_cfg.model.name} for {', '.join(other_targets.names)}, but "
                               f"{paths[0]} is {cfg.model.name} for {', '.join(targets.names)}; only checkpoints "
                               "of the same model and targets can be averaged")
-        mismatch = _weights_mismatch(first, model.state_dict())
+        mismatch = weights_mismatch(first, model.state_dict())
         grapheme = getattr(first, "grapheme_classes", None)
         if not mismatch and grapheme is not None and not torch.equal(grapheme, model.grapheme_classes):
             mismatch = "other grapheme_classes"
@@ -83,10 +82,9 @@ def average_checkpoints(paths: Sequence[str | Path], out: str | Path, bn_data: s
     net = averaged.module
     if bn_data is not None:
         recompute_bn(net, training_images_loader(bn_data, cfg, targets, log, show_progress))
-    ckpt = {key: first_ckpt[key] for key in ("config", "targets", "train_class_counts") if key in first_ckpt}
-    ckpt.update(model=net.state_dict(), averaged_from=[str(Path(p)) for p in paths],
-                bn_data=str(bn_data) if bn_data is not None else "")
-    _save(out, ckpt)
+    meta = {key: first_ckpt[key] for key in checkpoint.META_KEYS if key in first_ckpt}
+    checkpoint.save(out, checkpoint.averaged(meta, net.state_dict(), [str(Path(p)) for p in paths],
+                                             bn_data=str(bn_data) if bn_data is not None else ""))
     return {"out": out, "checkpoints": len(paths), "bn": bn_data is not None and has_batch_norm(net)}
 
 
@@ -114,8 +112,8 @@ class Swa:
             return None
         model = self.averaged.module
         recompute_bn(model, self.bn_loader, self.device)
-        _save(self.path, {**self.meta, "model": {k: v.cpu() for k, v in model.state_dict().items()},
-                          "averaged_from": [f"epochs {self.first}..{epoch}"]})
+        checkpoint.save(self.path, checkpoint.averaged(self.meta, {k: v.cpu() for k, v in model.state_dict().items()},
+                                                       [f"epochs {self.first}..{epoch}"]))
         self.log(f"train: SWA of epochs {self.first}..{epoch} ({n} epochs) -> {self.path}")
         return self.path
 

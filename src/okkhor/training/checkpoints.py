@@ -1,7 +1,4 @@
-"""Training checkpoints through ignite: `Checkpoint` with an atomic saver writes last.pt every epoch (and mid-epoch:
-on SIGTERM/SIGINT and every train.checkpoint_every iterations) and best.pt when the valid score improves;
-`Checkpoint.load_objects` resumes, mid-epoch too. Everything stored is plain (tensors,
-dicts, lists, numbers, strings), so `torch.load(path, weights_only=True)` reads it."""
+"""Training checkpoints through ignite: last.pt, best.pt and the top N written, every stateful object resumed."""
 from __future__ import annotations
 
 import random
@@ -14,13 +11,13 @@ from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint, DiskSaver
 
 from okkhor.errors import OkkhorError
-from okkhor.models.model import load_checkpoint
-from okkhor.utils.files import atomic_path
+from okkhor.io import checkpoint as ckpt_format
+from okkhor.io.checkpoint import load_for_resume as load_training_checkpoint  # noqa: F401 - its old name, kept for callers
+from okkhor.training.adapters import checkpoint_items, set_checkpoint_items
 
-# what every checkpoint holds besides its stateful objects: read by inference without building a trainer
-META_KEYS = ("config", "targets", "train_class_counts")
-# stateful objects a checkpoint of an earlier okkhor lacks and a resume can do without (it starts them afresh)
-OPTIONAL_KEYS = ("meter",)
+# ignite's `Checkpoint` with an atomic saver writes last.pt every epoch (and mid-epoch: on SIGTERM/SIGINT and every
+# train.checkpoint_every iterations) and best.pt when the valid score improves; `Checkpoint.load_objects` resumes,
+# mid-epoch too. The file format (keys, save, load) is okkhor.io.checkpoint's.
 
 
 def rng_state() -> dict[str, Any]:
@@ -123,16 +120,18 @@ class TrainerState:
             self.trainer.load_state_dict({"epoch": epoch, "max_epochs": self.max_epochs, "epoch_length": length})
 
 
-class _FixedNameSaver(DiskSaver):
-    """A DiskSaver for files with fixed names, written through okkhor.utils.files.atomic_path on rank 0: the next save
-    replaces the file in one rename, so the old one is never removed first (ignite removes a same-named file
-    before saving it again), and a failed write (a full disk) keeps it and becomes one WriteError line."""
+class _AtomicSaver(DiskSaver):
+    """A DiskSaver writing through okkhor.io.checkpoint.save on rank 0: a temporary file renamed over the old one,
+    and a failed write (a full disk) keeps the old one and becomes one WriteError line."""
 
     def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
         if self.save_on_rank == _rank():
-            # through a Python file: a failed write is an OSError (ENOSPC) that atomic_path turns into one line
-            with atomic_path(self.dirname / filename) as tmp, open(tmp, "wb") as f:
-                torch.save(checkpoint, f)
+            ckpt_format.save(self.dirname / filename, checkpoint)
+
+
+class _FixedNameSaver(_AtomicSaver):
+    """An _AtomicSaver for files with fixed names (last.pt, best.pt): the next save replaces the file in one rename,
+    so the old one is never removed first (ignite removes a same-named file before saving it again)."""
 
     def remove(self, filename: str) -> None:
         pass
@@ -145,10 +144,10 @@ class _Kept:
         self.checkpoint = checkpoint
 
     def state_dict(self) -> dict:
-        return {"saved": [[float(priority), str(name)] for priority, name in self.checkpoint._saved]}
+        return {"saved": [[priority, name] for priority, name in checkpoint_items(self.checkpoint)]}
 
     def load_state_dict(self, state: dict) -> None:
-        self.checkpoint.load_state_dict({"_saved": [tuple(item) for item in state["saved"]]})
+        set_checkpoint_items(self.checkpoint, [tuple(item) for item in state["saved"]])
 
 
 TOP_PATTERN = "top-epoch{global_step}-score{score}.{ext}"   # ignite writes the score with 4 decimals
@@ -177,16 +176,16 @@ class RunCheckpoints:
 
     def __init__(self, dirname: Path, to_load: Mapping[str, Any], meta: Mapping[str, Any],
                  score_function: Callable[[Engine], float], keep_top: int = 1):
-        missing = [k for k in META_KEYS if k not in meta]
+        missing = [k for k in ckpt_format.META_KEYS if k not in meta]
         if missing:
             raise ValueError(f"checkpoint meta lacks {', '.join(missing)}")
         self.dirname, self.to_load = Path(dirname), dict(to_load)
         self.top = None
         if keep_top > 1:
-            self.top = Checkpoint({}, DiskSaver(str(dirname), atomic=True, create_dir=True, require_empty=False),
+            self.top = Checkpoint({}, _AtomicSaver(str(dirname), atomic=True, create_dir=True, require_empty=False),
                                   filename_pattern=TOP_PATTERN, score_function=score_function, n_saved=keep_top,
                                   global_step_transform=lambda engine, event: engine.state.epoch)
-            self.to_load["top"] = _Kept(self.top)
+            self.to_load[ckpt_format.TOP] = _Kept(self.top)
         to_save = {**self.to_load, **{k: Fixed(v) for k, v in meta.items()}}
         if self.top is not None:
             self.top.to_save = to_save
@@ -216,19 +215,22 @@ class RunCheckpoints:
     def resume(self, ckpt: Mapping[str, Any], best_score: Any = None) -> None:
         """Load every stateful object from `ckpt` (Checkpoint.load_objects); tell best.pt's checkpointer the score
         to beat."""
-        missing = [k for k in self.to_load if k not in ckpt and k not in OPTIONAL_KEYS]
+        missing = [k for k in self.to_load if k not in ckpt and k not in ckpt_format.OPTIONAL_STATE]
         if missing:
             raise OkkhorError(f"{self.last_path}: cannot resume from this checkpoint (no {', '.join(missing)}; "
                               "written by another okkhor version?)")
         Checkpoint.load_objects(to_load={k: v for k, v in self.to_load.items() if k in ckpt}, checkpoint=dict(ckpt))
         if best_score is not None:
-            self.best.load_state_dict({"_saved": [(best_score, "best.pt")]})
+            set_checkpoint_items(self.best, [(best_score, "best.pt")])
 
 
-def load_training_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A checkpoint for resuming; one clear error when it is missing, broken or lacks the run state."""
-    ckpt = load_checkpoint(path, map_location="cpu")
-    missing = [k for k in (*META_KEYS, "run", "trainer") if k not in ckpt]
-    if missing:
-        raise OkkhorError(f"{path}: cannot resume from this checkpoint (no {', '.join(missing)})")
-    return ckpt
+def run_objects(*, net: Any, ema: Any, optimizer: Any, schedule: Any, scaler: Any, mixer: Any, trainer: Any,
+                state: Any, early_stopping: Any, meter: Any, swa: Any = None) -> dict[str, Any]:
+    """Every stateful object of a run under its checkpoint key (okkhor.io.checkpoint), in load order (the global
+    random states last, then SWA): with the meta record, a checkpoint's contents. None: not in this run. `ema` is
+    the EMA's module; `mixer` is this process's (all processes' are saved); `trainer` a TrainerState."""
+    objects = {ckpt_format.MODEL: net, ckpt_format.EMA: ema, ckpt_format.OPTIMIZER: optimizer,
+               ckpt_format.SCHEDULER: schedule, ckpt_format.SCALER: scaler, ckpt_format.MIXER: PerProcess(mixer),
+               ckpt_format.TRAINER: trainer, ckpt_format.RUN: state, ckpt_format.EARLY_STOPPING: early_stopping,
+               ckpt_format.METER: meter, ckpt_format.RNG: PerProcess(GlobalRng()), ckpt_format.SWA: swa}
+    return {key: obj for key, obj in objects.items() if obj is not None}

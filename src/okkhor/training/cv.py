@@ -20,6 +20,7 @@ import pandas as pd
 
 from okkhor.config import Config
 from okkhor.errors import OkkhorError
+from okkhor.io import checkpoint
 from okkhor.targets import Targets
 from okkhor.utils.files import atomic_path
 
@@ -82,12 +83,6 @@ def checkpoints_of(path: str | Path) -> list[Path]:
     return [best]
 
 
-def _fold_finished(last: Path, epochs: int) -> bool:
-    from okkhor.training.checkpoints import load_training_checkpoint
-
-    ckpt = load_training_checkpoint(last)
-    return ckpt["run"]["stop_reason"] == "early_stopping" or ckpt["trainer"]["epoch"] >= epochs
-
 
 def cv_columns(targets: Targets) -> list[str]:
     return ["fold", "images", "score", *[f"recall_{n}" for n in targets.names], "best_epoch"]
@@ -108,7 +103,7 @@ def run_cv(data_dir: str | Path, runs_dir: str | Path, cfg: Config, folds: Seque
         fold_cfg.data.fold = k
         out = runs_dir / FOLD_DIR.format(k)
         last = out / "checkpoints" / "last.pt"
-        if last.is_file() and _fold_finished(last, cfg.train.epochs):
+        if last.is_file() and checkpoint.is_finished(checkpoint.load_for_resume(last), cfg.train.epochs):
             log(f"cv: fold {k} has finished ({last}); skipped")
             continue
         resume = last.is_file()
@@ -122,7 +117,6 @@ def write_oof(runs_dir: Path, data_dir: Path, folds: Sequence[int], *, show_prog
     """Predict each fold's validation images with its best.pt; write oof.npz and cv.csv; log the OOF score."""
     from okkhor.inference.evaluate import evaluate
     from okkhor.metrics import summary
-    from okkhor.models.model import load_checkpoint
 
     rows, ids, fold_of, y_true, probs, targets = [], [], [], [], {}, None
     for k in folds:
@@ -132,7 +126,7 @@ def write_oof(runs_dir: Path, data_dir: Path, folds: Sequence[int], *, show_prog
             raise OkkhorError(f"{best}: predicts {', '.join(ev.targets.names)}, other folds "
                               f"{', '.join(targets.names)}")
         targets = ev.targets
-        best_epoch = load_checkpoint(best).get("run", {}).get("best_epoch")
+        best_epoch = checkpoint.best_epoch(checkpoint.load(best))
         m = ev.metrics
         rows.append({"fold": k, "images": m["images"], "score": m["score"],
                      **{f"recall_{n}": r for n, r in m["recall"].items()}, "best_epoch": best_epoch})

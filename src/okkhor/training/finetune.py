@@ -13,7 +13,8 @@ from typing import Callable
 import torch
 
 from okkhor.errors import OkkhorError
-from okkhor.models.model import GraphemeModel, load_checkpoint
+from okkhor.io import checkpoint
+from okkhor.models.model import GraphemeModel
 from okkhor.targets import Targets
 
 _HEADS = "heads."
@@ -30,20 +31,17 @@ def init_from(net: GraphemeModel, path: str | Path, model_name: str, targets: Ta
     """Load CKPT's weights into `net` (in place) as described above; returns {"heads": loaded?, "grapheme_head":
     loaded?}. A checkpoint of another backbone, or one that is not okkhor's, is one clear error."""
     path = Path(path)
-    ckpt = load_checkpoint(path)
-    for key in ("config", "targets", "model"):
-        if key not in ckpt:
-            raise OkkhorError(f"--init {path}: not an okkhor checkpoint (no '{key}')")
-    theirs = (ckpt["config"].get("model") or {}).get("name")
+    ckpt = checkpoint.load(path)
+    checkpoint.require(ckpt, checkpoint.INFERENCE_KEYS, f"--init {path}")
+    theirs = checkpoint.model_name(ckpt)
     if theirs != model_name:
         raise OkkhorError(f"--init {path}: a checkpoint of model.name {theirs}, but this run trains {model_name}; "
                           f"set model.name={theirs} (--model {theirs}) or start from a checkpoint of {model_name}")
-    weights = ckpt.get("ema") or ckpt["model"]
-    if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
-        raise OkkhorError(f"--init {path}: not an okkhor checkpoint (its weights are not a dict of tensors)")
+    weights = checkpoint.inference_weights(ckpt, f"--init {path}")
     mine = net.state_dict()
-    same_targets = (list(ckpt["targets"].get("names", [])) == list(targets.names)
-                    and [int(c) for c in ckpt["targets"].get("num_classes", [])] == list(targets.num_classes))
+    recorded = ckpt[checkpoint.TARGETS]
+    same_targets = (list(recorded.get("names", [])) == list(targets.names)
+                    and [int(c) for c in recorded.get("num_classes", [])] == list(targets.num_classes))
     ours_g, theirs_g = mine.get("grapheme_classes"), weights.get("grapheme_classes")
     same_graphemes = (ours_g is not None and theirs_g is not None and ours_g.shape == theirs_g.shape
                       and bool(torch.equal(ours_g.cpu(), theirs_g.cpu())))
@@ -66,11 +64,11 @@ def init_from(net: GraphemeModel, path: str | Path, model_name: str, targets: Ta
                           f"{missing[0]}); not a checkpoint of the same {model_name}")
     net.load_state_dict(take, strict=False)
     if not same_targets:
-        log(f"train: --init {path}: targets differ ({_describe(ckpt['targets'])} -> "
+        log(f"train: --init {path}: targets differ ({_describe(recorded)} -> "
             f"{_describe(targets.to_dict())}); the target heads are re-initialised")
     if ours_g is not None and not same_graphemes:
         log(f"train: --init {path}: {'no grapheme head' if theirs_g is None else 'other grapheme classes'} in "
             "the checkpoint; the grapheme head is re-initialised")
-    log(f"train: --init {path}: started from its {'EMA ' if ckpt.get('ema') else ''}weights "
+    log(f"train: --init {path}: started from its {'EMA ' if checkpoint.has_ema(ckpt) else ''}weights "
         f"({len(take)} tensors); new optimizer and schedule")
     return {"heads": same_targets, "grapheme_head": same_graphemes}

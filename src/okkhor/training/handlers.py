@@ -1,27 +1,22 @@
-"""The trainer's event handlers: run state, epoch meter and progress, evaluation, run log (metrics.csv and
-TensorBoard), the stop decision, mid-epoch checkpoints (signals, train.checkpoint_every), and the one-line stops
-(a non-finite loss, a failed write)."""
+"""The trainer's event handlers, and `attach_handlers`, the one place that orders them."""
 from __future__ import annotations
 
 import contextlib
 import signal
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-import pandas as pd
 import torch
 from ignite.engine import Engine, Events
 
 from okkhor.errors import Interrupted, OkkhorError, WriteError
+from okkhor.io import checkpoint
 from okkhor.targets import Targets
+from okkhor.training.distributed import barrier
 from okkhor.training.step import NonFiniteLoss, evaluate
-from okkhor.utils.files import atomic_path
-
-
-def metrics_columns(targets: Targets) -> list[str]:
-    return ["epoch", "split", "loss", "score", *[f"recall_{n}" for n in targets.names], "lr", "seconds"]
 
 
 class RunState:
@@ -38,7 +33,7 @@ class RunState:
 
     @property
     def finished(self) -> bool:
-        return self.stop_reason in ("completed", "early_stopping")
+        return self.stop_reason in checkpoint.FINISHED
 
     def record(self, epoch: int, results: dict[str, dict]) -> None:
         self.results = results
@@ -179,59 +174,6 @@ class Evaluation:
         self.then(results["valid"]["score"])
 
 
-class RunLog:
-    """Rank 0's metrics.csv (rewritten atomically each epoch: a train row, then one per evaluated split) and
-    TensorBoard events (the training loss and lr every 10 iterations, each row's values per epoch)."""
-
-    def __init__(self, out_dir: Path, targets: Targets):
-        self.out_dir, self.targets = out_dir, targets
-        self.columns = metrics_columns(targets)
-        self.path = out_dir / "metrics.csv"
-        self.rows: list[dict] = []
-        self.tb = None
-
-    def keep_rows_up_to(self, epoch: int) -> None:
-        """On resume: the rows of the epochs the checkpoint covers (a crash may have left one more)."""
-        if self.path.is_file():
-            df = pd.read_csv(self.path)
-            self.rows = df[df["epoch"] <= epoch].to_dict("records")
-        self.write()
-
-    def add(self, epoch: int, split: str, result: dict, lr: float, seconds: float) -> None:
-        self.rows.append({"epoch": epoch, "split": split, **{k: result.get(k) for k in self.columns[2:-2]},
-                          "lr": lr, "seconds": round(seconds, 3)})
-        if self.tb is not None:
-            for key in self.columns[2:-2]:
-                if key in result:
-                    self.tb.writer.add_scalar(f"{split}/{key}", result[key], epoch)
-
-    def add_epoch(self, epoch: int, meter: EpochMeter, evaluation: Evaluation, lr: float) -> None:
-        self.add(epoch, "train", {"loss": meter.loss}, lr, meter.seconds)
-        for split, result in evaluation.state.results.items():
-            self.add(epoch, split, result, lr, evaluation.finished_at[split] - meter.start)
-        self.write()
-
-    def write(self) -> None:
-        with atomic_path(self.path) as tmp:
-            pd.DataFrame(self.rows, columns=self.columns).to_csv(tmp, index=False)
-        if self.tb is not None:
-            self.tb.writer.flush()
-
-    def open_tensorboard(self, trainer: Engine, optimizer: Any) -> None:
-        from ignite.handlers import TensorboardLogger
-
-        self.tb = TensorboardLogger(log_dir=str(self.out_dir / "tb"))
-        self.tb.attach_output_handler(trainer, event_name=Events.ITERATION_COMPLETED(every=10), tag="train",
-                                      output_transform=lambda out: {"loss": out["loss"]})
-        self.tb.attach_opt_params_handler(trainer, event_name=Events.ITERATION_COMPLETED(every=10),
-                                          optimizer=optimizer)
-
-    def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
-            self.tb = None
-
-
 class StopLine:
     """EXCEPTION_RAISED: a NaN/inf loss or a failed write (a full disk) becomes one user-facing line naming the
     checkpoint that is kept; every other exception goes on unchanged."""
@@ -260,7 +202,7 @@ class Preemption:
     the epoch's last iteration, saves `last_path` with `save(trainer)` when due; after a signal it then raises
     `Interrupted` with one line saying how to resume (`resume_hint`: the command to continue; empty on all
     processes but the first, whose line it is). With several processes the flag is all-reduced, so all stop after
-    the same step. EPOCH_COMPLETED (after the epoch's checkpoint, attach it last) stops there when a signal came
+    the same step. `epoch_completed` (EPOCH_COMPLETED, after the epoch's checkpoint) stops there when a signal came
     during the evaluation.
     """
 
@@ -282,9 +224,6 @@ class Preemption:
         trainer.add_event_handler(Events.STARTED, self._started)
         trainer.add_event_handler(Events.ITERATION_COMPLETED, self.iteration)
         return self
-
-    def attach_epoch_end(self, trainer: Engine) -> None:
-        trainer.add_event_handler(Events.EPOCH_COMPLETED, self.epoch_completed)
 
     @contextlib.contextmanager
     def install(self):
@@ -350,3 +289,93 @@ def summary_line(epoch: int, epochs: int, meter: EpochMeter, state: RunState, lr
     return (f"epoch {epoch}/{epochs}  loss {meter.loss:.4f}  valid {valid['score']:.4f} (loss {valid['loss']:.4f}; "
             f"{recalls}){clean}  lr {lr:.2e}  {meter.images_per_s:.0f} img/s  {time.time() - meter.start:.0f}s"
             f"{'  *best' if state.improved else ''}")
+
+
+class EpochSeeding:
+    """EPOCH_STARTED: every epoch's sample order and augmentation follow from (seed, epoch) alone; the epoch's
+    length is the train loader's now (the batch plan may have changed between epochs)."""
+
+    def __init__(self, batches: Any, generator: torch.Generator, seed: int, epoch_length: Callable[[], int]):
+        self.batches, self.generator, self.seed, self.epoch_length = batches, generator, seed, epoch_length
+
+    def __call__(self, engine: Engine) -> None:
+        epoch = engine.state.epoch
+        self.batches.set_epoch(epoch)  # the epoch travels to the workers with each index: (position, epoch)
+        self.generator.manual_seed(self.seed * 100003 + epoch)
+        engine.state.epoch_length = self.epoch_length()
+
+
+class EpochEnd:
+    """EPOCH_COMPLETED, after the evaluation and the stop decision: the epoch's metrics.csv rows (first: a crash
+    before the checkpoint only costs a rerun of this epoch; `run_log` None on all processes but the first), the
+    checkpoints, the summary line; then every process meets, and the run stops when it decided to."""
+
+    def __init__(self, run_log: Any, checkpoints: Callable[[Engine], None], meter: EpochMeter, evaluation: Evaluation,
+                 state: RunState, optimizer: Any, targets: Targets, epochs: int, log: Callable[[str], None]):
+        self.run_log, self.checkpoints, self.meter, self.evaluation = run_log, checkpoints, meter, evaluation
+        self.state, self.optimizer, self.targets, self.epochs, self.log = state, optimizer, targets, epochs, log
+
+    def __call__(self, engine: Engine) -> None:
+        lr = float(self.optimizer.param_groups[0]["lr"])
+        if self.run_log is not None:
+            self.run_log.add_epoch(engine.state.epoch, self.meter, self.evaluation, lr)
+        self.checkpoints(engine)
+        self.log(summary_line(engine.state.epoch, self.epochs, self.meter, self.state, lr, self.targets))
+        barrier()
+        if self.state.stop_reason != "running":
+            engine.terminate()
+
+
+@dataclass
+class RunHandlers:
+    """Every handler of a training run (None: not in this run), for `attach_handlers`."""
+
+    plan: Any                          # the live BatchPlan, exposed as engine.state.batch_plan
+    oom: Optional[Any]                 # okkhor.training.oom.OomRecovery
+    seeding: EpochSeeding
+    meter: EpochMeter
+    sync_buffers: Callable[[Engine], None]   # every process evaluates (and the first saves) the same BN statistics
+    evaluation: Evaluation
+    early_stopping: Optional[Any]      # ignite EarlyStopping on the valid score (train.patience)
+    state: RunState
+    swa: Optional[Any]                 # okkhor.training.average.Swa (train.swa_epochs)
+    epoch_end: EpochEnd
+    preemption: Preemption
+    stop_line: StopLine
+
+
+def attach_handlers(trainer: Engine, h: RunHandlers) -> Engine:
+    """Attach a run's handlers to `trainer` (from step.create_trainer, which attached the TrainStep's own first).
+
+    ignite calls the handlers of an event in the order they were attached, and that order is the run's logic:
+      STARTED            the batch plan on engine.state -> preemption (counts mid-epoch saves from here)
+      EPOCH_STARTED      step (its epoch counters) -> seeding (sampler epoch, loader generator, epoch length) ->
+                         meter (its progress bar reads the epoch length)
+      ITERATION_COMPLETED  meter -> preemption (a mid-epoch save holds the meter's sums of this iteration); test
+                         hooks, TensorBoard and trackers come after, attached when the run starts
+      EPOCH_COMPLETED    step (the short last group's optimizer step, the finiteness check) -> OOM recovery (the
+                         smaller plan, before a checkpoint stores it) -> meter (the epoch's loss and time) -> sync
+                         buffers -> evaluation -> early stopping (reads the valid score, may terminate) -> state.decide
+                         (reads whether it did) -> SWA (this epoch joins the average, before the checkpoint holds it)
+                         -> epoch end (metrics.csv, checkpoints, summary) -> preemption (a signal that came during the
+                         evaluation stops the run after the epoch's checkpoint)
+      EXCEPTION_RAISED   stop line (a NaN loss or a full disk becomes one line)
+    """
+    if h.oom is not None:
+        h.oom.attach(trainer)
+    trainer.add_event_handler(Events.EPOCH_STARTED, h.seeding)
+    trainer.add_event_handler(Events.STARTED, lambda engine: setattr(engine.state, "batch_plan", h.plan))
+    h.meter.attach(trainer)
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, h.sync_buffers)
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, h.evaluation)
+    if h.early_stopping is not None:
+        trainer.add_event_handler(Events.EPOCH_COMPLETED, h.early_stopping)  # calls trainer.terminate()
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, h.state.decide)
+    if h.swa is not None:
+        swa = h.swa
+        trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda engine: swa.update(engine.state.epoch))
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, h.epoch_end)
+    h.preemption.attach(trainer)
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, h.preemption.epoch_completed)
+    trainer.add_event_handler(Events.EXCEPTION_RAISED, h.stop_line)
+    return trainer

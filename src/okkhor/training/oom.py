@@ -1,4 +1,4 @@
-"""Out-of-memory recovery: recognise the error, inject it for tests, and redo a micro-batch in smaller chunks."""
+"""Out-of-memory recovery: recognise the error and redo a micro-batch in smaller chunks."""
 from __future__ import annotations
 
 import gc
@@ -35,29 +35,6 @@ def free_memory(model: Any = None) -> None:
         torch.cuda.empty_cache()
 
 
-class FaultInjector:
-    """Raises torch.OutOfMemoryError once, when called with iteration `at` (the engine's 1-based iteration).
-
-    `at=-1` never raises. Tests reach the trainer's through `okkhor.training.train._train(oom_at=N)`; the error comes
-    before the micro-batch's forward, exactly where a real one would leave the gradients untouched.
-    """
-
-    def __init__(self, at: int = -1):
-        if isinstance(at, bool) or not isinstance(at, int):
-            raise TypeError(f"at must be an int, got {type(at).__name__}")
-        if at == 0 or at < -1:
-            raise ValueError(f"at must be -1 (off) or an iteration >= 1, got {at}")
-        self.at = at
-        self.fired = False
-
-    def __call__(self, iteration: int) -> None:
-        if iteration == self.at and not self.fired:
-            self.fired = True
-            import torch
-
-            raise torch.OutOfMemoryError(f"out of memory (injected at iteration {self.at})")
-
-
 class OomRecovery:
     """Runs one micro-batch's forward and backward; on out-of-memory, frees memory and redoes it in chunks.
 
@@ -78,15 +55,15 @@ class OomRecovery:
     In a multi-process run the other processes cannot follow a split, so there the error is re-raised as one line.
     """
 
-    def __init__(self, plan: Any, model: Any, *, injector: Optional[FaultInjector] = None,
+    def __init__(self, plan: Any, model: Any, *, injector: Optional[Callable[[int], None]] = None,
                  log: Callable[[str], None] = print, min_batch: int = 1):
         for name in ("batch_size", "accum"):
             if not isinstance(getattr(plan, name, None), int):
                 raise TypeError(f"plan must have an int {name}, got {type(plan).__name__}")
         if not hasattr(model, "parameters"):
             raise TypeError(f"model must be a torch module, got {type(model).__name__}")
-        if injector is not None and not isinstance(injector, FaultInjector):
-            raise TypeError(f"injector must be a FaultInjector or None, got {type(injector).__name__}")
+        if injector is not None and not callable(injector):
+            raise TypeError(f"injector must be callable or None, got {type(injector).__name__}")
         if isinstance(min_batch, bool) or not isinstance(min_batch, int) or min_batch < 1:
             raise ValueError(f"min_batch must be an int >= 1, got {min_batch!r}")
         self.plan, self.model, self.injector, self.log, self.min_batch = plan, model, injector, log, min_batch
@@ -170,7 +147,7 @@ class OomRecovery:
         self.chunk, self._effective = None, None
 
     def attach(self, engine: Any) -> "OomRecovery":
-        """Apply the new plan at EPOCH_COMPLETED; attach before the handler that checkpoints the plan."""
+        """Apply the new plan at EPOCH_COMPLETED (its place among the trainer's handlers: handlers.attach_handlers)."""
         from ignite.engine import Events
 
         engine.add_event_handler(Events.EPOCH_COMPLETED, self.apply_plan)

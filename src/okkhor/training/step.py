@@ -1,10 +1,10 @@
 """The trainer's pieces: the training step (accumulation, precision, clipping, EMA), `create_trainer`, and an
-evaluator Engine with the hierarchical recall and the loss attached."""
+evaluator Engine with the hierarchical recall and the loss attached (the training loss is okkhor.training.loss's)."""
 from __future__ import annotations
 
 import contextlib
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
@@ -16,7 +16,8 @@ from timm.utils import unwrap_model
 from okkhor.errors import OkkhorError
 from okkhor.metrics import HierarchicalRecall
 from okkhor.targets import Targets
-from okkhor.training.mixing import MixedTargets, Mixer, multihead_loss
+from okkhor.training.loss import TrainLoss
+from okkhor.training.mixing import MixedTargets, multihead_loss
 from okkhor.training.optim import Schedule
 
 
@@ -110,27 +111,6 @@ class Precision:
             x = x.pin_memory()
         x = normalize(x.to(self.device, non_blocking=True))
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
-
-
-@dataclass
-class TrainLoss:
-    """The training loss: mixing (a Mixer, or None) and the weighted multi-head cross-entropy with label smoothing
-    and OHEM. `loss(model, x, y, epoch)` returns the batch's mean loss."""
-
-    weights: Sequence[float]
-    label_smoothing: float = 0.0
-    ohem: float = 1.0
-    mixer: Optional[Mixer] = field(default=None, repr=False)
-
-    def __post_init__(self) -> None:
-        self.weights = [float(w) for w in self.weights]
-
-    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, epoch: int) -> torch.Tensor:
-        if self.mixer is not None:
-            logits, mixed = self.mixer(model, x, y, epoch)
-        else:
-            logits, mixed = model(x), MixedTargets.unmixed(y)
-        return multihead_loss(logits, mixed, self.weights, self.label_smoothing, self.ohem)
 
 
 # runner(micro_step, x, y, iteration) -> loss: runs micro_step(x, y, weight=1.0), or the batch in weighted chunks

@@ -1,16 +1,93 @@
-"""Optional experiment trackers through ignite's loggers, beside TensorBoard: `log.wandb` (a Weights & Biases
-project) and `log.mlflow` (an MLflow tracking URI). Both are off by default; one that is set while its package
-is not installed costs one log line and the run goes on without it."""
+"""What a run records: metrics.csv and TensorBoard (RunLog), and the optional W&B / MLflow trackers."""
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 from typing import Any, Callable
 
+import pandas as pd
 from ignite.engine import Engine, Events
 
 from okkhor.config import Config
+from okkhor.targets import Targets
+from okkhor.utils.files import atomic_path
 
-EVERY = 10  # iterations between training-loss points, as in TensorBoard
+# The trackers go through ignite's loggers: `log.wandb` (a Weights & Biases project) and `log.mlflow` (an MLflow
+# tracking URI). Both are off by default; one that is set while its package is not installed costs one log line and
+# the run goes on without it.
+
+EVERY = 10  # iterations between training-loss points, in TensorBoard and the trackers
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """A nested dict (Config.to_dict()) as {"dotted.key": value}."""
+    flat: dict[str, Any] = {}
+    for key, value in d.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def metrics_columns(targets: Targets) -> list[str]:
+    """The columns of metrics.csv."""
+    return ["epoch", "split", "loss", "score", *[f"recall_{n}" for n in targets.names], "lr", "seconds"]
+
+
+class RunLog:
+    """Rank 0's metrics.csv (rewritten atomically each epoch: a train row, then one per evaluated split) and
+    TensorBoard events (the training loss and lr every 10 iterations, each row's values per epoch)."""
+
+    def __init__(self, out_dir: Path, targets: Targets):
+        self.out_dir, self.targets = out_dir, targets
+        self.columns = metrics_columns(targets)
+        self.path = out_dir / "metrics.csv"
+        self.rows: list[dict] = []
+        self.tb = None
+
+    def keep_rows_up_to(self, epoch: int) -> None:
+        """On resume: the rows of the epochs the checkpoint covers (a crash may have left one more)."""
+        if self.path.is_file():
+            df = pd.read_csv(self.path)
+            self.rows = df[df["epoch"] <= epoch].to_dict("records")
+        self.write()
+
+    def add(self, epoch: int, split: str, result: dict, lr: float, seconds: float) -> None:
+        self.rows.append({"epoch": epoch, "split": split, **{k: result.get(k) for k in self.columns[2:-2]},
+                          "lr": lr, "seconds": round(seconds, 3)})
+        if self.tb is not None:
+            for key in self.columns[2:-2]:
+                if key in result:
+                    self.tb.writer.add_scalar(f"{split}/{key}", result[key], epoch)
+
+    def add_epoch(self, epoch: int, meter: Any, evaluation: Any, lr: float) -> None:
+        """The epoch's rows: `meter` (handlers.EpochMeter) the training loss and time, `evaluation`
+        (handlers.Evaluation) each split's results and when they were done."""
+        self.add(epoch, "train", {"loss": meter.loss}, lr, meter.seconds)
+        for split, result in evaluation.state.results.items():
+            self.add(epoch, split, result, lr, evaluation.finished_at[split] - meter.start)
+        self.write()
+
+    def write(self) -> None:
+        with atomic_path(self.path) as tmp:
+            pd.DataFrame(self.rows, columns=self.columns).to_csv(tmp, index=False)
+        if self.tb is not None:
+            self.tb.writer.flush()
+
+    def open_tensorboard(self, trainer: Engine, optimizer: Any) -> None:
+        from ignite.handlers import TensorboardLogger
+
+        self.tb = TensorboardLogger(log_dir=str(self.out_dir / "tb"))
+        self.tb.attach_output_handler(trainer, event_name=Events.ITERATION_COMPLETED(every=EVERY), tag="train",
+                                      output_transform=lambda out: {"loss": out["loss"]})
+        self.tb.attach_opt_params_handler(trainer, event_name=Events.ITERATION_COMPLETED(every=EVERY),
+                                          optimizer=optimizer)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+            self.tb = None
 
 
 def _epoch_values(results: Callable[[], dict[str, dict]]) -> Callable[[Any], dict[str, float]]:
@@ -45,9 +122,7 @@ def open_trackers(cfg: Config, trainer: Engine, optimizer: Any, results: Callabl
             logger = MLflowLogger(tracking_uri=target)
             import mlflow
 
-            from okkhor.training.train import _flatten  # imported here: okkhor.training.train imports this module
-
-            mlflow.log_params(_flatten(cfg.to_dict()))
+            mlflow.log_params(flatten(cfg.to_dict()))
         logger.attach_output_handler(trainer, event_name=Events.ITERATION_COMPLETED(every=EVERY), tag="train",
                                      output_transform=lambda out: {"loss": out["loss"]})
         logger.attach_opt_params_handler(trainer, event_name=Events.ITERATION_COMPLETED(every=EVERY),

@@ -1,17 +1,4 @@
-"""The ignite trainer, wired: data, model, optimizer and schedule into `create_trainer`; evaluator Engines,
-handlers, checkpoints and resume attached to it.
-
-A run directory holds:
-  config.yaml                 the resolved config (targets listed in its header comment)
-  metrics.csv                 epoch,split,loss,score,recall_<target>...,lr,seconds; one row per (epoch, split),
-                              split = train | train_clean | valid; `train` is the mean training loss of the
-                              epoch's iterations (no score); seconds = time since the epoch began, when the row's
-                              evaluation (train: the training) finished; lr = the learning rate at the end of the epoch
-  run.json                    the data directory the run read
-  checkpoints/last.pt         every epoch, and mid-epoch on SIGTERM/SIGINT and every train.checkpoint_every
-                              iterations; checkpoints/best.pt when the valid score improves (training.checkpoints)
-  tb/                         TensorBoard events
-"""
+"""The ignite trainer in a few setup steps (run, model, data, step, trainer), then one run of its Engine."""
 from __future__ import annotations
 
 import copy
@@ -19,78 +6,70 @@ import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any, Callable
+from typing import Callable, Optional
 
 import numpy as np
 import torch
-from ignite.engine import Events
+from ignite.engine import Engine
+from ignite.handlers import EarlyStopping
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from okkhor.config import Config
+from okkhor.data.augment import build_augment
+from okkhor.data.dataset import GraphemeDataset
 from okkhor.data.folds import check_same_data
-from okkhor.data.sets import EpochBatches, load_run_data
+from okkhor.data.sets import EpochBatches, RunData, load_run_data
 from okkhor.errors import OkkhorError
+from okkhor.io import checkpoint
+from okkhor.io.kaggle import load_targets
 from okkhor.models.graphemes import grapheme_classes, with_grapheme_column
 from okkhor.targets import Targets
-from okkhor.training.checkpoints import (
-    GlobalRng,
-    PerProcess,
-    RunCheckpoints,
-    TrainerState,
-    load_training_checkpoint,
-    remove_stale_temps,
-)
-from okkhor.training.distributed import (
-    barrier,
-    is_main,
-    process_group,
-    rank,
-    resolve_device,
-    shard,
-    sync_buffers,
-    world_size,
-)
+from okkhor.training.adapters import end_workers
+from okkhor.training.average import Swa
+from okkhor.training.checkpoints import RunCheckpoints, TrainerState, remove_stale_temps, run_objects
+from okkhor.training.distributed import is_main, process_group, rank, resolve_device, shard, sync_buffers, world_size
 from okkhor.training.handlers import (
+    EpochEnd,
     EpochMeter,
+    EpochSeeding,
     Evaluation,
     Preemption,
-    RunLog,
+    RunHandlers,
     RunState,
     StopLine,
-    metrics_columns,
-    summary_line,
+    attach_handlers,
 )
-from okkhor.training.optim import SCHEDULE_SPECS, build_optimizer, build_scheduler, steps_per_epoch
-from okkhor.training.step import (
-    BatchPlan,
-    Precision,
-    TrainLoss,
-    TrainStep,
-    class_counts,
-    create_evaluator,
-    create_trainer,
-)
-from okkhor.training.tracking import open_trackers
+from okkhor.training.optim import steps_per_epoch
+from okkhor.training.resume import check_resume, check_start, open_last, resume_point, resumed_precision
+from okkhor.training.setup import TrainSetup, build_net, build_training
+from okkhor.training.step import BatchPlan, Precision, class_counts, create_evaluator, create_trainer
+from okkhor.training.tracking import RunLog, open_trackers
+from okkhor.utils.devices import set_backend_flags
 from okkhor.utils.files import check_writable, write_text_atomic
 from okkhor.utils.sizes import size_text
 
-__all__ = ["train", "EpochBatches", "load_run_data", "metrics_columns", "RESUMABLE_KEYS"]
+# A run directory holds:
+#   config.yaml          the resolved config (targets listed in its header comment)
+#   metrics.csv          epoch,split,loss,score,recall_<target>...,lr,seconds; one row per (epoch, split),
+#                        split = train | train_clean | valid; `train` is the mean training loss of the epoch's
+#                        iterations (no score); seconds = time since the epoch began, when the row's evaluation
+#                        (train: the training) finished; lr = the learning rate at the end of the epoch
+#   run.json             the data directory the run read
+#   checkpoints/last.pt  every epoch, and mid-epoch on SIGTERM/SIGINT and every train.checkpoint_every iterations;
+#                        checkpoints/best.pt when the valid score improves (okkhor.training.checkpoints; the file
+#                        format is okkhor.io.checkpoint's)
+#   tb/                  TensorBoard events
 
-# config keys a resumed run may change; everything else must match the checkpoint
-RESUMABLE_KEYS = ("train.epochs", "train.patience", "train.device", "train.compile", "train.checkpoint_every",
-                  "data.workers", "data.persistent_workers", "data.prefetch_factor", "eval.batch_size", "log.wandb",
-                  "log.mlflow")
-# the batch plan: the sample order, the epoch length and the schedule's steps follow it, so a resume keeps it
-PLAN_KEYS = ("train.batch_size", "train.accum", "train.effective_batch")
+__all__ = ["train", "run_training"]
+
+Log = Callable[[str], None]
 
 
 # ---------------------------------------------------------------------------------------------------- config
 
 def resolve_targets(data_dir: str | Path, cfg: Config) -> tuple[Targets, list[float]]:
     """The run's targets (metric weights from the class map) and its loss weights."""
-    from okkhor.io.kaggle import load_targets
-
     targets = load_targets(data_dir, cfg.data.class_map, cfg.data.targets)
     weights = list(cfg.train.loss_weights) or list(targets.weights)
     if len(weights) != len(targets):
@@ -110,50 +89,6 @@ def resolved_config(cfg: Config, targets: Targets, loss_weights: list[float],
     return out
 
 
-def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in d.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
-def check_resume_config(saved: dict, cfg: Config, path: Path) -> None:
-    """Fail when the config differs from the checkpoint's in anything but RESUMABLE_KEYS (or, for a shaped lr
-    schedule, in train.epochs)."""
-    # a key newer than the checkpoint counts as unchanged when it holds its default
-    old, new, default = _flatten(saved), _flatten(cfg.to_dict()), _flatten(Config().to_dict())
-    plan = [k for k in PLAN_KEYS if old.get(k, default.get(k)) != new[k]]
-    if plan:
-        detail = ", ".join(f"{k} ({old.get(k)!r} -> {new[k]!r})" for k in plan)
-        keep = " ".join(f"--set {k}={old.get(k)}" for k in plan)
-        raise OkkhorError(f"--resume: the batch plan changed: {detail}; {path}'s sample order and learning-rate "
-                          f"schedule are laid out in its batches; resume with {keep}, or start a new run")
-    changed = [k for k in new if old.get(k, default.get(k)) != new[k] and k not in RESUMABLE_KEYS]
-    if changed:
-        detail = ", ".join(f"{k} ({old.get(k)!r} -> {new[k]!r})" for k in changed[:6])
-        raise OkkhorError(f"--resume: {path} was trained with a different config: {detail}; only "
-                          f"{', '.join(RESUMABLE_KEYS)} may change")
-    if old["train.epochs"] != new["train.epochs"] and SCHEDULE_SPECS[cfg.train.schedule].fixed_length:
-        raise OkkhorError(f"--resume: train.epochs changed ({old['train.epochs']} -> {new['train.epochs']}) but "
-                          f"the {cfg.train.schedule} learning-rate schedule is laid out over the run's length; "
-                          "resume with the same train.epochs, or start a new run")
-
-
-def check_resume_world(ckpt: dict, world: int, path: Path) -> None:
-    """Fail when the number of processes differs from the checkpoint's: each process's share of the samples, its
-    random states and the schedule's length follow it."""
-    trainer = ckpt["trainer"]
-    saved = int(trainer.get("world_size", len(ckpt.get("rng", {}).get("ranks", [0]))))
-    if saved != world:
-        launch = "torchrun --nproc_per_node ..." if saved > 1 else "one process (no torchrun)"
-        raise OkkhorError(f"--resume: {path} was trained with {saved} process{'es' if saved > 1 else ''} and this "
-                          f"run has {world}; the sample shares, random states and schedule follow the count: resume "
-                          f"with {saved} ({launch}), or start a new run")
-
-
 def initial_batch_plan(cfg: Config, model: torch.nn.Module, device: torch.device) -> BatchPlan:
     """The micro-batch plan a new run starts with: the config's numbers, or for `train.batch_size: auto` the
     choice of `okkhor.training.memory.choose_batch(model, cfg, device) -> (batch_size, accum)`.
@@ -162,283 +97,10 @@ def initial_batch_plan(cfg: Config, model: torch.nn.Module, device: torch.device
     """
     if cfg.train.batch_size != "auto":
         return BatchPlan(int(cfg.train.batch_size), cfg.train.accum)
-    from okkhor.training.memory import choose_batch
+    from okkhor.training.memory import choose_batch  # the probes: only when asked for
 
     batch_size, accum = choose_batch(model, cfg, device)
     return BatchPlan(int(batch_size), int(accum))
-
-
-# ---------------------------------------------------------------------------------------------------- the run
-
-@dataclass
-class _TestHooks:
-    """Test-only controls, reached through `_train`: not part of the config or of `train()`."""
-
-    stop_after: int = 0    # stop after this epoch as if interrupted (0: run all train.epochs)
-    oom_at: int = -1       # raise an injected out-of-memory error at this iteration (-1: never)
-    signal_at: int = 0     # send this process SIGTERM after this iteration (0: never), as a preemption would
-
-
-def train(data_dir: str | Path, out_dir: str | Path, cfg: Config, resume: bool = False, *,
-          show_progress: bool = True, log: Callable[[str], None] = print, init: str | Path | None = None) -> dict:
-    """Train a model on DATA_DIR's training fold and write the run directory OUT_DIR; returns the final metrics.
-
-    resume: continue exactly from OUT_DIR/checkpoints/last.pt (the config must match the checkpoint's, except
-      RESUMABLE_KEYS). init: start a new run from this checkpoint's weights (okkhor.training.finetune.init_from).
-    Under torchrun, every process calls this; the first one alone writes files and prints.
-    Returns {"epoch", "best_score", "best_epoch", "stop_reason", "valid": {...}, "train_clean": {...}}.
-    """
-    return _train(data_dir, out_dir, cfg, resume, show_progress=show_progress, log=log, init=init)
-
-
-def _train(data_dir: str | Path, out_dir: str | Path, cfg: Config, resume: bool = False, *,
-           show_progress: bool = True, log: Callable[[str], None] = print, init: str | Path | None = None,
-           **hooks: int) -> dict:
-    """`train` with _TestHooks (stop_after=, oom_at=) for tests."""
-    with process_group(cfg.train.device):
-        main = is_main()
-        log = log if main else (lambda message: None)
-        return _run(Path(data_dir), Path(out_dir), cfg, resume, show_progress and main, log, _TestHooks(**hooks),
-                    Path(init) if init is not None else None)
-
-
-def _result(epoch: int, state: dict) -> dict:
-    return {"epoch": epoch, "best_score": state["best_score"], "best_epoch": state["best_epoch"],
-            "stop_reason": state["stop_reason"], **state["metrics"]}
-
-
-def _open(data_dir: Path, out_dir: Path, cfg: Config, resume: bool, log, init: Path | None = None):
-    """Checks before any work: the run dir, the device, the targets, the checkpoint to resume (or None).
-
-    --resume on a run dir without a checkpoint yet (a run killed in its first epoch, or one not started) starts
-    the run from the beginning, so a job script can always pass --resume.
-    """
-    last = out_dir / "checkpoints" / "last.pt"
-    if is_main():
-        check_writable(out_dir, "--out", folder=True)
-        remove_stale_temps(last.parent)  # what a save killed midway left
-    if resume and init is not None:
-        raise OkkhorError("--init and --resume exclude each other (a resumed run continues from its last.pt)")
-    fresh = resume and not last.is_file()
-    if not resume and last.is_file():
-        raise OkkhorError(f"{out_dir}: already holds a run ({last}); pass --resume to continue it "
-                          "or choose another --out")
-    device = resolve_device(cfg.train.device)
-    targets, loss_weights = resolve_targets(data_dir, cfg)
-    if fresh:
-        if not data_dir.is_dir():  # before the line below: a bad --data stays one error line
-            raise OkkhorError(f"{data_dir}: data directory not found")
-        log(f"train: --resume: {out_dir} holds no checkpoint yet; starting from the beginning")
-    ckpt = load_training_checkpoint(last) if resume and not fresh else None
-    amp, channels_last = cfg.train.amp, cfg.train.channels_last
-    if ckpt is not None:  # `auto` resumes with what the run chose (resolved in its stored config)
-        saved = ckpt["config"]["train"]
-        amp = saved.get("amp", amp) if amp == "auto" else amp
-        channels_last = saved.get("channels_last", channels_last) if channels_last == "auto" else channels_last
-    precision = Precision(device, amp, channels_last)
-    cfg = resolved_config(cfg, targets, loss_weights, precision)
-    if ckpt is not None:
-        check_resume_config(ckpt["config"], cfg, last)
-        check_resume_world(ckpt, world_size(), last)
-        if ckpt["targets"] != targets.to_dict():
-            raise OkkhorError(f"--resume: {last} was trained on other targets ({ckpt['targets']['names']})")
-    return cfg, targets, loss_weights, precision, ckpt
-
-
-def _build(cfg: Config, targets: Targets, loss_weights: list[float], precision: Precision, ckpt, data_dir: Path,
-           log, show_progress: bool, hooks: _TestHooks, init: Path | None = None) -> SimpleNamespace:
-    """Model, data, optimizer, schedule, mixer, EMA, OOM recovery and the training step of a run."""
-    from okkhor.data.augment import build_augment
-    from okkhor.data.dataset import GraphemeDataset
-    from okkhor.models.model import build_model
-    from okkhor.training.mixing import Mixer
-    from okkhor.training.oom import FaultInjector, OomRecovery
-    from okkhor.utils.devices import set_backend_flags
-
-    tcfg, device, rank_, world = cfg.train, precision.device, rank(), world_size()
-    backend_flags = set_backend_flags(device, tcfg.deterministic)
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
-    graphemes = data = None
-    if cfg.model.grapheme_head:  # the head's classes are the label triples of the training images
-        data = load_run_data(data_dir, cfg, targets, log, show_progress)
-        graphemes = grapheme_classes(data.labels[data.train_idx])
-    net = build_model(cfg.model, targets, graphemes)  # before the data: a bad model or plan fails fast
-    if init is not None:
-        from okkhor.training.finetune import init_from
-
-        init_from(net, init, cfg.model.name, targets, log)
-    net.to(device, memory_format=torch.channels_last if precision.channels_last else torch.contiguous_format)
-    plan = BatchPlan(**ckpt["run"]["batch"]) if ckpt else initial_batch_plan(cfg, net, device)
-    data = data or load_run_data(data_dir, cfg, targets, log, show_progress)
-    # with the grapheme head its class is one more label column and its loss one more weighted term
-    labels = data.labels if graphemes is None else with_grapheme_column(data.labels, graphemes)
-    loss_weights = list(loss_weights) + ([tcfg.grapheme_loss_weight] if graphemes is not None else [])
-    ema = None
-    if tcfg.ema > 0:
-        from timm.utils import ModelEmaV3
-
-        # warmup: the averaging horizon grows with the step count up to 1/(1-ema), so short runs work too
-        ema = ModelEmaV3(net, decay=tcfg.ema, use_warmup=True)
-    model: torch.nn.Module = net
-    if world > 1:
-        # plain DDP rather than idist.auto_model: that one moves the model to a GPU even for train.device=cpu
-        from torch.nn.parallel import DistributedDataParallel
-
-        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if tcfg.compile:
-        model = torch.compile(model)
-    optimizer = build_optimizer(net, tcfg)
-
-    def loader(dataset, **kw) -> DataLoader:
-        # workers send uint8 batches (pinned for CUDA); the device scales them (Precision.images)
-        kw.setdefault("generator", torch.Generator().manual_seed(0))
-        if cfg.data.workers:
-            kw.update(persistent_workers=cfg.data.persistent_workers, prefetch_factor=cfg.data.prefetch_factor)
-        return DataLoader(dataset, shuffle=False, num_workers=cfg.data.workers, pin_memory=device.type == "cuda",
-                          **kw)
-
-    train_set = GraphemeDataset(data.images, labels, data.train_idx,
-                                augment=build_augment(cfg.aug, cfg.data.image_size), seed=cfg.seed)
-    batches = EpochBatches(len(train_set), plan, cfg.seed, rank_, world)
-    generator = torch.Generator()
-    train_loader = loader(train_set, batch_sampler=batches, generator=generator)
-    eval_loaders = {split: loader(GraphemeDataset(data.images, labels, shard(idx, rank_, world)),
-                                  batch_size=cfg.eval.batch_size)
-                    for split, idx in (("train_clean", data.clean_idx), ("valid", data.valid_idx)) if len(idx)}
-    schedule = build_scheduler(optimizer, tcfg, len(train_loader), plan.accum)
-    mixer = Mixer(cfg.mix, seed=cfg.seed + rank_)  # each process mixes its own batch its own way
-    # out-of-memory recovery: redo a failed micro-batch in chunks; the plan shrinks at the epoch's end
-    oom = OomRecovery(plan, net, log=log, injector=FaultInjector(hooks.oom_at) if hooks.oom_at != -1 else None)
-    step = TrainStep(model, optimizer, plan, TrainLoss(loss_weights, tcfg.label_smoothing, tcfg.ohem, mixer),
-                     precision=precision, scheduler=schedule, clip_grad=tcfg.clip_grad, ema=ema, runner=oom)
-    return SimpleNamespace(net=net, ema=ema, plan=plan, data=data, optimizer=optimizer, schedule=schedule,
-                           mixer=mixer, oom=oom, step=step, train_set=train_set, batches=batches, generator=generator,
-                           train_loader=train_loader, eval_loaders=eval_loaders, loss_weights=loss_weights,
-                           device=device, world=world, precision=precision, backend_flags=backend_flags,
-                           loader=loader)
-
-
-def _run(data_dir: Path, out_dir: Path, cfg: Config, resume: bool, show_progress: bool, log, hooks,
-         init: Path | None = None) -> dict:
-    from ignite.handlers import EarlyStopping
-
-    cfg, targets, loss_weights, precision, ckpt = _open(data_dir, out_dir, cfg, resume, log, init)
-    epochs = cfg.train.epochs
-    if ckpt is not None:
-        done = ckpt["trainer"]["epoch"]
-        if ckpt["run"]["stop_reason"] == "early_stopping" or done >= epochs:
-            log(f"train: {out_dir / 'checkpoints' / 'last.pt'} has finished ({ckpt['run']['stop_reason']} after "
-                f"epoch {done}); nothing to do (with a schedule not laid out over train.epochs, raise it to train on)")
-            return _result(done, ckpt["run"])
-    b = _build(cfg, targets, loss_weights, precision, ckpt, data_dir, log, show_progress, hooks, init)
-    last = out_dir / "checkpoints" / "last.pt"
-    if ckpt is not None:
-        check_same_data(ckpt.get("data"), b.data.fingerprint, last, data_dir / "folds.csv",
-                        use="resume on the data it was trained on, or start a new run")
-    trainer = create_trainer(b.step, b.oom)
-    state = RunState(b.plan, epochs, hooks.stop_after)
-
-    @trainer.on(Events.EPOCH_STARTED)
-    def seed_epoch(engine) -> None:  # every epoch's order and augmentation follow from (seed, epoch) alone
-        epoch = engine.state.epoch
-        b.batches.set_epoch(epoch)  # the epoch travels to the workers with each index: (position, epoch)
-        b.generator.manual_seed(cfg.seed * 100003 + epoch)
-        engine.state.epoch_length = len(b.train_loader)  # the plan may have changed between epochs
-
-    trainer.add_event_handler(Events.STARTED, lambda engine: setattr(engine.state, "batch_plan", b.plan))
-    meter = EpochMeter(epochs, show_progress).attach(trainer)
-    eval_model = b.ema.module if b.ema is not None else b.net
-    evaluator = create_evaluator(eval_model, targets, b.loss_weights, precision)
-    evaluation = Evaluation({split: (evaluator, eval_model, loader) for split, loader in b.eval_loaders.items()},
-                            state, then=b.schedule.step_epoch)
-    # every process evaluates (and the first saves) the same batch-norm statistics
-    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda engine: sync_buffers(b.net, eval_model))
-    trainer.add_event_handler(Events.EPOCH_COMPLETED, evaluation)
-    early_stopping = EarlyStopping(cfg.train.patience, state.valid_score, trainer) if cfg.train.patience else None
-    if early_stopping is not None:
-        trainer.add_event_handler(Events.EPOCH_COMPLETED, early_stopping)  # calls trainer.terminate()
-    trainer.add_event_handler(Events.EPOCH_COMPLETED, state.decide)
-    # every stateful object of a run, in load order (the global random states last): the checkpoint's contents
-    to_load = {"model": b.net, "ema": b.ema.module if b.ema is not None else None, "optimizer": b.optimizer,
-               "scheduler": b.schedule, "scaler": precision.scaler, "mixer": PerProcess(b.mixer),
-               "trainer": TrainerState(trainer, b.step, lambda: len(b.train_loader), epochs, b.batches, b.world),
-               "run": state, "early_stopping": early_stopping, "meter": meter, "rng": PerProcess(GlobalRng())}
-    meta = {"config": cfg.to_dict(), "targets": targets.to_dict(),
-            "train_class_counts": class_counts(b.data.labels[b.data.train_idx], targets), "data": b.data.fingerprint}
-    swa = _swa(cfg, b, out_dir, meta, log) if cfg.train.swa_epochs else None
-    if swa is not None:
-        trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda engine: swa.update(engine.state.epoch))
-        to_load["swa"] = swa
-    checkpoints = RunCheckpoints(out_dir / "checkpoints", {k: v for k, v in to_load.items() if v is not None}, meta,
-                                 state.valid_score, keep_top=cfg.train.keep_top)
-    run_log = RunLog(out_dir, targets) if is_main() else None
-
-    @trainer.on(Events.EPOCH_COMPLETED)
-    def end_epoch(engine) -> None:
-        lr = float(b.optimizer.param_groups[0]["lr"])
-        if run_log is not None:  # metrics first: a crash before the checkpoint only costs a rerun of this epoch
-            run_log.add_epoch(engine.state.epoch, meter, evaluation, lr)
-        checkpoints(engine)
-        log(summary_line(engine.state.epoch, epochs, meter, state, lr, targets))
-        barrier()
-        if state.stop_reason != "running":
-            engine.terminate()
-
-    # mid-epoch checkpoints: on SIGTERM/SIGINT (then stop) and every train.checkpoint_every iterations
-    again = f"okkhor train --data {data_dir} --out {out_dir} --resume" + (" (under the same torchrun launch)"
-                                                                         if b.world > 1 else "")
-    preemption = Preemption(checkpoints.save_last, checkpoints.last_path, lambda: b.step.at_step_boundary,
-                            cfg.train.checkpoint_every, b.world, again if is_main() else "").attach(trainer)
-    if hooks.signal_at:
-        import os
-        import signal
-
-        trainer.add_event_handler(Events.ITERATION_COMPLETED(once=hooks.signal_at),
-                                  lambda engine: os.kill(os.getpid(), signal.SIGTERM))
-    preemption.attach_epoch_end(trainer)  # after end_epoch: a signal during the evaluation stops after its save
-    trainer.add_event_handler(Events.EXCEPTION_RAISED, StopLine(checkpoints.last_path))
-    if ckpt is not None:
-        checkpoints.resume(ckpt, ckpt["run"]["best_score"])
-    trackers: list = []   # W&B / MLflow (okkhor.training.tracking), when the config names them
-    try:
-        if run_log is not None:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            write_config(out_dir, cfg, targets)
-            run_info = {"data_dir": str(data_dir.resolve()), **({"init": str(init.resolve())} if init else {})}
-            write_text_atomic(out_dir / "run.json", json.dumps(run_info, indent=1))
-            run_log.keep_rows_up_to(ckpt["trainer"]["epoch"] if ckpt else 0)
-            run_log.open_tensorboard(trainer, b.optimizer)
-            trackers = open_trackers(cfg, trainer, b.optimizer, lambda: state.results, log)
-        _announce(log, cfg, b, ckpt)
-        with preemption.install():
-            trainer.run(b.train_loader, max_epochs=None if ckpt else epochs)
-    finally:
-        meter.completed()
-        for loader in (b.train_loader, *b.eval_loaders.values()):
-            loader._iterator = None  # persistent workers end now, not when the trainer's reference cycle is collected
-        if run_log is not None:
-            run_log.close()
-        for tracker in trackers:
-            tracker.close()
-    if swa is not None and is_main():
-        swa.finish(trainer.state.epoch)
-    result = _result(trainer.state.epoch, state.state_dict())
-    if state.best_score is not None:
-        log(f"train: best valid score {state.best_score:.4f} at epoch {state.best_epoch} ({state.stop_reason} "
-            f"after epoch {trainer.state.epoch}); checkpoints in {checkpoints.dirname}")
-    return result
-
-
-def _swa(cfg: Config, b: SimpleNamespace, out_dir: Path, meta: dict, log):
-    """train.swa_epochs: the running weight average of the last epochs (okkhor.training.average.Swa)."""
-    from okkhor.data.dataset import GraphemeDataset
-    from okkhor.training.average import Swa
-
-    bn_loader = b.loader(GraphemeDataset(b.data.images, None, b.data.train_idx), batch_size=cfg.eval.batch_size)
-    return Swa(b.net, cfg.train.epochs, cfg.train.swa_epochs, bn_loader, out_dir / "checkpoints" / "swa.pt", meta,
-               b.device, log)
 
 
 def write_config(out_dir: Path, cfg: Config, targets: Targets) -> None:
@@ -448,18 +110,274 @@ def write_config(out_dir: Path, cfg: Config, targets: Targets) -> None:
                       f"# okkhor train: the resolved config of this run\n# targets: {names}\n" + cfg.to_yaml())
 
 
-def _announce(log, cfg: Config, b: SimpleNamespace, ckpt) -> None:
-    plan, data, iters, world = b.plan, b.data, len(b.train_loader), b.world
-    start = ""
-    if ckpt:
-        done, within = ckpt["trainer"]["epoch"], ckpt["trainer"].get("epoch_iteration", 0)
-        start = (f"resuming in epoch {done + 1} after iteration {within}; " if within else
-                 f"resuming after epoch {done}; ")
-    log(f"train: {start}{len(data.train_idx)} training images, {len(data.valid_idx)} valid, "
+# ---------------------------------------------------------------------------------------------------- setup steps
+
+@dataclass
+class RunStart:
+    """What `setup_run` checked and resolved before any work."""
+
+    data_dir: Path
+    out_dir: Path
+    cfg: Config                  # resolved: targets, loss weights and precision spelled out
+    targets: Targets
+    precision: Precision
+    ckpt: Optional[dict]         # the checkpoint a resumed run continues from; None for a new run
+    init: Optional[Path] = None  # --init: the checkpoint whose weights a new run starts from
+
+    @property
+    def last(self) -> Path:
+        return self.out_dir / "checkpoints" / "last.pt"
+
+
+def setup_run(data_dir: Path, out_dir: Path, cfg: Config, resume: bool, log: Log,
+              init: Optional[Path] = None) -> RunStart:
+    """Checks before any work: the run dir, the device, the targets, the checkpoint to resume (or None)."""
+    if is_main():
+        check_writable(out_dir, "--out", folder=True)
+        remove_stale_temps(out_dir / "checkpoints")  # what a save killed midway left
+    check_start(out_dir, resume, init)
+    device = resolve_device(cfg.train.device)
+    targets, loss_weights = resolve_targets(data_dir, cfg)
+    ckpt = open_last(out_dir, data_dir, resume, log)
+    precision = Precision(device, *resumed_precision(cfg, ckpt))
+    start = RunStart(data_dir, out_dir, resolved_config(cfg, targets, loss_weights, precision), targets, precision,
+                     ckpt, init)
+    if ckpt is not None:
+        check_resume(ckpt, start.cfg, targets, world_size(), start.last)
+    return start
+
+
+@dataclass
+class RunModel:
+    """The model and what it trains on (`setup_model`)."""
+
+    net: torch.nn.Module
+    plan: BatchPlan              # the live micro-batch plan: the step, the sampler and OOM recovery share it
+    data: RunData
+    labels: np.ndarray           # with the grapheme head, its class is one more label column
+    backend_flags: str
+
+
+def setup_model(start: RunStart, log: Log, show_progress: bool) -> RunModel:
+    """Seeds, the model (before the data: a bad model or plan fails fast), the batch plan and the run's data."""
+    cfg, device = start.cfg, start.precision.device
+    backend_flags = set_backend_flags(device, cfg.train.deterministic)
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    graphemes = data = None
+    if cfg.model.grapheme_head:  # the head's classes are the label triples of the training images
+        data = load_run_data(start.data_dir, cfg, start.targets, log, show_progress)
+        graphemes = grapheme_classes(data.labels[data.train_idx])
+    net = build_net(cfg.model, start.targets, device, bool(start.precision.channels_last), graphemes, start.init, log)
+    plan = (BatchPlan(**checkpoint.run_record(start.ckpt)["batch"]) if start.ckpt
+            else initial_batch_plan(cfg, net, device))
+    data = data or load_run_data(start.data_dir, cfg, start.targets, log, show_progress)
+    if start.ckpt is not None:
+        check_same_data(start.ckpt.get(checkpoint.DATA), data.fingerprint, start.last, start.data_dir / "folds.csv",
+                        use="resume on the data it was trained on, or start a new run")
+    labels = data.labels if graphemes is None else with_grapheme_column(data.labels, graphemes)
+    return RunModel(net, plan, data, labels, backend_flags)
+
+
+@dataclass
+class RunLoaders:
+    """The run's data loaders (`setup_data`)."""
+
+    train: DataLoader
+    batches: EpochBatches                  # the train loader's batch sampler: epoch, resume point
+    generator: torch.Generator             # the train loader's generator, reseeded every epoch
+    evals: dict[str, DataLoader]           # train_clean and valid: this process's share
+    make: Callable[..., DataLoader]        # the factory behind them (the SWA batch-norm pass uses it too)
+
+
+def setup_data(start: RunStart, model: RunModel) -> RunLoaders:
+    """The seeded training loader and the evaluation loaders: workers send uint8 batches (pinned for CUDA), the
+    device scales them (Precision.images)."""
+    cfg, device, data, rank_, world = start.cfg, start.precision.device, model.data, rank(), world_size()
+
+    def make(dataset, **kw) -> DataLoader:
+        kw.setdefault("generator", torch.Generator().manual_seed(0))
+        if cfg.data.workers:
+            kw.update(persistent_workers=cfg.data.persistent_workers, prefetch_factor=cfg.data.prefetch_factor)
+        return DataLoader(dataset, shuffle=False, num_workers=cfg.data.workers, pin_memory=device.type == "cuda",
+                          **kw)
+
+    train_set = GraphemeDataset(data.images, model.labels, data.train_idx,
+                                augment=build_augment(cfg.aug, cfg.data.image_size), seed=cfg.seed)
+    batches = EpochBatches(len(train_set), model.plan, cfg.seed, rank_, world)
+    generator = torch.Generator()
+    evals = {split: make(GraphemeDataset(data.images, model.labels, shard(idx, rank_, world)),
+                         batch_size=cfg.eval.batch_size)
+             for split, idx in (("train_clean", data.clean_idx), ("valid", data.valid_idx)) if len(idx)}
+    return RunLoaders(make(train_set, batch_sampler=batches, generator=generator), batches, generator, evals, make)
+
+
+def setup_step(start: RunStart, model: RunModel, loaders: RunLoaders, log: Log) -> TrainSetup:
+    """The training step (okkhor.training.setup): the model wrapped in DDP with several processes (plain DDP rather
+    than idist.auto_model, which moves the model to a GPU even for train.device=cpu) and compiled when asked."""
+    device, world = start.precision.device, world_size()
+
+    def wrap(net: torch.nn.Module) -> torch.nn.Module:
+        if world > 1:
+            net = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+        return torch.compile(net) if start.cfg.train.compile else net
+
+    return build_training(model.net, start.cfg, start.targets, start.precision, model.plan, len(loaders.train),
+                          wrap=wrap, log=log)
+
+
+@dataclass
+class Run:
+    """A wired run (`setup_trainer`): the trainer Engine with every handler attached, ready to start."""
+
+    trainer: Engine
+    state: RunState
+    handlers: RunHandlers
+    checkpoints: RunCheckpoints
+    run_log: Optional[RunLog]    # the first process's metrics.csv and TensorBoard; None on the others
+    parts: TrainSetup
+    swa: Optional[Swa] = None
+
+
+def setup_trainer(start: RunStart, model: RunModel, loaders: RunLoaders, parts: TrainSetup, log: Log,
+                  show_progress: bool) -> Run:
+    """The trainer and evaluator Engines, the handler objects, the checkpoints of every stateful object."""
+    cfg, targets, epochs, world = start.cfg, start.targets, start.cfg.train.epochs, world_size()
+    trainer = create_trainer(parts.step)
+    state = RunState(model.plan, epochs)
+    meter = EpochMeter(epochs, show_progress)
+    eval_model = parts.eval_model
+    evaluator = create_evaluator(eval_model, targets, parts.loss.weights, start.precision)
+    evaluation = Evaluation({split: (evaluator, eval_model, loader) for split, loader in loaders.evals.items()},
+                            state, then=parts.schedule.step_epoch)
+    early_stopping = EarlyStopping(cfg.train.patience, state.valid_score, trainer) if cfg.train.patience else None
+    data = checkpoint.data_record(model.data.fingerprint, start.data_dir)
+    meta = checkpoint.meta_record(cfg.to_dict(), targets.to_dict(),
+                                  class_counts(model.data.labels[model.data.train_idx], targets), data)
+    swa = _swa(start, model, loaders, meta, log) if cfg.train.swa_epochs else None
+    position = TrainerState(trainer, parts.step, lambda: len(loaders.train), epochs, loaders.batches, world)
+    objects = run_objects(net=parts.net, ema=parts.ema.module if parts.ema is not None else None,
+                          optimizer=parts.optimizer, schedule=parts.schedule, scaler=start.precision.scaler,
+                          mixer=parts.mixer, trainer=position, state=state, early_stopping=early_stopping,
+                          meter=meter, swa=swa)
+    checkpoints = RunCheckpoints(start.out_dir / "checkpoints", objects, meta, state.valid_score,
+                                 keep_top=cfg.train.keep_top)
+    run_log = RunLog(start.out_dir, targets) if is_main() else None
+    again = f"okkhor train --data {start.data_dir} --out {start.out_dir} --resume" + (
+        " (under the same torchrun launch)" if world > 1 else "")
+    handlers = RunHandlers(
+        plan=model.plan, oom=parts.oom, meter=meter, evaluation=evaluation, early_stopping=early_stopping,
+        state=state, swa=swa, stop_line=StopLine(checkpoints.last_path),
+        seeding=EpochSeeding(loaders.batches, loaders.generator, cfg.seed, lambda: len(loaders.train)),
+        sync_buffers=lambda engine: sync_buffers(parts.net, eval_model),
+        epoch_end=EpochEnd(run_log, checkpoints, meter, evaluation, state, parts.optimizer, targets, epochs, log),
+        preemption=Preemption(checkpoints.save_last, checkpoints.last_path, lambda: parts.step.at_step_boundary,
+                              cfg.train.checkpoint_every, world, again if is_main() else ""))
+    attach_handlers(trainer, handlers)
+    return Run(trainer, state, handlers, checkpoints, run_log, parts, swa)
+
+
+def _swa(start: RunStart, model: RunModel, loaders: RunLoaders, meta: dict, log: Log) -> Swa:
+    """train.swa_epochs: the running weight average of the last epochs (okkhor.training.average.Swa)."""
+    cfg, data = start.cfg, model.data
+    bn_loader = loaders.make(GraphemeDataset(data.images, None, data.train_idx), batch_size=cfg.eval.batch_size)
+    return Swa(model.net, cfg.train.epochs, cfg.train.swa_epochs, bn_loader, start.out_dir / "checkpoints" / "swa.pt",
+               meta, start.precision.device, log)
+
+
+def setup_outputs(start: RunStart, run: Run, log: Log) -> list:
+    """The first process's files before the first epoch: config.yaml, run.json, metrics.csv (a resumed run keeps
+    the rows its checkpoint covers), TensorBoard, and the trackers the config names (returned, to close)."""
+    cfg, out_dir, init = start.cfg, start.out_dir, start.init
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_config(out_dir, cfg, start.targets)
+    run_info = {"data_dir": str(start.data_dir.resolve()), **({"init": str(init.resolve())} if init else {})}
+    write_text_atomic(out_dir / "run.json", json.dumps(run_info, indent=1))
+    run.run_log.keep_rows_up_to(checkpoint.finished_epochs(start.ckpt) if start.ckpt else 0)
+    run.run_log.open_tensorboard(run.trainer, run.parts.optimizer)
+    return open_trackers(cfg, run.trainer, run.parts.optimizer, lambda: run.state.results, log)
+
+
+# ---------------------------------------------------------------------------------------------------- the run
+
+def train(data_dir: str | Path, out_dir: str | Path, cfg: Config, resume: bool = False, *,
+          show_progress: bool = True, log: Log = print, init: str | Path | None = None) -> dict:
+    """Train a model on DATA_DIR's training fold and write the run directory OUT_DIR; returns the final metrics.
+
+    resume: continue exactly from OUT_DIR/checkpoints/last.pt (the config must match the checkpoint's, except
+      okkhor.training.resume.RESUMABLE_KEYS). init: start a new run from this checkpoint's weights
+      (okkhor.training.finetune.init_from).
+    Under torchrun, every process calls this; the first one alone writes files and prints.
+    Returns {"epoch", "best_score", "best_epoch", "stop_reason", "valid": {...}, "train_clean": {...}}.
+    """
+    return run_training(data_dir, out_dir, cfg, resume, show_progress=show_progress, log=log, init=init)
+
+
+def run_training(data_dir: str | Path, out_dir: str | Path, cfg: Config, resume: bool = False, *,
+                 show_progress: bool = True, log: Log = print, init: str | Path | None = None,
+                 extend: Optional[Callable[[Run], None]] = None) -> dict:
+    """`train`, with `extend(run)` called on the wired run before it starts: the seam of okkhor.training.testing."""
+    with process_group(cfg.train.device):
+        main = is_main()
+        log = log if main else (lambda message: None)
+        return _run(Path(data_dir), Path(out_dir), cfg, resume, show_progress and main, log,
+                    Path(init) if init is not None else None, extend)
+
+
+def _result(epoch: int, state: dict) -> dict:
+    return {"epoch": epoch, "best_score": state["best_score"], "best_epoch": state["best_epoch"],
+            "stop_reason": state["stop_reason"], **state["metrics"]}
+
+
+def _run(data_dir: Path, out_dir: Path, cfg: Config, resume: bool, show_progress: bool, log: Log,
+         init: Optional[Path], extend: Optional[Callable[[Run], None]]) -> dict:
+    start = setup_run(data_dir, out_dir, cfg, resume, log, init)
+    ckpt, epochs = start.ckpt, start.cfg.train.epochs
+    if ckpt is not None and checkpoint.is_finished(ckpt, epochs):
+        done = checkpoint.finished_epochs(ckpt)
+        log(f"train: {start.last} has finished ({checkpoint.stop_reason(ckpt)} after epoch {done}); nothing to do "
+            "(with a schedule not laid out over train.epochs, raise it to train on)")
+        return _result(done, checkpoint.run_record(ckpt))
+    model = setup_model(start, log, show_progress)
+    loaders = setup_data(start, model)
+    parts = setup_step(start, model, loaders, log)
+    run = setup_trainer(start, model, loaders, parts, log, show_progress)
+    if extend is not None:
+        extend(run)
+    if ckpt is not None:
+        run.checkpoints.resume(ckpt, checkpoint.run_record(ckpt)["best_score"])
+    trackers: list = []   # W&B / MLflow (okkhor.training.tracking), when the config names them
+    try:
+        if run.run_log is not None:
+            trackers = setup_outputs(start, run, log)
+        _announce(log, start, model, len(loaders.train))
+        with run.handlers.preemption.install():
+            run.trainer.run(loaders.train, max_epochs=None if ckpt else epochs)
+    finally:
+        run.handlers.meter.completed()
+        for loader in (loaders.train, *loaders.evals.values()):
+            end_workers(loader)  # persistent workers end now, not when the trainer's reference cycle is collected
+        if run.run_log is not None:
+            run.run_log.close()
+        for tracker in trackers:
+            tracker.close()
+    if run.swa is not None and is_main():
+        run.swa.finish(run.trainer.state.epoch)
+    state = run.state
+    if state.best_score is not None:
+        log(f"train: best valid score {state.best_score:.4f} at epoch {state.best_epoch} ({state.stop_reason} "
+            f"after epoch {run.trainer.state.epoch}); checkpoints in {run.checkpoints.dirname}")
+    return _result(run.trainer.state.epoch, state.state_dict())
+
+
+def _announce(log: Log, start: RunStart, model: RunModel, iters: int) -> None:
+    cfg, plan, data, precision, world = start.cfg, model.plan, model.data, start.precision, world_size()
+    log(f"train: {resume_point(start.ckpt)}{len(data.train_idx)} training images, {len(data.valid_idx)} valid, "
         f"{len(data.clean_idx)} train_clean; {cfg.model.name} at {size_text(cfg.data.image_size)} px on "
-        f"{b.device.type} (amp {cfg.train.amp}{', channels_last' if cfg.train.channels_last else ''})")
-    log(f"train: precision {'fp32' if b.precision.amp == 'off' else b.precision.amp} ({b.precision.amp_reason})"
-        f"{'; ' + b.backend_flags if b.backend_flags else ''}")
+        f"{precision.device.type} (amp {cfg.train.amp}{', channels_last' if cfg.train.channels_last else ''})")
+    log(f"train: precision {'fp32' if precision.amp == 'off' else precision.amp} ({precision.amp_reason})"
+        f"{'; ' + model.backend_flags if model.backend_flags else ''}")
     log(f"train: effective batch {plan.effective(world)} = batch {plan.batch_size} x accum {plan.accum} x {world} "
         f"process{'es' if world > 1 else ''}; {iters} iterations and {steps_per_epoch(iters, plan.accum)} optimizer "
         "steps per epoch")

@@ -55,11 +55,11 @@ def measure_here(model: Any, cfg: Config, targets: Targets, device: Any, batches
     if own:
         from dataclasses import replace
 
-        from okkhor.models.model import build_model
+        from okkhor.training.setup import build_net
 
         torch.manual_seed(0)
         # probed without the grapheme head (it needs the training graphemes): one small layer
-        model = build_model(replace(cfg.model, grapheme_head=False), targets)
+        model = build_net(replace(cfg.model, grapheme_head=False), targets, device, bool(cfg.train.channels_last))
     model.to(device, memory_format=torch.channels_last if cfg.train.channels_last else torch.contiguous_format)
     saved = None if own else {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
     was_training = model.training

@@ -73,17 +73,15 @@ def _measure_cpu_here(cfg: Config, targets: Targets, batch: int) -> dict[str, in
 
     import torch
 
-    import okkhor.training.step  # noqa: F401 - every import before the baseline: only the model and the steps count
-    from okkhor.models.model import build_model
+    # every import before the baseline: only the model and the steps count
+    from okkhor.training.setup import build_net
 
     torch.manual_seed(0)
     torch.set_num_threads(1)  # the same memory (no per-thread buffers of note); spinning threads are slow
     gc.collect()
     meter = RssMeter()
     # probed without the grapheme head (it needs the training graphemes): one small layer
-    model = build_model(replace(cfg.model, grapheme_head=False), targets)
-    if cfg.train.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = build_net(replace(cfg.model, grapheme_head=False), targets, "cpu", bool(cfg.train.channels_last))
     return train_steps(model, cfg, targets, torch.device("cpu"), batch, meter)
 
 
