@@ -196,6 +196,41 @@ def _erase(coverage: np.ndarray, s: Strokes, dropped: np.ndarray) -> np.ndarray:
     return out
 
 
+def _cap(out: np.ndarray, coverage: np.ndarray, s: Strokes, centre: np.ndarray, radius: float) -> None:
+    """Give back, in place, the ink of `coverage` within `radius` of `centre` (box coordinates): a round end."""
+    import cv2
+
+    disk = np.zeros(s.ink.shape, np.uint8)
+    cv2.circle(disk, (int(round(centre[1] * 16)), int(round(centre[0] * 16))), int(round(radius * 16)), 255, -1,
+               cv2.LINE_AA, 4)
+    view = out[s.box]
+    np.maximum(view, np.minimum(disk, coverage[s.box]), out=view)
+
+
+def _no_crumbs(out: np.ndarray, coverage: np.ndarray, style: ShapeStyle) -> np.ndarray:
+    """`out` without the crumbs a step broke off the ink of `coverage` (in place), returned: pieces of ink under
+    `min_stroke_px` ** 2 / 2 pixels that were part of a piece at least twice as big (a dot of its own stays)."""
+    import cv2
+
+    box = ink_box(out)
+    if box is None:
+        return out
+    n, piece, stats, _ = cv2.connectedComponentsWithStats((out[box] > 127).view(np.uint8), connectivity=8)
+    area = stats[:, cv2.CC_STAT_AREA]
+    small = area < style.min_stroke_px ** 2 / 2
+    small[0] = False
+    if not small.any():
+        return out
+    _, before, old_stats, _ = cv2.connectedComponentsWithStats((coverage[box] > 127).view(np.uint8), connectivity=8)
+    was = np.zeros(n, np.int64)  # the largest piece of the input that each piece's pixels were part of
+    at = small[piece] & (before > 0)
+    np.maximum.at(was, piece[at], old_stats[before[at], cv2.CC_STAT_AREA])
+    crumbs = small & (was >= 2 * area)
+    if crumbs.any():
+        out[box][crumbs[piece]] = 0
+    return out
+
+
 # ----------------------------------------------------------------------------------------------- the steps
 
 def move_stroke(coverage: np.ndarray, rng: np.random.Generator, style: ShapeStyle, pen: float = 0.0) -> np.ndarray:
@@ -230,7 +265,7 @@ def move_stroke(coverage: np.ndarray, rng: np.random.Generator, style: ShapeStyl
                             borderMode=cv2.BORDER_CONSTANT)
     out = np.where(own, 0, coverage).astype(np.uint8)
     np.maximum(out, warped, out=out)
-    return _within(out, coverage, style.move_px)
+    return _no_crumbs(_within(out, coverage, style.move_px), coverage, style)
 
 
 @functools.lru_cache(maxsize=16)
@@ -263,7 +298,7 @@ def tps_warp(coverage: np.ndarray, rng: np.random.Generator, style: ShapeStyle, 
     mx = field[..., 1] + np.arange(x0, x1, dtype=np.float32)[None, :]
     out = np.zeros_like(coverage)
     out[box] = cv2.remap(coverage, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-    return out
+    return _no_crumbs(out, coverage, style)
 
 
 def trim_end(coverage: np.ndarray, rng: np.random.Generator, style: ShapeStyle, pen: float = 0.0) -> np.ndarray:
@@ -279,8 +314,11 @@ def trim_end(coverage: np.ndarray, rng: np.random.Generator, style: ShapeStyle, 
     line = chain(s, int(ends[int(u[0] * ends.size)]))
     dropped = np.zeros(s.stroke.size, bool)
     cut = (0.4 + 0.6 * u[1]) * min(style.trim_share * line.size, style.trim_px)
-    dropped[line[:max(int(round(cut)), 2)]] = True
-    return _erase(coverage, s, dropped)
+    cut = min(max(int(round(cut)), 2), line.size - 1)
+    dropped[line[:cut]] = True
+    out = _erase(coverage, s, dropped)
+    _cap(out, coverage, s, s.points[line[cut]], float(s.radius[tuple(s.points[line[cut]])]))  # a round new end
+    return _no_crumbs(out, coverage, style)
 
 
 def extend_end(coverage: np.ndarray, rng: np.random.Generator, style: ShapeStyle, pen: float = 0.0) -> np.ndarray:
@@ -307,8 +345,8 @@ def extend_end(coverage: np.ndarray, rng: np.random.Generator, style: ShapeStyle
 
 
 def open_loop(coverage: np.ndarray, rng: np.random.Generator, style: ShapeStyle, pen: float = 0.0) -> np.ndarray:
-    """Cut a gap into a stroke around one closed loop (a hole in the ink): the ink of that stroke's skeleton
-    within `pen` + `gap_px` of one of its points, so the re-inked gap shows about `gap_px` each side."""
+    """Cut a gap into a stroke around one closed loop (a hole in the ink): a band across the stroke, `pen` +
+    `gap_px` each side of one of its skeleton points, so the re-inked gap shows about `gap_px` each side."""
     import cv2
 
     u = rng.random(2)
@@ -327,7 +365,7 @@ def open_loop(coverage: np.ndarray, rng: np.random.Generator, style: ShapeStyle,
     inside[outside] = 0
     out = cv2.distanceTransform(inside[paper], cv2.DIST_L2, 3)
     near = s.radius[ys, xs] + 1.5
-    rim = (s.stroke[1:] > 0) & (hole[ys, xs] <= near)
+    rim = (s.length[s.stroke[1:]] >= style.min_stroke_px) & (s.stroke[1:] > 0) & (hole[ys, xs] <= near)
     if not rim.any():
         return coverage
     if (rim & (out[ys, xs] <= near)).any():  # cut where the stroke parts the loop from the paper outside
@@ -335,8 +373,18 @@ def open_loop(coverage: np.ndarray, rng: np.random.Generator, style: ShapeStyle,
     rim = np.flatnonzero(rim) + 1
     at = rim[int(u[1] * rim.size)]
     (cy, cx), reach = s.points[at], pen + style.gap_px
-    cut = ((ys - cy) ** 2 + (xs - cx) ** 2 <= reach * reach) & (s.stroke[1:] == s.stroke[at])  # across one stroke
-    return _erase(coverage, s, np.concatenate([[False], cut]))
+    r = float(s.radius[cy, cx])
+    near = s.points[1:][(s.stroke[1:] == s.stroke[at]) & ((ys - cy) ** 2 + (xs - cx) ** 2 <= (reach + 2) ** 2)]
+    along = np.linalg.eigh(np.cov((near - near.mean(axis=0)).T.astype(np.float64)))[1][:, 1]  # the stroke's way
+    across, half = np.array([-along[1], along[0]]) * (r + 2), along * (reach + r)
+    corners = [np.array([cy, cx]) + a * across + b * half for a, b in ((-1, -1), (-1, 1), (1, 1), (1, -1))]
+    band = np.zeros(s.ink.shape, np.uint8)  # a band across the stroke, `reach` + its half width each side
+    cv2.fillConvexPoly(band, np.round(np.array(corners)[:, ::-1] * 16).astype(np.int32), 1, cv2.LINE_8, 4)
+    out = coverage.copy()
+    out[s.box][band.view(bool)] = 0
+    for side in (-1, 1):  # round ends, as a pen lifts: no corners for the re-inking's centreline to branch to
+        _cap(out, coverage, s, np.array([cy, cx]) + side * half, r)
+    return _no_crumbs(out, coverage, style)
 
 
 def close_gap(coverage: np.ndarray, rng: np.random.Generator, style: ShapeStyle, pen: float = 0.0) -> np.ndarray:
