@@ -111,7 +111,7 @@ class Imager:
         specs = [f if isinstance(f, FontSpec) else select_fonts([f])[0] for f in fonts]
         self.variation, self.hand = variation, hand
         self.shape = shape if shape is not None and shape.active else None
-        self._shape_reach = self.shape.reach if self.shape is not None else 0.0  # room for new ink in the roi
+        self._shape_pad = math.ceil(self.shape.reach) if self.shape is not None else 0  # room for new ink
         self.renderers = [FontRenderer(s, em_px=em_px) for s in specs]
         self.height, self.width = h, w = IMAGE_HEIGHT, IMAGE_WIDTH
         self._x = np.arange(w, dtype=np.float32) - np.float32(w / 2)
@@ -199,8 +199,6 @@ class Imager:
         amp, (cx, cy), (half_w, half_h) = s.pose["amp"], s.pose["centre"], s.pose["half"]
         cells = (3 + int(u[9] * 3), 4 + int(u[10] * 4))
         reach = amp + s.tremor + s.bend + max(v.stroke_px[1], 0) + s.pen + 4
-        if s.hand and self.shape is not None:
-            reach += self._shape_reach
         y0, y1 = self.height / 2 + cy - half_h - reach, self.height / 2 + cy + half_h + reach
         x0, x1 = self.width / 2 + cx - half_w - reach, self.width / 2 + cx + half_w + reach
         s.roi = (slice(max(int(y0), 0), min(int(y1) + 1, self.height)),
@@ -264,13 +262,21 @@ class Imager:
         """A hand draws the letter's shape its own way: strokes turned, trimmed, extended, loops opened, gaps
         bridged, a spline warp. Its draws come from a stream of their own (the image's jumped ahead), so every
         other draw of the image is what it would be without the shape steps; the pose is the same too (new ink
-        past the margin is cut off rather than room kept for it)."""
-        rows, cols = s.roi
+        past the margin is cut off rather than room kept for it). The steps work in the roi grown by their reach;
+        when none of them changes anything, the roi and coverage stay as they were (the image without them)."""
+        rows, cols, pad = *s.roi, self._shape_pad
+        grown = (slice(max(rows.start - pad, 0), min(rows.stop + pad, self.height)),
+                 slice(max(cols.start - pad, 0), min(cols.stop + pad, self.width)))
+        y0, x0 = grown[0].start, grown[1].start
+        cov = np.zeros((grown[0].stop - y0, grown[1].stop - x0), s.cov.dtype)
+        cov[rows.start - y0:rows.stop - y0, cols.start - x0:cols.stop - x0] = s.cov
         keep = s.variation.margin_px + s.pen * (1 + s.style.pen_vary)  # new strokes' centres this far in: re-inked,
         # they stay inside the margin
-        inside = (slice(max(math.ceil(keep) - rows.start, 0), max(math.floor(self.height - keep) - rows.start, 0)),
-                  slice(max(math.ceil(keep) - cols.start, 0), max(math.floor(self.width - keep) - cols.start, 0)))
-        s.cov = apply_shape(s.cov, np.random.Generator(s.rng.bit_generator.jumped()), self.shape, s.pen, inside)
+        inside = (slice(max(math.ceil(keep) - y0, 0), max(math.floor(self.height - keep) - y0, 0)),
+                  slice(max(math.ceil(keep) - x0, 0), max(math.floor(self.width - keep) - x0, 0)))
+        shaped = apply_shape(cov, np.random.Generator(s.rng.bit_generator.jumped()), self.shape, s.pen, inside)
+        if shaped is not cov:
+            s.cov, s.roi = shaped, grown
 
     @staticmethod
     def _reink(s: Sheet) -> None:
