@@ -28,7 +28,8 @@ def test_torch_is_a_range_and_fonts_are_the_synth_extra():
     assert str(deps["torch"].specifier) == ">=2.5" and str(deps["torchvision"].specifier) == ">=0.20"
     synth = {wheelhouse.Requirement(r).name for r in project["optional-dependencies"]["synth"]}
     assert synth == {"uharfbuzz", "freetype-py", "fontpkg-hind-siliguri", "manimgx-fonts", "bengali-captcha",
-                     "fonttools", "brotli"}   # fonttools + brotli: the font library's WOFF/WOFF2 -> TTF
+                     "fonttools", "brotli",   # fonttools + brotli: the font library's WOFF/WOFF2 -> TTF
+                     "scikit-image"}   # the skeleton of the shape steps (synth --shape)
     assert not synth & set(deps)
     makefile = (ROOT / "Makefile").read_text()
     assert "torch==2.14.1 torchvision==0.29.1" in makefile and ".[dev,export,synth,serve]" in makefile

@@ -39,6 +39,15 @@ def command(
         "mix", "--style",
         help="font: font outlines, distorted; hand: per-glyph jitter, re-inked strokes with a varying pen, tremor, "
              "paper and scan marks; mix: each image one or the other (half each)."),
+    shape: str = typer.Option(
+        "none", "--shape",
+        help="Letter shapes beyond the fonts, in the hand-style images: none (default), mild or strong, and "
+             "NAME=VALUE settings applied after them, comma-separated (a setting alone turns on only its step: "
+             "warp=0.5). Steps, each NAME its chance per image: move (turn and stretch a stroke about its joint), "
+             "warp (thin-plate spline, warp_grid=4x6 control points), trim (drop a stroke's free end), extend (draw "
+             "one on), open (cut a loop), close (bridge a gap to a stroke); strengths: move_deg, move_stretch, "
+             "move_px, warp_px, trim_share, trim_px, extend_px, extend_deg, gap_px, bridge_px, min_stroke_px "
+             "(pixels of the 137 x 236 image)."),
     graphemes: Optional[Path] = typer.Option(
         None, "--graphemes",
         help="Render only the label triples this CSV lists: columns grapheme_root, vowel_diacritic, "
@@ -66,6 +75,8 @@ def command(
       okkhor synth /tmp/tiny --train 200 --test 50 --fonts hind-siliguri,bangla-medium --preview tiny.png
       okkhor synth data/heldout --train 20000 --test 2000 --holdout-fonts bensen --holdout-share 0.5
       okkhor synth data/mine --train 2000 --test 200 --fonts-dir ~/fonts --style hand --preview hand.png
+      okkhor synth data/shapes --train 20000 --test 2000 --shape mild
+      okkhor synth data/trim --train 20000 --test 2000 --shape trim=0.5
 
     An unknown --fonts name or --holdout-fonts family fails with the list of available ones. A --fonts-dir file
     that cannot be used is left out with a warning naming it.
@@ -80,9 +91,11 @@ def command(
     from okkhor.utils.extras import require
 
     require("synth", "okkhor synth")
+    from okkhor.sources.synth.shape import parse_shape
     from okkhor.sources.synth.writer import synthesize
     from okkhor.utils.files import check_writable
 
+    shape_style = parse_shape(shape)
     check_writable(out_dir, "OUT_DIR", folder=True)
     if preview is not None:
         check_writable(preview, "--preview")
@@ -90,7 +103,7 @@ def command(
                    train_unseen_fraction=train_unseen_fraction, fonts=fonts, workers=workers, preview=preview,
                    rows_per_file=rows_per_file, overwrite=overwrite, holdout_fonts=holdout_fonts,
                    holdout_share=holdout_share, fonts_dir=fonts_dir, style=style, graphemes=graphemes,
-                   missing_from=missing_from, missing=missing)
+                   missing_from=missing_from, missing=missing, shape=shape_style)
     for note in s["font_notes"]:
         typer.echo(f"note: {note}", err=True)
     for warning in s["font_warnings"]:

@@ -15,6 +15,7 @@ from okkhor.sources.synth.face import FontSpec
 from okkhor.sources.synth.fonts import select_fonts
 from okkhor.sources.synth.hand import HandStyle
 from okkhor.sources.synth.keys import GRAIN_SEED
+from okkhor.sources.synth.shape import ShapeStyle, apply_shape
 
 if TYPE_CHECKING:  # shaping imports HarfBuzz and FreeType (the synth extra): only where a function needs it
     from okkhor.sources.synth.shaping import FontRenderer
@@ -89,13 +90,14 @@ class Imager:
 
     `hand=True` draws it the way a hand differs from a font (see okkhor.sources.synth.hand): each glyph jittered, a
     stronger slant, a fine tremor on top of the smooth distortion, the strokes re-inked with a varying pen, and
-    paper and scan artefacts. An image is its style's list of steps (`font_steps`, `hand_steps`) run in order on
+    paper and scan artefacts. `shape` (okkhor.sources.synth.shape) also changes the letters' shapes in the hand style,
+    just before the re-inking. An image is its style's list of steps (`font_steps`, `hand_steps`) run in order on
     one Sheet; a step that draws random numbers changes every later draw, so a new one goes where its draws
     should fall. Not thread-safe: it reuses its work buffers from image to image.
     """
 
     def __init__(self, fonts: Sequence[str | FontSpec], variation: Variation | None = None, em_px: int = 100,
-                 hand: HandStyle | None = None):
+                 hand: HandStyle | None = None, shape: ShapeStyle | None = None):
         from okkhor.sources.synth.shaping import FontRenderer  # the synth extra
 
         variation = Variation() if variation is None else variation
@@ -104,8 +106,12 @@ class Imager:
         hand = HandStyle() if hand is None else hand
         if not isinstance(hand, HandStyle):
             raise TypeError(f"hand must be a HandStyle, got {type(hand).__name__}")
+        if shape is not None and not isinstance(shape, ShapeStyle):
+            raise TypeError(f"shape must be a ShapeStyle or None, got {type(shape).__name__}")
         specs = [f if isinstance(f, FontSpec) else select_fonts([f])[0] for f in fonts]
         self.variation, self.hand = variation, hand
+        self.shape = shape if shape is not None and shape.active else None
+        self._shape_pad = math.ceil(self.shape.reach) if self.shape is not None else 0  # room for new ink
         self.renderers = [FontRenderer(s, em_px=em_px) for s in specs]
         self.height, self.width = h, w = IMAGE_HEIGHT, IMAGE_WIDTH
         self._x = np.arange(w, dtype=np.float32) - np.float32(w / 2)
@@ -125,6 +131,8 @@ class Imager:
         self.hand_steps: list[Step] = [self._place, self._headlines, self._jitter, self._pen_draws, self._pose,
                                        self._warp, self._reink, self._blur, self._page, self._paper_marks,
                                        self._ink, self._grain_noise, self._finish, self._scan_marks]
+        if self.shape is not None:
+            self.hand_steps.insert(self.hand_steps.index(self._reink), self._shape)
 
     def __call__(self, text: str, rng: np.random.Generator, face: int = 0, hand: bool = False,
                  out: np.ndarray | None = None) -> np.ndarray:
@@ -249,6 +257,26 @@ class Imager:
             s.cov = cv2.dilate(s.cov, self._kernels[stroke + 1])
         elif stroke < 0:
             s.cov = cv2.erode(s.cov, self._kernels[1 - stroke])
+
+    def _shape(self, s: Sheet) -> None:
+        """A hand draws the letter's shape its own way: strokes turned, trimmed, extended, loops opened, gaps
+        bridged, a spline warp. Its draws come from a stream of their own (the image's jumped ahead), so every
+        other draw of the image is what it would be without the shape steps; the pose is the same too (new ink
+        past the margin is cut off rather than room kept for it). The steps work in the roi grown by their reach;
+        when none of them changes anything, the roi and coverage stay as they were (the image without them)."""
+        rows, cols, pad = *s.roi, self._shape_pad
+        grown = (slice(max(rows.start - pad, 0), min(rows.stop + pad, self.height)),
+                 slice(max(cols.start - pad, 0), min(cols.stop + pad, self.width)))
+        y0, x0 = grown[0].start, grown[1].start
+        cov = np.zeros((grown[0].stop - y0, grown[1].stop - x0), s.cov.dtype)
+        cov[rows.start - y0:rows.stop - y0, cols.start - x0:cols.stop - x0] = s.cov
+        keep = s.variation.margin_px + s.pen * (1 + s.style.pen_vary)  # new strokes' centres this far in: re-inked,
+        # they stay inside the margin
+        inside = (slice(max(math.ceil(keep) - y0, 0), max(math.floor(self.height - keep) - y0, 0)),
+                  slice(max(math.ceil(keep) - x0, 0), max(math.floor(self.width - keep) - x0, 0)))
+        shaped = apply_shape(cov, np.random.Generator(s.rng.bit_generator.jumped()), self.shape, s.pen, inside)
+        if shaped is not cov:
+            s.cov, s.roi = shaped, grown
 
     @staticmethod
     def _reink(s: Sheet) -> None:

@@ -14,6 +14,7 @@ from okkhor.sources.synth.imager import Imager, Variation
 from okkhor.sources.synth.keys import image_rng
 from okkhor.sources.synth.labels import Sample, sample_labels
 from okkhor.sources.synth.plan import Draw, check_style, plan_draws
+from okkhor.sources.synth.shape import ShapeStyle
 from okkhor.utils.files import atomic_path
 
 
@@ -30,7 +31,7 @@ def _picks(samples: dict[str, Sequence[Sample]], cells: int) -> list[tuple[str, 
 def write_preview(path: str | Path, samples: dict[str, Sequence[Sample]], seed: int,
                   fonts: Sequence[str | FontSpec] | None = None, variation: Variation | None = None, rows: int = 5,
                   cols: int = 6, draws: dict[str, Sequence[Draw]] | None = None,
-                  hand: HandStyle | None = None) -> Path:
+                  hand: HandStyle | None = None, shape: ShapeStyle | None = None) -> Path:
     """A PNG grid of dataset images (re-rendered from their seeds, so identical to the files), titled with labels.
 
     Titles give root/vowel/consonant as integers (matplotlib cannot shape Bengali), the image id, 'U' for an
@@ -42,7 +43,7 @@ def write_preview(path: str | Path, samples: dict[str, Sequence[Sample]], seed: 
     path = check_preview(path)
     picks = _picks(samples, rows * cols)
     specs = [f if isinstance(f, FontSpec) else select_fonts([f])[0] for f in fonts] if fonts else select_fonts()
-    imager = Imager(specs, variation, hand=hand)
+    imager = Imager(specs, variation, hand=hand, shape=shape)
     if draws is None:
         draws = {split: plan_draws(split, items, seed, imager.renderers) for split, items in samples.items()}
     fig = Figure(figsize=(cols * 2.2, rows * 1.75))

@@ -20,6 +20,7 @@ from okkhor.sources.synth.hand import HandStyle
 from okkhor.sources.synth.imager import Imager, Variation
 from okkhor.sources.synth.keys import ImageRngs
 from okkhor.sources.synth.plan import Draw
+from okkhor.sources.synth.shape import ShapeStyle
 from okkhor.utils.progress import progress as bar
 
 ROW_GROUP_ROWS = 10_042  # parquet pays a fixed cost per row group and 32,332 columns: keep groups big
@@ -45,6 +46,7 @@ class Job:
     fonts: tuple[FontSpec, ...]
     variation: Variation = field(default_factory=Variation)
     hand: HandStyle = field(default_factory=HandStyle)
+    shape: ShapeStyle | None = None  # the hand style's shape steps (None: off)
 
 
 class Worker:
@@ -53,7 +55,7 @@ class Worker:
 
     def __init__(self, job: Job, counter):
         self.job, self.counter = job, counter
-        self.imager = Imager(job.fonts, job.variation, hand=job.hand)
+        self.imager = Imager(job.fonts, job.variation, hand=job.hand, shape=job.shape)
         self.rngs = ImageRngs()
 
     def images(self, split: str, start: int, texts: Sequence[str], draws: Sequence[Draw]) -> np.ndarray:

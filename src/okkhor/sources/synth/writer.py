@@ -29,6 +29,7 @@ from okkhor.sources.synth.labels import (
 )
 from okkhor.sources.synth.plan import Draw, check_style, holdout_faces, plan_draws
 from okkhor.sources.synth.preview import write_preview
+from okkhor.sources.synth.shape import ShapeStyle
 from okkhor.sources.synth.workers import FileTask, Job, run_tasks
 from okkhor.utils.files import atomic_path
 
@@ -141,7 +142,7 @@ def synthesize(out_dir: str | Path, n_train: int, n_test: int, seed: int = 0, un
                holdout_fonts: Sequence[str] | str | None = None, holdout_share: float | None = None,
                fonts_dir: str | Path | None = None, style: str = "mix", hand: HandStyle | None = None,
                graphemes: str | Path | None = None, missing_from: str | Path | None = None,
-               missing: str | None = None) -> dict:
+               missing: str | None = None, shape: ShapeStyle | None = None) -> dict:
     """Write a synthetic dataset in the competition's format into `out_dir` and return a summary.
 
     Files: train.csv, train_image_data_<i>.parquet, test.csv, test_image_data_<i>.parquet, class_map.csv,
@@ -153,6 +154,8 @@ def synthesize(out_dir: str | Path, n_train: int, n_test: int, seed: int = 0, un
     `holdout_share`, the rest in the train families). `fonts_dir`: a folder of the user's own .ttf/.otf files,
     added to the shipped fonts (files that are unusable are left out, each with a warning in the summary).
     `style`: `font` (a font's outline, distorted), `hand` (see Imager) or `mix` (each image's own choice).
+    `shape`: the hand style's letter-shape steps (okkhor.sources.synth.shape; None or all chances 0: off, and
+    the files are those made without it).
 
     A list of triples replaces the usual labels (train graphemes plus unseen triples): `graphemes`, a CSV file
     (see labels.read_grapheme_list), or `missing_from`, a data dir: the triples of the grapheme list its
@@ -174,6 +177,11 @@ def synthesize(out_dir: str | Path, n_train: int, n_test: int, seed: int = 0, un
             raise OkkhorError("holdout-share needs holdout-fonts (the families to hold out)")
     listed = _listed(graphemes, missing_from, missing, (unseen_test_fraction, train_unseen_fraction))
     style = check_style(style)
+    if shape is not None and not isinstance(shape, ShapeStyle):
+        raise OkkhorError(f"shape must be a ShapeStyle or None, got {type(shape).__name__}")
+    shape = shape if shape is not None and shape.active else None
+    if shape is not None and style == "font":
+        raise OkkhorError("--shape changes hand-style images only: use it with --style hand or mix")
     if rows_per_file is not None:
         rows_per_file = check_count("rows-per-file", rows_per_file, 1, MAX_ROWS_PER_FILE)
     workers = (os.cpu_count() or 1) if workers is None else check_count("workers", workers, 1)
@@ -195,11 +203,12 @@ def synthesize(out_dir: str | Path, n_train: int, n_test: int, seed: int = 0, un
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in existing:  # only our own file names, and only with overwrite
         stale.unlink()
-    run_tasks(tasks, Job(seed, tuple(specs), variation, hand), workers, n_train + n_test, progress)
+    run_tasks(tasks, Job(seed, tuple(specs), variation, hand, shape), workers, n_train + n_test, progress)
     _write_label_files(out_dir, samples, draws, specs)
     seconds = time.perf_counter() - start
     if preview is not None:
-        write_preview(preview, samples, seed, fonts=specs, variation=variation, draws=draws, hand=hand)
+        write_preview(preview, samples, seed, fonts=specs, variation=variation, draws=draws, hand=hand, shape=shape)
     return {**_summary(out_dir, samples, draws, specs, held, tasks, workers, seconds), "style": style,
             "font_warnings": font_warnings, "variation": asdict(variation), "hand": asdict(hand),
+            "shape": None if shape is None else asdict(shape),
             "listed_triples": None if listed is None else len(listed)}
