@@ -39,6 +39,7 @@ VERBS = {
     "memory": "memory",
     "info": "info",
     "fonts": "fonts",
+    "stylize": "stylize",
 }
 
 
