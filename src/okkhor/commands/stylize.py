@@ -16,7 +16,7 @@ class Action(str, Enum):
 
 
 def _fit(stylizer: Optional[Path], real: Optional[Path], synth: Path, out: Path, batch: Optional[int],
-         threads: Optional[int], progress: bool, **options) -> None:
+         threads: int, progress: bool, **options) -> None:
     from okkhor.errors import OkkhorError
     from okkhor.sources.stylize.fit import fit_stylizer
     from okkhor.sources.stylize.stylizer import StylizeOptions
@@ -35,7 +35,7 @@ def _fit(stylizer: Optional[Path], real: Optional[Path], synth: Path, out: Path,
 
 
 def _apply(stylizer: Optional[Path], real: Optional[Path], synth: Path, out: Path, batch: Optional[int],
-           threads: Optional[int], overwrite: bool, progress: bool) -> None:
+           threads: int, overwrite: bool, progress: bool) -> None:
     from okkhor.errors import OkkhorError
     from okkhor.sources.stylize.apply import stylize_dir
 
@@ -69,8 +69,8 @@ def command(
     blocks: int = typer.Option(3, "--blocks", help="fit: residual blocks in each generator."),
     bf16: bool = typer.Option(False, "--bf16/--fp32", help="fit: bfloat16 autocast (faster on CPUs with bf16 units, "
                                                            "e.g. AMD Zen 4, Intel Sapphire Rapids)."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="torch's CPU threads (default: one per core; on a "
-                                                                  "busy machine 1 can be several times faster)."),
+    threads: int = typer.Option(1, "--threads", help="torch's CPU threads; the networks are small, and on a busy "
+                                                     "machine more threads can be many times slower."),
     overwrite: bool = typer.Option(False, "--overwrite", help="apply: replace a data dir already in --out."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress."),
 ) -> None:

@@ -11,7 +11,7 @@ from torch import nn
 
 from okkhor.data.prepare import PrepareOptions, default_cache_dir, load_cache, prepare_split
 from okkhor.errors import OkkhorError
-from okkhor.io.kaggle import ImageParquetWriter, image_parquet_files, open_image_parquet
+from okkhor.io.kaggle import ImageFiles, ImageParquetWriter, image_parquet_files
 from okkhor.io.layout import SPLIT_CSVS
 from okkhor.sources.imagefolder import to_page
 from okkhor.sources.stylize.fit import to_tensor, torch_threads
@@ -65,14 +65,16 @@ def _check_dirs(synth_dir: Path, out_dir: Path, overwrite: bool) -> list[Path]:
 
 
 def _stylize_split(generator: nn.Module, synth_dir: Path, out_dir: Path, split: str, size: int, batch: int,
-                   show_progress: bool) -> list[str]:
-    """Write one split's parquet files: the same names, rows and image ids as the input's, stylised images."""
+                   show_progress: bool) -> dict[str, int]:
+    """Write one split's parquet files: the same names, rows and image ids as the input's, stylised images.
+    Returns {file name: rows}."""
     files = image_parquet_files(synth_dir, split)
     opts = PrepareOptions(size=size)
     cache = default_cache_dir(synth_dir, opts)
     prepare_split(synth_dir, split, opts, cache, show_progress=show_progress)
     crops, ids = load_cache(cache, split)
-    rows = [open_image_parquet(f).metadata.num_rows for f in files]
+    source = ImageFiles(files)   # checks each file's schema; its reading plan gives each file's rows
+    rows = [sum(c.rows for c in source.chunks if c.file == i) for i in range(len(files))]
     if sum(rows) != len(ids):
         raise OkkhorError(f"{cache}: {len(ids)} cached {split} images for {sum(rows)} rows in the parquet files; "
                           "delete the cache and rerun")
@@ -85,15 +87,16 @@ def _stylize_split(generator: nn.Module, synth_dir: Path, out_dir: Path, split: 
                     writer.write(ids[s:e], to_pages(stylize_crops(generator, crops[s:e])))
                     bar.update(e - s)
             start += n
-    return [p.name for p in files]
+    return {p.name: n for p, n in zip(files, rows, strict=True)}
 
 
 def stylize_dir(stylizer: str | Path, synth_dir: str | Path, out_dir: str | Path, batch: int = 64,
-                overwrite: bool = False, show_progress: bool = True, threads: int | None = None) -> dict:
+                overwrite: bool = False, show_progress: bool = True, threads: int | None = 1) -> dict:
     """Write a stylised copy of `synth_dir` into `out_dir`: each split's parquet files with every image replaced
     by the stylizer's synthetic -> real generator's output on the 137x236 page, and its CSV files (train.csv,
     test.csv, sample_submission.csv, test_labels.csv, class_map.csv) copied. Each file is written under a
     temporary name and renamed; the CSV files come last, so an interrupted copy is no data dir. Deterministic.
+    `threads`: torch's intra-op threads (see `fit_stylizer`; None: torch's default).
     Returns a summary."""
     started = time.perf_counter()
     synth_dir, out_dir = Path(synth_dir), Path(out_dir)
@@ -104,7 +107,7 @@ def stylize_dir(stylizer: str | Path, synth_dir: str | Path, out_dir: str | Path
     out_dir.mkdir(parents=True, exist_ok=True)
     for path in stale:   # only the data dir's own file names, and only with overwrite
         path.unlink()
-    written: dict[str, list[str]] = {}
+    written: dict[str, dict[str, int]] = {}
     with torch_threads(threads):
         for split in SPLITS:
             if image_parquet_files(synth_dir, split):
@@ -117,6 +120,5 @@ def stylize_dir(stylizer: str | Path, synth_dir: str | Path, out_dir: str | Path
                 shutil.copyfile(synth_dir / name, tmp)
             copied.append(name)
     return {"out_dir": str(out_dir), "size": opts.size, "files": written, "copied": copied,
-            "images": {split: int(sum(open_image_parquet(out_dir / f).metadata.num_rows for f in names))
-                       for split, names in written.items()},
+            "images": {split: sum(files.values()) for split, files in written.items()},
             "seconds": round(time.perf_counter() - started, 2)}
