@@ -12,6 +12,7 @@ from helpers import assert_one_line_error, cli, draw_images, make_tiny_kaggle
 from okkhor.data.prepare import load_cache
 from okkhor.io.kaggle import IMAGE_HEIGHT, IMAGE_WIDTH, ImageFiles, image_parquet_files, write_image_parquet
 from okkhor.sources.imagefolder import background_level, to_page
+from okkhor.sources.stylize.apply import near_ink, stylize_crops
 from okkhor.sources.stylize.fit import ImagePool, fit_stylizer, torch_threads
 from okkhor.sources.stylize.nets import Discriminator, Generator
 from okkhor.sources.stylize.stylizer import StylizeOptions, load_stylizer
@@ -59,7 +60,7 @@ def applied(dirs, fitted, tmp_path_factory):
     out = tmp_path_factory.mktemp("applied") / "styled"
     code, output = cli("stylize", "apply", fitted, "--synth", dirs[0], "--out", out, "--batch", 7, "--no-progress")
     assert code == 0, output
-    assert "24 train, 4 test images at 16 px, 5 CSV files copied" in output
+    assert "24 train, 4 test images at 16 px (ink kept within 1 px of the synthetic ink), 5 CSV files" in output
     return out
 
 
@@ -78,6 +79,7 @@ def test_apply_writes_a_stylised_copy_in_the_competition_format(dirs, fitted, ap
         with torch.no_grad(), torch_threads(1):
             styled = nets["synth_to_real"](torch.tensor(crops, dtype=torch.float32)[:, None] / 127.5 - 1)
         styled = ((styled[:, 0] + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
+        styled = np.where(near_ink(crops, SIZE // 16), styled, 0)   # --reach's default
         expected = np.stack([to_page(255 - crop)[0] for crop in styled])
         files = image_parquet_files(out, split)
         assert [p.name for p in files] == [p.name for p in image_parquet_files(synth, split)]
@@ -126,7 +128,7 @@ def test_a_short_fit_lowers_the_cycle_loss(dirs, tmp_path):
     _, _, state = load_stylizer(tmp_path / "s.pt")
     cycle = state["history"]["cycle"]
     assert len(cycle) == 30 and state["history"]["identity"] == [0.0] * 30
-    assert np.mean(cycle[-5:]) < 0.5 * np.mean(cycle[:5]), cycle
+    assert np.mean(cycle[-5:]) < 0.35 * np.mean(cycle[:5]), cycle   # falls by 65% or more (measured: ~80%)
     assert summary["last"]["cycle"] == pytest.approx(np.mean(cycle[-3:]))
 
 
@@ -153,6 +155,23 @@ def test_nets_and_pool_shapes():
     mixed = pool(torch.zeros(64, 1, 4, 4))   # full: each new image is swapped for a stored one with p = 1/2
     assert int(mixed.sum()) // 16 in (1, 2)   # the first swap returns a stored one; there are but two of them
     assert len(pool.images) == 2 and int(torch.stack(pool.images).sum()) == 0
+
+
+def test_apply_removes_marks_beyond_reach_of_the_synthetic_ink():
+    crops = np.full((2, 16, 16), 40, np.uint8)       # shaded paper (bright ink on black, as prepared)
+    crops[0, 7:9, 7:9] = 200                         # grey ink: a 2x2 block
+    crops[1, 0:3, 0:16] = 220                        # a bar along the top
+    def everywhere(x):                               # a generator that inks every pixel
+        return torch.ones_like(x)
+    assert (stylize_crops(everywhere, crops) == 255).all()
+    block = stylize_crops(everywhere, crops, reach=0)
+    assert (block[0] == 255).sum() == 4 and (block[0, 7:9, 7:9] == 255).all()
+    assert (block[1, :3] == 255).all() and (block[1, 3:] == 0).all()
+    grown = stylize_crops(everywhere, crops, reach=2)
+    yy, xx = np.mgrid[:16, :16]
+    distance = np.hypot(np.clip(yy, 7, 8) - yy, np.clip(xx, 7, 8) - xx)   # from the block
+    assert (grown[0][distance <= 2] == 255).all() and (grown[0][distance > 2.5] == 0).all()
+    assert (grown[1, :5] == 255).all() and (grown[1, 5:] == 0).all()
 
 
 class _Runs:
@@ -210,3 +229,7 @@ def test_bad_dirs_and_options_are_one_line(dirs, fitted, tmp_path):
     assert_one_line_error(code, output, "is the --synth data dir")
     code, output = cli("stylize", "apply", "--synth", synth, "--out", tmp_path / "o")
     assert_one_line_error(code, output, "apply needs the STYLIZER.pt argument")
+    code, output = cli("stylize", "apply", fitted, "--synth", synth, "--out", tmp_path / "o", "--reach", -2)
+    assert_one_line_error(code, output, "--reach -2", "at least 0")
+    code, output = cli("stylize", "fit", "--real", real, "--synth", synth, "--out", tmp_path / "s.pt", "--threads", 0)
+    assert_one_line_error(code, output, "--threads 0", "at least 1")

@@ -35,7 +35,7 @@ def _fit(stylizer: Optional[Path], real: Optional[Path], synth: Path, out: Path,
 
 
 def _apply(stylizer: Optional[Path], real: Optional[Path], synth: Path, out: Path, batch: Optional[int],
-           threads: int, overwrite: bool, progress: bool) -> None:
+           reach: int, keep_stray: bool, threads: int, overwrite: bool, progress: bool) -> None:
     from okkhor.errors import OkkhorError
     from okkhor.sources.stylize.apply import stylize_dir
 
@@ -43,10 +43,12 @@ def _apply(stylizer: Optional[Path], real: Optional[Path], synth: Path, out: Pat
         raise OkkhorError("apply needs the STYLIZER.pt argument (made by `okkhor stylize fit`)")
     if real is not None:
         raise OkkhorError(f"--real {real}: only fit reads real images; apply reads the stylizer and --synth")
-    s = stylize_dir(stylizer, synth, out, batch=APPLY_BATCH if batch is None else batch, overwrite=overwrite,
+    s = stylize_dir(stylizer, synth, out, batch=APPLY_BATCH if batch is None else batch,
+                    reach=None if keep_stray else reach, overwrite=overwrite,
                     show_progress=progress, threads=threads)
     counts = ", ".join(f"{n} {split}" for split, n in s["images"].items())
-    typer.echo(f"stylize apply: {counts} images at {s['size']} px, {len(s['copied'])} CSV files copied, "
+    kept = "every mark kept" if s["reach"] is None else f"ink kept within {s['reach']} px of the synthetic ink"
+    typer.echo(f"stylize apply: {counts} images at {s['size']} px ({kept}), {len(s['copied'])} CSV files copied, "
                f"{s['seconds']:.1f}s -> {s['out_dir']}")
 
 
@@ -69,6 +71,9 @@ def command(
     blocks: int = typer.Option(3, "--blocks", help="fit: residual blocks in each generator."),
     bf16: bool = typer.Option(False, "--bf16/--fp32", help="fit: bfloat16 autocast (faster on CPUs with bf16 units, "
                                                            "e.g. AMD Zen 4, Intel Sapphire Rapids)."),
+    reach: int = typer.Option(-1, "--reach", help="apply: pixels (at the stylizer's size) the stylised ink may lie "
+                                                   "from the synthetic ink; marks beyond are removed (-1: size / 16)."),
+    keep_stray: bool = typer.Option(False, "--keep-stray", help="apply: keep every mark the generator draws."),
     threads: int = typer.Option(1, "--threads", help="torch's CPU threads; the networks are small, and on a busy "
                                                      "machine more threads can be many times slower."),
     overwrite: bool = typer.Option(False, "--overwrite", help="apply: replace a data dir already in --out."),
@@ -81,8 +86,9 @@ def command(
     one .pt file of tensors and plain values (read back with torch.load(weights_only=True)). apply writes a copy of
     a synthetic data dir in the competition's format with each image replaced by the synthetic -> real
     generator's output, brought back onto the 137x236 page (dark ink on a light page, placed as okkhor import
-    places an image); its CSV files are copied. The prepare cache of each input is made (or reused) in
-    DATA_DIR/cache/<size>.
+    places an image); its CSV files are copied. CycleGAN's generators hide what the cycle needs in stray marks
+    (here often in a corner), so apply keeps the stylised ink within --reach pixels of the synthetic ink. The
+    prepare cache of each input is made (or reused) in DATA_DIR/cache/<size>.
 
     Examples:
       okkhor import handwriting/images data/real --labels handwriting/labels.csv
@@ -95,4 +101,4 @@ def command(
         _fit(stylizer, real, synth, out, batch, threads, progress, size=size, steps=steps, seed=seed, channels=channels,
              blocks=blocks, bf16=bf16)
     else:
-        _apply(stylizer, real, synth, out, batch, threads, overwrite, progress)
+        _apply(stylizer, real, synth, out, batch, reach, keep_stray, threads, overwrite, progress)
