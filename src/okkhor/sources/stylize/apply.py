@@ -17,7 +17,7 @@ from okkhor.errors import OkkhorError
 from okkhor.io.kaggle import ImageFiles, ImageParquetWriter, image_parquet_files
 from okkhor.io.layout import SPLIT_CSVS
 from okkhor.sources.imagefolder import to_page
-from okkhor.sources.stylize.fit import to_tensor, torch_threads
+from okkhor.sources.stylize.fit import check_threads, to_tensor, torch_threads
 from okkhor.sources.stylize.stylizer import load_stylizer
 from okkhor.utils.files import atomic_path, check_writable
 from okkhor.utils.progress import progress
@@ -126,6 +126,7 @@ def stylize_dir(stylizer: str | Path, synth_dir: str | Path, out_dir: str | Path
     synth_dir, out_dir = Path(synth_dir), Path(out_dir)
     if batch < 1:
         raise OkkhorError(f"--batch {batch}: must be at least 1")
+    check_threads(threads)
     if reach is not None and reach < -1:
         raise OkkhorError(f"--reach {reach}: must be at least 0 (or -1: the default)")
     opts, nets, _ = load_stylizer(stylizer)

@@ -26,7 +26,7 @@ class StylizeOptions:
 
     size: the side of the square crops both domains are prepared at (okkhor prepare's ink crop), a multiple of 8.
     channels / blocks: the generators' width (full resolution has channels // 2, the blocks 2 * channels) and
-    residual blocks; disc_channels: the first layer of the PatchGAN discriminators (70x70-like patches of 3 layers).
+    residual blocks; disc_channels: the first layer of the PatchGAN discriminators (3 layers: 38 px patches).
     cycle_weight: CycleGAN's lambda of the L1 cycle loss; identity_weight: its identity loss, as a fraction of
     cycle_weight (CycleGAN's lambda_identity; 0 skips it and its two generator passes). lr: Adam's (betas 0.5,
     0.999), constant for the first half of the steps, then linear to zero. pool: past fakes each discriminator also
@@ -48,13 +48,16 @@ class StylizeOptions:
 
     def __post_init__(self) -> None:
         checks = (("--size", self.size >= 16 and self.size % 8 == 0, "a multiple of 8, at least 16"),
-                  ("--steps", self.steps >= 1, "at least 1"), ("--batch", self.batch >= 1, "at least 1"),
-                  ("--seed", self.seed >= 0, "at least 0"), ("--channels", self.channels >= 2, "at least 2"),
+                  ("--steps", self.steps >= 1, "at least 1"),
+                  ("--batch", self.batch >= 1, "at least 1"),
+                  ("--seed", self.seed >= 0, "at least 0"),
+                  ("--channels", self.channels >= 2, "at least 2"),
                   ("--blocks", self.blocks >= 0, "at least 0"),
-                  ("--disc-channels", self.disc_channels >= 1, "at least 1"), ("--lr", self.lr > 0, "above 0"),
+                  ("--disc-channels", self.disc_channels >= 1, "at least 1"),
+                  ("--lr", self.lr > 0, "above 0"),
                   ("--cycle-weight", self.cycle_weight >= 0, "at least 0"),
-                  ("--identity-weight", self.identity_weight >= 0, "at least 0"), ("--pool", self.pool >= 0,
-                                                                                   "at least 0"))
+                  ("--identity-weight", self.identity_weight >= 0, "at least 0"),
+                  ("--pool", self.pool >= 0, "at least 0"))
         for name, ok, want in checks:
             if not ok:
                 raise OkkhorError(f"{name} {getattr(self, name[2:].replace('-', '_'))}: must be {want}")
