@@ -40,6 +40,7 @@ VERBS = {
     "memory": "memory",
     "info": "info",
     "fonts": "fonts",
+    "stylize": "stylize",
 }
 
 

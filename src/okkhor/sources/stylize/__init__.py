@@ -1,0 +1,1 @@
+"""Stylize: carry the hand of real images onto synthetic ones with an unpaired translator (CycleGAN)."""
