@@ -22,7 +22,7 @@ from okkhor.config import Config
 from okkhor.errors import OkkhorError
 from okkhor.io import checkpoint
 from okkhor.targets import Targets
-from okkhor.utils.files import atomic_path
+from okkhor.utils.files import atomic_path, write_csv_atomic
 
 FOLD_DIR = "fold{}"
 OOF_FILE = "oof.npz"
@@ -147,8 +147,7 @@ def write_oof(runs_dir: Path, data_dir: Path, folds: Sequence[int], *, show_prog
                             **oof)
     table = pd.DataFrame(rows, columns=cv_columns(targets))
     table["best_epoch"] = table["best_epoch"].astype("Int64")   # empty in the oof row
-    with atomic_path(csv_path) as tmp:
-        table.to_csv(tmp, index=False)
+    write_csv_atomic(csv_path, table)
     scores = {r["fold"]: r["score"] for r in rows[:-1]}
     log(f"cv: OOF score {total['score']:.4f} over {total['images']} images (folds "
         f"{', '.join(f'{k} {s:.4f}' for k, s in scores.items())}); wrote {oof_path} and {csv_path}")

@@ -16,7 +16,7 @@ from okkhor.errors import Interrupted, OkkhorError, WriteError
 from okkhor.io import checkpoint
 from okkhor.targets import Targets
 from okkhor.training.distributed import barrier
-from okkhor.training.step import NonFiniteLoss, evaluate
+from okkhor.training.step import NonFiniteLoss, run_evaluator
 
 
 class RunState:
@@ -163,7 +163,7 @@ class Evaluation:
         self.finished_at: dict[str, float] = {}
 
     def evaluate(self, split: str) -> dict[str, float]:
-        return evaluate(*self.evaluators[split])
+        return run_evaluator(*self.evaluators[split])
 
     def __call__(self, trainer: Engine) -> None:
         results = {}

@@ -10,7 +10,7 @@ from ignite.engine import Engine, Events
 
 from okkhor.config import Config
 from okkhor.targets import Targets
-from okkhor.utils.files import atomic_path
+from okkhor.utils.files import write_csv_atomic
 
 # The trackers go through ignite's loggers: `log.wandb` (a Weights & Biases project) and `log.mlflow` (an MLflow
 # tracking URI). Both are off by default; one that is set while its package is not installed costs one log line and
@@ -70,8 +70,7 @@ class RunLog:
         self.write()
 
     def write(self) -> None:
-        with atomic_path(self.path) as tmp:
-            pd.DataFrame(self.rows, columns=self.columns).to_csv(tmp, index=False)
+        write_csv_atomic(self.path, pd.DataFrame(self.rows, columns=self.columns))
         if self.tb is not None:
             self.tb.writer.flush()
 
