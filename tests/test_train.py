@@ -187,14 +187,16 @@ def test_epoch_batches_are_seeded_by_epoch_and_shard_without_overlap():
 
 # ------------------------------------------------------------------------------------------- the run directory
 
-def test_run_dir_contract(two_epoch_run):
+def test_run_dir_contract(data, two_epoch_run):
     out, result = two_epoch_run
     metrics = pd.read_csv(out / "metrics.csv")
     targets = Targets.make(("grapheme_root", "vowel_diacritic", "consonant_diacritic"), (4, 3, 2))
     assert list(metrics.columns) == metrics_columns(targets)
-    assert list(metrics.columns) == ["epoch", "split", *VALUE_COLUMNS, "lr", "seconds"]
+    assert list(metrics.columns) == ["epoch", "split", "source", *VALUE_COLUMNS, "lr", "seconds"]
     rows = list(zip(metrics["epoch"], metrics["split"], strict=True))
     assert rows == [(1, "train"), (1, "train_clean"), (1, "valid"), (2, "train"), (2, "train_clean"), (2, "valid")]
+    # the one source's name on its valid rows (its directory's name), none on the others
+    assert metrics["source"].fillna("").tolist() == ["", "", data.root.name] * 2
     evaluated = metrics[metrics.split != "train"]
     assert evaluated[VALUE_COLUMNS].notna().all().all()
     train_rows = metrics[metrics.split == "train"]  # the mean training loss of each epoch, no score
