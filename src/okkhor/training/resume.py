@@ -6,7 +6,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from okkhor.config import Config
 from okkhor.data.folds import check_same_data
-from okkhor.data.sets import SourcePart
+from okkhor.data.sets import Source, SourcePart
 from okkhor.errors import OkkhorError
 from okkhor.io import checkpoint
 from okkhor.targets import Targets
@@ -22,6 +22,7 @@ PLAN_KEYS = ("train.batch_size", "train.accum", "train.effective_batch")
 # compared with the checkpoint's data record instead, by check_resume_sources (dirs may move; names, shares and
 # fingerprints may not change)
 SOURCE_KEYS = ("data.sources",)
+RESUME_USE = "resume on the data it was trained on, or start a new run"
 
 
 def check_start(out_dir: Path, resume: bool, init: Optional[Path]) -> None:
@@ -90,31 +91,34 @@ def check_resume_config(saved: dict, cfg: Config, path: Path) -> None:
                           "resume with the same train.epochs, or start a new run")
 
 
-def check_resume_sources(ckpt: dict, sources: Sequence[SourcePart], path: Path) -> None:
-    """Fail in one line, naming the first difference, when the run's sources are not the ones `ckpt` was trained on
-    (their number, order, names, shares, and each one's folds and cache fingerprints). A run of one data dir is
-    checked as before sources existed: by its fingerprints alone."""
-    use = "resume on the data it was trained on, or start a new run"
+def check_resume_sources(ckpt: dict, sources: Sequence[Source], path: Path) -> None:
+    """Fail in one line, naming the first difference, when the run's sources are not the ones `ckpt` was trained on:
+    their number, order, names and shares (before any data is read; `check_resume_data` then compares each one's
+    fingerprints). A run of one data dir is checked as before sources existed: by its fingerprints alone."""
     recorded = checkpoint.source_records(ckpt)
     if len(sources) == 1 and len(recorded) <= 1:
-        part = sources[0]
-        check_same_data(ckpt.get(checkpoint.DATA), part.fingerprint, path, part.source.dir / "folds.csv", use=use)
         return
     had = ", ".join(f"{r['name']} ({r['dir']})" for r in recorded) or "one data dir"
-    now = ", ".join(f"{p.source.name} ({p.source.dir})" for p in sources)
+    now = ", ".join(f"{s.name} ({s.dir})" for s in sources)
     if len(recorded) != len(sources):
         raise OkkhorError(f"--resume: {path} was trained on {len(recorded) or 1} source(s), {had}; this run reads "
-                          f"{len(sources)}, {now}; {use}")
-    for k, (old, part) in enumerate(zip(recorded, sources, strict=True), start=1):
-        s = part.source
+                          f"{len(sources)}, {now}; {RESUME_USE}")
+    for k, (old, s) in enumerate(zip(recorded, sources, strict=True), start=1):
         if old["name"] != s.name:
             raise OkkhorError(f"--resume: source {k} of {path} is {old['name']} ({old['dir']}), this run's is "
-                              f"{s.name} ({s.dir}); {use}")
+                              f"{s.name} ({s.dir}); {RESUME_USE}")
         if abs(float(old.get("share", 0.0)) - s.share) > 1e-9:
             raise OkkhorError(f"--resume: source {s.name} had share {float(old.get('share', 0.0)):g} in {path}, "
-                              f"this run gives it {s.share:g}; {use}")
-        check_same_data(old, part.fingerprint, path, s.dir / "folds.csv", cache=f"the prepared cache of {s.dir}",
-                        use=use)
+                              f"this run gives it {s.share:g}; {RESUME_USE}")
+
+
+def check_resume_data(ckpt: dict, parts: Sequence[SourcePart], path: Path) -> None:
+    """Fail in one line when a source's folds or prepared cache are not the ones `ckpt` recorded."""
+    records = checkpoint.source_records(ckpt) if len(parts) > 1 else [ckpt.get(checkpoint.DATA)]
+    for old, part in zip(records, parts, strict=True):
+        where = part.source.dir
+        check_same_data(old, part.fingerprint, path, where / "folds.csv", use=RESUME_USE,
+                        **({"cache": f"the prepared cache of {where}"} if len(parts) > 1 else {}))
 
 
 def check_resume_world(ckpt: dict, world: int, path: Path) -> None:

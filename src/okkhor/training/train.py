@@ -40,6 +40,7 @@ from okkhor.training.handlers import (
 from okkhor.training.optim import steps_per_epoch
 from okkhor.training.resume import (
     check_resume,
+    check_resume_data,
     check_resume_sources,
     check_start,
     open_last,
@@ -141,6 +142,7 @@ def setup_run(data_dirs: DataDirs, out_dir: Path, cfg: Config, resume: bool, log
     start = RunStart(sources, out_dir, resolved_config(cfg, targets, loss_weights, precision, sources), targets,
                      precision, ckpt, init)
     if ckpt is not None:
+        check_resume_sources(ckpt, sources, start.last)
         check_resume(ckpt, start.cfg, targets, world_size(), start.last)
     return start
 
@@ -172,7 +174,7 @@ def setup_model(start: RunStart, log: Log, show_progress: bool) -> RunModel:
             else initial_batch_plan(cfg, net, device))
     data = data or load_sources(start.sources, cfg, start.targets, log, show_progress)
     if start.ckpt is not None:
-        check_resume_sources(start.ckpt, data.sources, start.last)
+        check_resume_data(start.ckpt, data.sources, start.last)
     labels = data.labels if graphemes is None else with_grapheme_column(data.labels, graphemes)
     return RunModel(net, plan, data, labels, backend_flags)
 
