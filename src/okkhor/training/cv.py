@@ -131,14 +131,16 @@ def write_oof(runs_dir: Path, data_dir: Union[Path, Sequence[Source]], folds: Se
     if isinstance(data_dir, (str, Path)):
         table, oof, total = _oof(runs_dir, Path(data_dir), folds, None, show_progress)
         return _write(runs_dir, table, oof, total, log)
-    parts = [(s.name, _oof(runs_dir, s.dir, folds, s.name, show_progress)) for s in data_dir]
-    table = pd.concat([p[0].assign(source=name)[["source", *p[0].columns]] for name, p in parts], ignore_index=True)
-    oof = {key: np.concatenate([p[1][key] for _, p in parts]) for key in parts[0][1]}
-    oof["source"] = np.concatenate([np.full(len(p[1]["image_ids"]), name) for name, p in parts])
-    select = select_on or parts[0][0]
-    result = _write(runs_dir, table, oof, dict(parts)[select][2], log, select)
-    result["sources"] = {name: {"folds": _fold_scores(p[0]), "oof_score": p[2]["score"], "images": p[2]["images"]}
-                         for name, p in parts}
+    parts = {s.name: _oof(runs_dir, s.dir, folds, s.name, show_progress) for s in data_dir}
+    table = pd.concat([rows.assign(source=name)[["source", *rows.columns]] for name, (rows, _, _) in parts.items()],
+                      ignore_index=True)
+    arrays = [a for _, a, _ in parts.values()]
+    oof = {key: np.concatenate([a[key] for a in arrays]) for key in arrays[0]}
+    oof["source"] = np.concatenate([np.full(len(a["image_ids"]), name) for name, a in zip(parts, arrays, strict=True)])
+    select = select_on or next(iter(parts))
+    result = _write(runs_dir, table, oof, parts[select][2], log, select)
+    result["sources"] = {name: {"folds": _fold_scores(rows), "oof_score": total["score"], "images": total["images"]}
+                         for name, (rows, _, total) in parts.items()}
     return result
 
 
