@@ -64,10 +64,11 @@ from okkhor.utils.sizes import size_text
 
 # A run directory holds:
 #   config.yaml          the resolved config (targets listed in its header comment)
-#   metrics.csv          epoch,split,loss,score,recall_<target>...,lr,seconds; one row per (epoch, split),
-#                        split = train | train_clean | valid; `train` is the mean training loss of the epoch's
-#                        iterations (no score); seconds = time since the epoch began, when the row's evaluation
-#                        (train: the training) finished; lr = the learning rate at the end of the epoch
+#   metrics.csv          epoch,split,source,loss,score,recall_<target>...,lr,seconds; one row per (epoch, split),
+#                        split = train | train_clean | valid, and one valid row per data source (its name in
+#                        `source`; train_clean is drawn over all sources); `train` is the mean training loss of
+#                        the epoch's iterations (no score); seconds = time since the epoch began, when the row's
+#                        evaluation (train: the training) finished; lr = the learning rate at the end of the epoch
 #   run.json             the data directory the run read (its first source's), and with several sources each one
 #   checkpoints/last.pt  every epoch, and mid-epoch on SIGTERM/SIGINT and every train.checkpoint_every iterations;
 #                        checkpoints/best.pt when the valid score improves (okkhor.training.checkpoints; the file
