@@ -122,3 +122,30 @@ def test_a_fold_interrupted_mid_run_is_resumed_not_restarted(tiny_kaggle_dir, tm
     pd.testing.assert_frame_equal(after[after["epoch"] == 1].reset_index(drop=True),
                                   first[first["epoch"] == 1].reset_index(drop=True))  # epoch 1 was not retrained
     assert set(result["folds"]) == {1}
+
+
+def test_cv_over_two_sources_holds_out_fold_k_of_each(tiny_kaggle_dir, tmp_path):
+    """Two sources (image ids shared between them): each fold run validates on both; cv.csv has the rows of each
+    source, whose images are that source's fold k, and oof.npz tells the sources apart."""
+    a = prepared_tiny(tiny_kaggle_dir, n_train=30, n_test=0, seed=4)
+    b = prepared_tiny(tiny_kaggle_dir, n_train=36, n_test=0, seed=5)
+    runs = tmp_path / "runs"
+    lines: list[str] = []
+    result = run_cv([a.root, b.root], runs, load_config(None, FAST), [0, 1], show_progress=False, log=lines.append)
+    table = pd.read_csv(runs / "cv.csv")
+    assert list(table.columns[:2]) == ["source", "fold"]
+    assert list(zip(table["source"], table["fold"].astype(str), strict=True)) == [
+        (a.root.name, "0"), (a.root.name, "1"), (a.root.name, "oof"),
+        (b.root.name, "0"), (b.root.name, "1"), (b.root.name, "oof")]
+    oof = np.load(runs / "oof.npz")
+    for data in (a, b):
+        _, cache_ids = load_cache(default_cache_dir(data.root, PrepareOptions(32, True)), "train")
+        folds = read_folds(data.root / "folds.csv", cache_ids)
+        rows = table[table["source"] == data.root.name]
+        assert rows["images"].tolist()[:2] == [int((folds == k).sum()) for k in (0, 1)]
+        mine = oof["source"] == data.root.name
+        expected = [cache_ids[r] for k in (0, 1) for r in np.flatnonzero(folds == k)]
+        assert oof["image_ids"][mine].tolist() == expected
+        assert result["sources"][data.root.name]["oof_score"] == pytest.approx(float(rows["score"].iloc[-1]))
+    assert result["oof_score"] == result["sources"][a.root.name]["oof_score"]   # the first source's
+    assert lines[-1].startswith(f"cv: OOF score {result['oof_score']:.4f} on {a.root.name} ")

@@ -241,7 +241,7 @@ def test_two_nodes_write_one_run_and_resume_exactly(data, tmp_path):
     from okkhor.data.dataset import GraphemeDataset
     from okkhor.data.sets import load_run_data
     from okkhor.models.model import load_for_inference
-    from okkhor.training.step import Precision, create_evaluator, evaluate
+    from okkhor.training.step import Precision, create_evaluator, run_evaluator
 
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     output = _two_nodes(data, straight)
@@ -258,7 +258,7 @@ def test_two_nodes_write_one_run_and_resume_exactly(data, tmp_path):
     run_data = load_run_data(data.root, cfg, targets, show_progress=False)
     loader = torch.utils.data.DataLoader(GraphemeDataset(run_data.images, run_data.labels, run_data.valid_idx),
                                          batch_size=64)
-    alone = evaluate(create_evaluator(model, targets, cfg.train.loss_weights, Precision("cpu")), model, loader)
+    alone = run_evaluator(create_evaluator(model, targets, cfg.train.loss_weights, Precision("cpu")), model, loader)
     assert len(run_data.valid_idx) == 24
     valid = metrics[metrics.split == "valid"].iloc[-1]
     assert alone["score"] == pytest.approx(valid["score"], abs=1e-9)

@@ -74,14 +74,14 @@ def test_table_output(fake_server):
 @pytest.mark.parametrize("text, expected", [
     ("6GB", 6 * 10 ** 9), ("6GiB", 6 << 30), ("6G", 6 << 30), ("512MB", 512 * 10 ** 6), ("512mib", 512 << 20),
     ("1.5g", int(1.5 * (1 << 30))), ("100", 100), (" 2 TB ", 2 * 10 ** 12), (4096, 4096)])
-def test_parse_size(text, expected):
-    assert memory.parse_size(text) == expected
+def test_parse_bytes(text, expected):
+    assert memory.parse_bytes(text) == expected
 
 
 @pytest.mark.parametrize("text", ["6XB", "GB", "-1GB", "0MB", "1e9", ""])
-def test_parse_size_rejects(text):
+def test_parse_bytes_rejects(text):
     with pytest.raises(OkkhorError):
-        memory.parse_size(text)
+        memory.parse_bytes(text)
 
 
 def test_bad_budget_is_one_line_error():

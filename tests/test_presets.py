@@ -11,7 +11,7 @@ from okkhor.config import load_config
 from okkhor.errors import OkkhorError
 from okkhor.presets import find_config, presets
 
-NAMES = {"demo-cpu", "effnet-b0-128", "seresnext50-mish-mixup-128"}
+NAMES = {"demo-cpu", "effnet-b0-128", "seresnext50-mish-mixup-128", "finetune-real"}
 
 
 def cli(*args: str):
@@ -127,3 +127,28 @@ def test_generalize_preset_names_a_synth_line_that_runs(tmp_path):
     assert (tmp_path / "d" / "train.csv").is_file()
     cfg = load_config(path)
     assert cfg.model.grapheme_head and cfg.aug.preset != "none"
+
+
+def test_finetune_real_header_is_a_recipe_whose_steps_fit_together():
+    """finetune-real's `# pretrain:` and `# finetune:` lines are okkhor train commands that load; the second starts
+    from the first's best.pt (--init), so their models and preprocessing agree; a fixed epoch size."""
+    import shlex
+
+    path = find_config("finetune-real")
+    header = {line.split(":", 1)[0][2:]: shlex.split(line.split(":", 1)[1])
+              for line in path.read_text(encoding="utf-8").splitlines()
+              if line.startswith(("# pretrain:", "# finetune:"))}
+    assert set(header) == {"pretrain", "finetune"}
+    cfgs = {}
+    for step, args in header.items():
+        assert args[:2] == ["okkhor", "train"]
+        code, out = cli(*args[1:], "--print-config")
+        assert code == 0, out
+        cfgs[step] = yaml.safe_load(out)
+    pre, fine = header["pretrain"], header["finetune"]
+    assert fine[fine.index("--init") + 1] == f"{pre[pre.index('--out') + 1]}/checkpoints/best.pt"
+    assert cfgs["pretrain"]["model"]["name"] == cfgs["finetune"]["model"]["name"]
+    for key in ("image_size", "crop", "folds"):
+        assert cfgs["pretrain"]["data"][key] == cfgs["finetune"]["data"][key], key
+    assert cfgs["finetune"]["train"]["lr"] < cfgs["pretrain"]["train"]["lr"]
+    assert cfgs["finetune"]["data"]["epoch_size"] > 0

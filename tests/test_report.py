@@ -104,3 +104,25 @@ def test_report_on_labels_with_groups_has_the_cells_table(tiny_kaggle_dir, tmp_p
     assert "By group" in page
     for cell, value in metrics["by_cell"].items():
         assert f"<td>{cell}</td><td>{value['images']}</td><td>{value['score']:.4f}</td>" in page
+
+
+def test_curves_and_best_rows_per_source_of_a_run_of_several():
+    """metrics.csv of a run of two sources: a valid curve and best/last rows for each source."""
+    from okkhor.reporting.report import _best_rows, curve_groups
+
+    rows = []
+    for epoch in (1, 2, 3):
+        rows.append({"epoch": epoch, "split": "train", "source": None, "loss": 1.0, "score": None, "seconds": 5.0})
+        for source, scores in (("real", (0.5, 0.7, 0.6)), ("synth", (0.8, 0.6, 0.9))):
+            rows.append({"epoch": epoch, "split": "valid", "source": source, "loss": 1.0,
+                         "score": scores[epoch - 1], "seconds": 6.0 + 2 * (source == "synth")})
+    metrics = pd.DataFrame(rows)
+    groups = {label: group for _, label, group in curve_groups(metrics)}
+    assert set(groups) == {"train", "valid real", "valid synth"}
+    assert groups["valid synth"]["score"].tolist() == [0.8, 0.6, 0.9]
+    table = _best_rows(metrics)
+    best = re.findall(r"<th>best valid (\w+)</th><td>(\d)</td>", table)
+    assert best == [("real", "2"), ("synth", "3")]
+    assert "time recorded: 0.4 min" in table   # 8 s an epoch: each epoch's last row, not the sum of all rows
+    one = metrics[metrics["source"] != "synth"]
+    assert [label for _, label, _ in curve_groups(one)] == ["train", "valid"]   # one source: the plain labels

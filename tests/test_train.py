@@ -187,14 +187,16 @@ def test_epoch_batches_are_seeded_by_epoch_and_shard_without_overlap():
 
 # ------------------------------------------------------------------------------------------- the run directory
 
-def test_run_dir_contract(two_epoch_run):
+def test_run_dir_contract(data, two_epoch_run):
     out, result = two_epoch_run
     metrics = pd.read_csv(out / "metrics.csv")
     targets = Targets.make(("grapheme_root", "vowel_diacritic", "consonant_diacritic"), (4, 3, 2))
     assert list(metrics.columns) == metrics_columns(targets)
-    assert list(metrics.columns) == ["epoch", "split", *VALUE_COLUMNS, "lr", "seconds"]
+    assert list(metrics.columns) == ["epoch", "split", "source", *VALUE_COLUMNS, "lr", "seconds"]
     rows = list(zip(metrics["epoch"], metrics["split"], strict=True))
     assert rows == [(1, "train"), (1, "train_clean"), (1, "valid"), (2, "train"), (2, "train_clean"), (2, "valid")]
+    # the one source's name on its valid rows (its directory's name), none on the others
+    assert metrics["source"].fillna("").tolist() == ["", "", data.root.name] * 2
     evaluated = metrics[metrics.split != "train"]
     assert evaluated[VALUE_COLUMNS].notna().all().all()
     train_rows = metrics[metrics.split == "train"]  # the mean training loss of each epoch, no score
@@ -257,6 +259,29 @@ def test_resume_continues_exactly_and_workers_do_not_matter(data, two_epoch_run,
     result = train(data.root, out, cfg, resume=True, show_progress=False, log=lambda m: None)
     assert result["epoch"] == 2
     pd.testing.assert_frame_equal(values(out), values(reference), check_exact=True)
+
+
+def test_a_run_made_before_sources_existed_resumes_exactly(data, two_epoch_run, tmp_path):
+    """A run of one epoch as okkhor wrote it before several sources: metrics.csv without `source`, a checkpoint
+    whose config lacks data.sources, data.epoch_size and train.select_on. Resumed, it goes on to the values of the
+    uninterrupted run, and its valid rows get the source's name."""
+    reference, _ = two_epoch_run
+    out = tmp_path / "old"
+    cfg = load_config(None, FAST)
+    testing.train(data.root, out, cfg, show_progress=False, log=lambda m: None, stop_after=1)
+    metrics = pd.read_csv(out / "metrics.csv")
+    metrics.drop(columns="source").to_csv(out / "metrics.csv", index=False)
+    last = out / "checkpoints" / "last.pt"
+    ckpt = checkpoint.load(last)
+    for section, key in (("data", "sources"), ("data", "epoch_size"), ("train", "select_on")):
+        del ckpt["config"][section][key]
+    assert "sources" not in ckpt["data"]
+    checkpoint.save(last, ckpt)
+    result = train(data.root, out, cfg, resume=True, show_progress=False, log=lambda m: None)
+    assert result["epoch"] == 2
+    pd.testing.assert_frame_equal(values(out), values(reference), check_exact=True)
+    resumed = pd.read_csv(out / "metrics.csv")
+    assert resumed.loc[resumed["split"] == "valid", "source"].tolist() == [data.root.name] * 2
 
 
 def test_persistent_workers_give_the_same_run_as_no_workers(data, two_epoch_run, tmp_path):

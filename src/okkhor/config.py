@@ -21,6 +21,15 @@ class ImageSize:
 
 
 @dataclass
+class SourceConfig:
+    """One data source of a run (an entry of data.sources)."""
+
+    dir: str = ""                  # the data dir
+    name: str = ""                 # its name in metrics.csv and the logs ("": the dir's name, made unique)
+    share: float = 0.0             # its share of every epoch's samples (0: the rest, split by training-set size)
+
+
+@dataclass
 class DataConfig:
     image_size: ImageSize = 128    # side of the square training image, or [H, W] (prepare cache size)
     crop: bool = True              # crop to the ink's bounding box before resizing
@@ -32,6 +41,10 @@ class DataConfig:
     prefetch_factor: int = 2       # batches each worker loads ahead (with workers > 0)
     class_map: str = ""            # path to class_map.csv ("": DATA_DIR/class_map.csv, else the built-in map)
     targets: list[str] = field(default_factory=list)  # target columns to train ([]: all in the class map)
+    # several data sources in one run (okkhor.data.sets.resolve_sources): `--data A --data B`, or here as a list of
+    # {dir, name, share} (a plain string is a dir); --data wins, taking the name and share of an entry of its dir
+    sources: list[SourceConfig] = field(default_factory=list)
+    epoch_size: int = 0            # samples drawn per epoch over all sources (0: the sum of their training folds)
 
 
 @dataclass
@@ -71,6 +84,7 @@ class TrainConfig:
     ohem: float = 1.0              # keep the hardest fraction of samples per batch (1.0: all)
     grapheme_loss_weight: float = 0.5  # model.grapheme_head: weight of its cross-entropy beside the targets'
     patience: int = 0              # early stopping on the valid score, in epochs (0: off)
+    select_on: str = ""            # several sources: the one whose valid score picks best.pt ("": the first)
     keep_top: int = 1              # also keep the N best checkpoints by valid score (checkpoints/top-*.pt; 1: off)
     swa_epochs: int = 0            # average the weights of the last K epochs (SWA) into checkpoints/swa.pt (0: off)
     checkpoint_every: int = 0      # also save last.pt every this many iterations mid-epoch (0: at epoch ends only)
@@ -140,6 +154,9 @@ def valid_keys(cls: type = Config, prefix: str = "") -> list[str]:
 def _describe(tp: Any) -> str:
     if tp is ImageSize:
         return "a side or [H, W] (128, 128x224, [128, 224])"
+    if dataclasses.is_dataclass(tp):
+        names = [f.name for f in dataclasses.fields(tp)]
+        return f"a mapping of {', '.join(names)} (or a {names[0]} alone)"
     origin = typing.get_origin(tp)
     if origin is Literal:
         return "one of " + "|".join(str(a) for a in typing.get_args(tp))
@@ -154,6 +171,8 @@ def _coerce(value: Any, tp: Any) -> Any:
     """Convert `value` to type `tp` or raise ValueError. Strict: no truthy strings, no silent float->int."""
     if tp is ImageSize:
         return yaml_value(value)
+    if dataclasses.is_dataclass(tp):
+        return _coerce_record(value, tp)
     origin = typing.get_origin(tp)
     if origin is Literal:
         if isinstance(value, bool):  # YAML reads off/on/no/yes as booleans: map them back to the choice
@@ -211,6 +230,20 @@ def _coerce(value: Any, tp: Any) -> Any:
             return str(value)
         raise ValueError
     raise ValueError
+
+
+def _coerce_record(value: Any, tp: type) -> Any:
+    """A list entry that is a small dataclass (data.sources): a mapping of its fields, or a plain value for its
+    first field; unknown keys and bad values raise ValueError."""
+    fields = dataclasses.fields(tp)
+    if isinstance(value, tp):
+        return value
+    if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        value = {fields[0].name: value}
+    if not isinstance(value, dict) or set(value) - {f.name for f in fields}:
+        raise ValueError
+    hints = typing.get_type_hints(tp)
+    return tp(**{str(k): _coerce(v, hints[str(k)]) for k, v in value.items()})
 
 
 def _set(cfg: Any, key: str, value: Any, source: str) -> None:
@@ -314,6 +347,10 @@ def validate(cfg: Config) -> None:
     need(cfg.data.limit >= 0, "data.limit", "must be >= 0")
     need(cfg.data.workers >= 0, "data.workers", "must be >= 0")
     need(cfg.data.prefetch_factor >= 1, "data.prefetch_factor", "must be >= 1")
+    need(cfg.data.epoch_size >= 0, "data.epoch_size", "must be >= 0 (0: the sum of the training folds)")
+    for k, source in enumerate(cfg.data.sources):
+        need(bool(str(source.dir).strip()), f"data.sources[{k}].dir", "must name a data dir")
+        need(0.0 <= source.share <= 1.0, f"data.sources[{k}].share", "must be in [0, 1] (0: by size)")
     need(0.0 <= cfg.model.dropout < 1.0, "model.dropout", "must be in [0, 1)")
     need(cfg.train.epochs >= 1, "train.epochs", "must be >= 1")
     need(cfg.train.batch_size == "auto" or cfg.train.batch_size >= 1, "train.batch_size", "must be >= 1 or auto")

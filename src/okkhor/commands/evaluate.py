@@ -9,8 +9,11 @@ import typer
 
 def command(
     checkpoint: Path = typer.Argument(..., help="Checkpoint to evaluate."),
-    data: Path = typer.Option(..., "--data", help="Data folder (train.csv, folds.csv and the train images; or "
-                                                  "the test images with --labels)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Data folder (train.csv, folds.csv and the train images; "
+                                                            "or the test images with --labels). Default: the data "
+                                                            "the checkpoint's run read."),
+    source: Optional[str] = typer.Option(None, "--source", help="A checkpoint of several sources: evaluate this "
+                                                                "source's fold (default: each source's)."),
     fold: Optional[int] = typer.Option(None, "--fold", help="Validation fold (default: the checkpoint's "
                                                             "data.fold)."),
     labels: Optional[Path] = typer.Option(None, "--labels", help="CSV with image_id and one column per target; "
@@ -33,17 +36,31 @@ def command(
     Images of the validation fold come from the prepare cache at the checkpoint's preprocessing (built when
     missing).
 
+    A checkpoint trained on several sources is evaluated on each one's validation fold (OUT/<source>/), or on the
+    one --source names.
+
     Examples:
       okkhor evaluate runs/r1/checkpoints/best.pt --data data/
+      okkhor evaluate runs/both/checkpoints/best.pt --source real
       okkhor evaluate best.pt --data data/ --fold 2 --out eval-fold2/
       okkhor evaluate best.pt --data data/ --labels data/test_labels.csv
     """
-    from okkhor.inference.evaluate import default_out_dir, evaluate
-    from okkhor.inference.scoring import format_summary
+    from okkhor.inference.evaluate import checkpoint_sources, default_out_dir, evaluate
 
     out = out or default_out_dir(checkpoint)
-    ev = evaluate(checkpoint, data, fold=fold, labels=labels, out=out, tta=tta, batch_size=batch_size,
-                  prior_correction=prior_correction, device=device, route=route, route_threshold=route_threshold)
+    each = [r["name"] for r in checkpoint_sources(checkpoint)] if data is None and source is None and labels is None \
+        else []
+    for name in each if len(each) > 1 else [source]:
+        where = out / name if len(each) > 1 else out
+        ev = evaluate(checkpoint, data, fold=fold, labels=labels, out=where, tta=tta, batch_size=batch_size,
+                      prior_correction=prior_correction, device=device, route=route, route_threshold=route_threshold,
+                      source=name)
+        _print(ev, where)
+
+
+def _print(ev, out: Path) -> None:
+    from okkhor.inference.scoring import format_summary
+
     m = ev.metrics
     lines = format_summary(m)
     typer.echo(f"{lines[0]} ({ev.source})")

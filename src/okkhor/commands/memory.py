@@ -36,7 +36,7 @@ def command(
       okkhor memory --model seresnext50_32x4d --image-size 128 --budget 6GiB --batches 8,16,32 --json
     """
     from okkhor.errors import OkkhorError
-    from okkhor.training.memory import HEADROOM, default_budget, format_bytes, parse_size, plan_batch, probe
+    from okkhor.training.memory import HEADROOM, default_budget, format_bytes, parse_bytes, plan_batch, probe
     from okkhor.utils.sizes import size_text
 
     try:
@@ -45,7 +45,7 @@ def command(
         raise OkkhorError(f"--batches {batches!r}: expected comma-separated integers, e.g. 2,4,8,16") from None
     if effective_batch < 0:
         raise OkkhorError(f"--effective-batch {effective_batch}: must be >= 0")
-    limit = parse_size(budget) if budget is not None else None
+    limit = parse_bytes(budget) if budget is not None else None
 
     def show(batch: int, peak: Optional[int]) -> None:
         if not as_json:

@@ -10,9 +10,10 @@ from okkhor.commands.flags import option, resolve_config
 
 
 def command(
-    data: Optional[Path] = typer.Option(None, "--data", help="Data dir: train.csv, train_image_data_*.parquet (or a "
-                                                            "prepared cache), class_map.csv; folds.csv is made when "
-                                                            "missing."),
+    data: Optional[List[Path]] = typer.Option(None, "--data", help="Data dir: train.csv, train_image_data_*.parquet "
+                                                                  "(or a prepared cache), class_map.csv; folds.csv is "
+                                                                  "made when missing. Repeat it to train on several "
+                                                                  "sources (data.sources gives them shares)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Run dir: config.yaml, metrics.csv, checkpoints/, tb/."),
     config: Optional[str] = typer.Option(None, "--config", help="A preset's name (okkhor configs lists them) or a "
                                                                 "YAML file; with --resume the default is "
@@ -39,8 +40,13 @@ def command(
     A missing prepare cache (data.image_size, data.crop) or folds.csv (data.folds) is made first.
     Several processes: torchrun --nproc_per_node=2 -m okkhor train ... (gloo on CPU, nccl on GPUs).
 
+    Several sources (--data A --data B, or data.sources): each keeps its own cache and folds; every epoch draws
+    each one's share (default: by size) and validates on each one's fold (a valid row per source in metrics.csv);
+    best.pt follows train.select_on's (default: the first's).
+
     Examples:
       okkhor train --data demo/data --out runs/demo --config demo-cpu
+      okkhor train --data real --data synth --out runs/both --config generalize-cpu
       okkhor train --data data --out runs/b0 --config effnet-b0-128 --fold 1
       okkhor train --data data --out runs/b0 --resume
       okkhor train --data data --out runs/b0-160 --init runs/b0/checkpoints/best.pt --image-size 160 --lr 3e-4
@@ -55,9 +61,10 @@ def command(
     if print_config:
         typer.echo(cfg.to_yaml(), nl=False)
         return
-    for name, value in (("--data", data), ("--out", out)):
+    for name, value in (("--data", data or cfg.data.sources or None), ("--out", out)):
         if value is None:
-            raise typer.BadParameter("required (only --print-config runs without it)", param_hint=f"'{name}'")
+            raise typer.BadParameter("required (only --print-config runs without it; data.sources stands for --data)",
+                                     param_hint=f"'{name}'")
     from okkhor.training.train import train
 
-    train(data, out, cfg, resume=resume, show_progress=progress, log=typer.echo, init=init)
+    train(data or None, out, cfg, resume=resume, show_progress=progress, log=typer.echo, init=init)

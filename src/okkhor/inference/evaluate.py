@@ -25,6 +25,7 @@ from okkhor.inference.predict import (
     stream_test_probs,
 )
 from okkhor.inference.scoring import group_columns
+from okkhor.io import checkpoint
 from okkhor.io.kaggle import image_parquet_files, load_targets, read_train_labels, write_submission
 from okkhor.metrics import by_groups, per_class_recall, summary
 from okkhor.models.graphemes import ABSENT, GRAPHEME, grapheme_index, seen_auroc, seen_score
@@ -92,9 +93,10 @@ def summarize(y_true: np.ndarray, y_pred: np.ndarray, targets: Targets, top_pair
     return out
 
 
-def _fold_set(member: Member, data_dir: Path, fold: int, show_progress: bool):
+def _fold_set(member: Member, data_dir: Path, fold: int, show_progress: bool, records: list[dict]):
     """(image ids, labels, cache images, rows, group columns) of the validation fold, from the prepare cache (built
-    when missing and the train parquet files are there)."""
+    when missing and the train parquet files are there). `records`: the data records the folds must match (one, or
+    with several sources whose dirs did not match, any one of them)."""
     targets = member.targets
     df, labels_all = read_train_labels(data_dir / "train.csv", targets)
     folds_csv = data_dir / "folds.csv"
@@ -107,7 +109,12 @@ def _fold_set(member: Member, data_dir: Path, fold: int, show_progress: bool):
         prepare_split(data_dir, "train", opts, cache_dir, show_progress=show_progress)
     images, cache_ids = load_cache(cache_dir, "train")
     folds = read_folds(folds_csv, cache_ids)
-    check_same_data(member.meta.get("data"), {"folds": folds_fingerprint(cache_ids, folds)}, member.path, folds_csv,
+    current = {"folds": folds_fingerprint(cache_ids, folds)}
+    if len(records) > 1 and not any(r.get("folds") == current["folds"] for r in records):
+        names = ", ".join(str(r.get("name")) for r in records)
+        raise OkkhorError(f"{data_dir}: is none of the sources {member.path} was trained on ({names}); evaluate a "
+                          "source's fold with --source NAME, or a labelled set with --labels")
+    check_same_data(records[0] if len(records) == 1 else current, current, member.path, folds_csv,
                     use="evaluate with the folds.csv of training, or on a labelled set with --labels")
     rows = np.flatnonzero(folds == fold)
     if len(rows) == 0:
@@ -123,10 +130,43 @@ def _fold_set(member: Member, data_dir: Path, fold: int, show_progress: bool):
     return ids, labels_all[take], images, rows, group_columns(df.iloc[take], data_dir / "train.csv")
 
 
-def evaluate(ckpt: str | Path, data_dir: str | Path, fold: int | None = None, labels: str | Path | None = None,
-             out: str | Path | None = None, tta: int = 1, batch_size: int = 128, prior_correction: bool = False,
-             device: str = "auto", top_pairs: int = TOP_PAIRS, show_progress: bool = True, route: bool = False,
-             route_threshold: float = 0.5) -> EvaluationResult:
+def checkpoint_sources(ckpt: str | Path) -> list[dict]:
+    """The data sources a checkpoint's run read (okkhor.io.checkpoint.source_records)."""
+    return checkpoint.source_records(checkpoint.load(ckpt))
+
+
+def _source_data(member: Member, data_dir: str | Path | None, source: str | None,
+                 labels: str | Path | None) -> tuple[Path, list[dict], str]:
+    """(data dir, the data records its folds must match, the source's name or "") of an evaluation: --source names
+    a source of the checkpoint (its recorded dir unless --data is given); no --data: the checkpoint's one data dir."""
+    recorded = checkpoint.source_records(member.meta)
+    names = ", ".join(r["name"] for r in recorded)
+    if source is not None:
+        if labels is not None:
+            raise OkkhorError("--source and --labels exclude each other (a source is evaluated on its valid fold)")
+        match = [r for r in recorded if r["name"] == source]
+        if not match:
+            raise OkkhorError(f"--source {source}: not a source of {member.path} ({names or 'it records none'})")
+        return Path(data_dir or match[0]["dir"]), match, source
+    if data_dir is None:
+        if labels is not None or not recorded:
+            raise OkkhorError(f"{member.path}: pass --data DATA_DIR (" + ("the test images of --labels)" if labels
+                              else "the checkpoint does not record the data it read)"))
+        if len(recorded) > 1:
+            raise OkkhorError(f"{member.path}: trained on several sources ({names}); pass --source NAME or --data")
+        return Path(recorded[0]["dir"]), [member.meta.get(checkpoint.DATA) or {}], ""
+    if len(recorded) < 2:
+        return Path(data_dir), [member.meta.get(checkpoint.DATA) or {}], ""
+    here = Path(data_dir).resolve()
+    match = [r for r in recorded if Path(r["dir"]).resolve() == here]
+    return Path(data_dir), match or recorded, match[0]["name"] if match else ""
+
+
+def evaluate(ckpt: str | Path, data_dir: str | Path | None = None, fold: int | None = None,
+             labels: str | Path | None = None, out: str | Path | None = None, tta: int = 1, batch_size: int = 128,
+             prior_correction: bool = False, device: str = "auto", top_pairs: int = TOP_PAIRS,
+             show_progress: bool = True, route: bool = False, route_threshold: float = 0.5,
+             source: str | None = None) -> EvaluationResult:
     """Predict a labelled set with one checkpoint and score it.
 
     Without `labels`: the validation fold `fold` (default: the checkpoint's data.fold) of DATA_DIR/train.csv, images
@@ -134,15 +174,19 @@ def evaluate(ckpt: str | Path, data_dir: str | Path, fold: int | None = None, la
     listed images, read from DATA_DIR's test parquet files. When `out` is given, writes the files of
     `write_evaluation` there. `route` decides as `okkhor predict --route` does. A checkpoint with a grapheme head
     adds grapheme_head_metrics() to the metrics.
+    DATA_DIR None: the data dir the checkpoint's run read. A checkpoint of several sources: `source` names the one
+    whose fold is evaluated (its recorded dir unless DATA_DIR is given), or DATA_DIR must be one of them.
     """
-    data_dir = Path(data_dir)
-    if not data_dir.is_dir():
-        raise OkkhorError(f"{data_dir}: data directory not found")
     if labels is not None and fold is not None:
         raise OkkhorError("--fold and --labels exclude each other")
+    if data_dir is not None and not Path(data_dir).is_dir():
+        raise OkkhorError(f"{data_dir}: data directory not found")
     if out is not None:
         check_writable(out, "output folder", folder=True)
     (member,) = load_members([ckpt], device)
+    data_dir, records, name = _source_data(member, data_dir, source, labels)
+    if not data_dir.is_dir():
+        raise OkkhorError(f"{data_dir}: data directory not found")
     check_data_targets([member], data_dir)
     if route:
         check_route([member], route_threshold)
@@ -150,8 +194,8 @@ def evaluate(ckpt: str | Path, data_dir: str | Path, fold: int | None = None, la
     images = rows = None
     if labels is None:
         fold = member.cfg.data.fold if fold is None else fold
-        source = f"fold {fold}"
-        ids, y_true, images, rows, groups = _fold_set(member, data_dir, fold, show_progress)
+        source = f"fold {fold}" + (f" of {name}" if name else "")
+        ids, y_true, images, rows, groups = _fold_set(member, data_dir, fold, show_progress, records)
         probs = ensemble_probs([member], {member.preprocessing: images}, tta=tta, batch_size=batch_size, rows=rows)
     else:
         source = str(labels)

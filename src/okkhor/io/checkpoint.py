@@ -155,16 +155,38 @@ def averaged(meta_values: Mapping[str, Any], weights: Mapping[str, torch.Tensor]
     return ckpt
 
 
-def data_record(fingerprint: Mapping[str, str], data_dir: str | os.PathLike) -> dict[str, str]:
+def data_record(fingerprint: Mapping[str, str], data_dir: str | os.PathLike,
+                sources: Iterable[Mapping[str, Any]] = ()) -> dict[str, Any]:
     """The data record a run writes: its folds and cache fingerprints ({"folds", "cache"}: resume and evaluate
-    refuse other ones) and `dir`, the data directory it read (where the report finds its images)."""
-    return {**fingerprint, "dir": str(Path(data_dir).resolve())}
+    refuse other ones) and `dir`, the data directory it read (where the report finds its images).
+
+    A run of several sources gives `sources`, one {name, dir, share, folds, cache} each, in order, recorded under
+    "sources"; the top-level fields are then the first source's (what readers of one data dir find).
+    """
+    record: dict[str, Any] = {**fingerprint, "dir": str(Path(data_dir).resolve())}
+    listed = [{**s, "dir": str(Path(s["dir"]).resolve())} for s in sources]
+    if listed:
+        record["sources"] = listed
+    return record
 
 
 def data_dir(ckpt: Mapping[str, Any] | None) -> Path | None:
-    """The data directory the checkpoint's run read (None when it does not say: an older or averaged one)."""
+    """The data directory the checkpoint's run read, its first with several sources (None when it does not say:
+    an older or averaged one)."""
     record = (ckpt or {}).get(DATA) or {}
     return Path(record["dir"]) if isinstance(record, dict) and record.get("dir") else None
+
+
+def source_records(ckpt: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """The data sources the checkpoint's run read, in order: {name, dir, share, folds, cache} each (a run of one
+    data dir: that dir, named by its folder); [] when the checkpoint does not say."""
+    record = (ckpt or {}).get(DATA) or {}
+    if not isinstance(record, dict) or not (record.get("sources") or record.get("dir")):
+        return []
+    if record.get("sources"):
+        return [dict(s) for s in record["sources"]]
+    return [{"name": Path(record["dir"]).name, "dir": record["dir"], "share": 0.0,
+             **{k: record[k] for k in ("folds", "cache") if k in record}}]
 
 
 def finished_epochs(ckpt: Mapping[str, Any]) -> int:

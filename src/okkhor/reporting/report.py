@@ -70,10 +70,24 @@ def _checkpoint(run_dir: Path) -> Path | None:
 # ----------------------------------------------------------------------------------------------- curves
 
 def read_metrics(path: Path) -> pd.DataFrame:
-    """metrics.csv of a run (epoch, split, loss, score, recall_<target>..., lr, seconds)."""
+    """metrics.csv of a run (epoch, split, source, loss, score, recall_<target>..., lr, seconds; `source` may be
+    missing in a run written before it existed)."""
     from okkhor.io.kaggle import read_csv_checked
 
     return read_csv_checked(path, ["epoch", "split", "loss", "score"], "metrics CSV")
+
+
+def curve_groups(metrics: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame]]:
+    """(split, label, rows by epoch) of each curve: one per split, and one valid curve per source when the run read
+    several (labelled `valid <source>`)."""
+    sources = metrics["source"] if "source" in metrics.columns else pd.Series("", index=metrics.index)
+    sources = sources.fillna("").astype(str)
+    several = sources[metrics["split"] == "valid"].nunique() > 1
+    groups = []
+    for (split, source), group in metrics.groupby([metrics["split"].astype(str), sources], sort=False):
+        label = f"{split} {source}" if several and split == "valid" else split
+        groups.append((split, label, group.sort_values("epoch")))
+    return groups
 
 
 def plot_curves(metrics: pd.DataFrame, path: Path) -> Path:
@@ -87,21 +101,24 @@ def plot_curves(metrics: pd.DataFrame, path: Path) -> Path:
     for ax in axes.flat:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     styles = {"train_clean": dict(color="#2e86c1", marker="o"), "valid": dict(color="#c0392b", marker="s")}
+    groups = curve_groups(metrics)
+    valids = [(label, group) for split, label, group in groups if split == "valid"]
     for ax, column in ((axes[0, 0], "loss"), (axes[0, 1], "score")):
-        for split, group in metrics.groupby("split", sort=False):
-            group = group.sort_values("epoch")
-            ax.plot(group["epoch"], pd.to_numeric(group[column], errors="coerce"), label=str(split),
-                    markersize=3, **styles.get(str(split), {}))
+        for split, label, group in groups:
+            style = styles.get(split, {}) if label == split else dict(marker="s")   # several valid: a colour each
+            ax.plot(group["epoch"], pd.to_numeric(group[column], errors="coerce"), label=label, markersize=3,
+                    **style)
         ax.set_title(column)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    valid = metrics[metrics["split"] == "valid"].sort_values("epoch")
     recall_cols = [c for c in metrics.columns if c.startswith("recall_")]
-    for column in recall_cols:
-        axes[1, 0].plot(valid["epoch"], pd.to_numeric(valid[column], errors="coerce"), marker=".",
-                        label=column[len("recall_"):])
-    axes[1, 0].set_title("valid recall per target")
+    for k, (label, valid) in enumerate(valids):
+        for column in recall_cols:
+            name = column[len("recall_"):] + (f" ({label[len('valid '):]})" if len(valids) > 1 else "")
+            axes[1, 0].plot(valid["epoch"], pd.to_numeric(valid[column], errors="coerce"), marker=".",
+                            linestyle=("-", "--", ":", "-.")[k % 4], label=name)
+    axes[1, 0].set_title("valid recall per target" + (" and source" if len(valids) > 1 else ""))
     axes[1, 0].set_xlabel("epoch")
     axes[1, 0].grid(alpha=0.3)
     if recall_cols:
@@ -116,20 +133,24 @@ def plot_curves(metrics: pd.DataFrame, path: Path) -> Path:
 
 
 def _best_rows(metrics: pd.DataFrame) -> str:
-    valid = metrics[metrics["split"] == "valid"].copy()
-    valid["score"] = pd.to_numeric(valid["score"], errors="coerce")
-    if valid["score"].notna().sum() == 0:
-        return ""
-    best = valid.loc[valid["score"].idxmax()]
-    last = valid.sort_values("epoch").iloc[-1]
+    """The best and last valid rows (of each source, when the run read several)."""
     cols = [c for c in ("epoch", "loss", "score", *[c for c in metrics.columns if c.startswith("recall_")])
-            if c in valid.columns]
-    head = "".join(f"<th>{_esc(c)}</th>" for c in ["", *cols])
+            if c in metrics.columns]
     rows = ""
-    for label, row in (("best valid", best), ("last valid", last)):
-        cells = "".join(f"<td>{_fmt(row[c])}</td>" for c in cols)
-        rows += f"<tr><th>{label}</th>{cells}</tr>"
-    total = pd.to_numeric(metrics.get("seconds", pd.Series(dtype=float)), errors="coerce")
+    for split, label, valid in curve_groups(metrics):
+        scores = pd.to_numeric(valid["score"], errors="coerce")
+        if split != "valid" or scores.notna().sum() == 0:
+            continue
+        best, last = valid.loc[scores.idxmax()], valid.iloc[-1]
+        for which, row in ((f"best {label}", best), (f"last {label}", last)):
+            cells = "".join(f"<td>{_fmt(row[c])}</td>" for c in cols)
+            rows += f"<tr><th>{_esc(which)}</th>{cells}</tr>"
+    if not rows:
+        return ""
+    head = "".join(f"<th>{_esc(c)}</th>" for c in ["", *cols])
+    # a row's seconds count from its epoch's start: an epoch took its last row's
+    seconds = pd.to_numeric(metrics.get("seconds", pd.Series(np.nan, index=metrics.index)), errors="coerce")
+    total = seconds.groupby(metrics["epoch"]).max()
     took = f"<p class='note'>time recorded: {total.sum() / 60:.1f} min</p>" if total.notna().any() else ""
     return f"<table><tr>{head}</tr>{rows}</table>{took}"
 

@@ -7,22 +7,27 @@ RUNS/ holds:
                 softmax of that fold's best.pt on its validation images, in fold order
   cv.csv        fold,images,score,recall_<target>...,best_epoch: one row per fold (its best.pt on its validation
                 fold), then the row `oof`: the score of the OOF predictions over all of them
+
+With several data sources every fold run reads them all (fold k of each is held out) and is evaluated on each
+source's fold k: cv.csv begins with a `source` column and holds the rows above for each source in turn, and
+oof.npz adds `source` (each image's source name; image ids are unique within a source only).
 """
 from __future__ import annotations
 
 import copy
 import re
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 import pandas as pd
 
 from okkhor.config import Config
+from okkhor.data.sets import Source, resolve_sources
 from okkhor.errors import OkkhorError
 from okkhor.io import checkpoint
 from okkhor.targets import Targets
-from okkhor.utils.files import atomic_path
+from okkhor.utils.files import atomic_path, write_csv_atomic
 
 FOLD_DIR = "fold{}"
 OOF_FILE = "oof.npz"
@@ -84,19 +89,25 @@ def checkpoints_of(path: str | Path) -> list[Path]:
 
 
 
-def cv_columns(targets: Targets) -> list[str]:
-    return ["fold", "images", "score", *[f"recall_{n}" for n in targets.names], "best_epoch"]
+DataDirs = Union[str, Path, Sequence[Union[str, Path]], None]
 
 
-def run_cv(data_dir: str | Path, runs_dir: str | Path, cfg: Config, folds: Sequence[int] | None = None, *,
+def cv_columns(targets: Targets, several: bool = False) -> list[str]:
+    return [*(["source"] if several else []), "fold", "images", "score", *[f"recall_{n}" for n in targets.names],
+            "best_epoch"]
+
+
+def run_cv(data_dir: DataDirs, runs_dir: str | Path, cfg: Config, folds: Sequence[int] | None = None, *,
            show_progress: bool = True, log: Callable[[str], None] = print) -> dict:
     """Train every fold in `folds` (default all of data.folds) into RUNS/fold<k>/, then write oof.npz and cv.csv.
+    DATA_DIR may be several sources (None: data.sources).
 
-    Returns {"folds": {k: score}, "oof_score", "images", "oof", "csv"}.
+    Returns {"folds": {k: score}, "oof_score", "images", "oof", "csv"}; with several sources these are the first
+    source's (train.select_on's), and "sources" holds {name: {"folds", "oof_score", "images"}} for each.
     """
     from okkhor.training.train import train
 
-    data_dir, runs_dir = Path(data_dir), Path(runs_dir)
+    sources, runs_dir = resolve_sources(data_dir, cfg), Path(runs_dir)
     folds = list(range(cfg.data.folds)) if folds is None else list(folds)
     for k in folds:
         fold_cfg = copy.deepcopy(cfg)
@@ -108,20 +119,60 @@ def run_cv(data_dir: str | Path, runs_dir: str | Path, cfg: Config, folds: Seque
             continue
         resume = last.is_file()
         log(f"cv: fold {k}{' (resuming)' if resume else ''} -> {out}")
-        train(data_dir, out, fold_cfg, resume=resume, show_progress=show_progress, log=log)
-    return write_oof(runs_dir, data_dir, folds, show_progress=show_progress, log=log)
+        train([s.dir for s in sources], out, fold_cfg, resume=resume, show_progress=show_progress, log=log)
+    return write_oof(runs_dir, sources if len(sources) > 1 else sources[0].dir, folds, show_progress=show_progress,
+                     log=log, select_on=cfg.train.select_on)
 
 
-def write_oof(runs_dir: Path, data_dir: Path, folds: Sequence[int], *, show_progress: bool = False,
-              log: Callable[[str], None] = print) -> dict:
-    """Predict each fold's validation images with its best.pt; write oof.npz and cv.csv; log the OOF score."""
+def write_oof(runs_dir: Path, data_dir: Union[Path, Sequence[Source]], folds: Sequence[int], *,
+              show_progress: bool = False, log: Callable[[str], None] = print, select_on: str = "") -> dict:
+    """Predict each fold's validation images with its best.pt (each source's, given several); write oof.npz and
+    cv.csv; log the OOF score."""
+    if isinstance(data_dir, (str, Path)):
+        table, oof, total = _oof(runs_dir, Path(data_dir), folds, None, show_progress)
+        return _write(runs_dir, table, oof, total, log)
+    parts = {s.name: _oof(runs_dir, s.dir, folds, s.name, show_progress) for s in data_dir}
+    table = pd.concat([rows.assign(source=name)[["source", *rows.columns]] for name, (rows, _, _) in parts.items()],
+                      ignore_index=True)
+    arrays = [a for _, a, _ in parts.values()]
+    oof = {key: np.concatenate([a[key] for a in arrays]) for key in arrays[0]}
+    oof["source"] = np.concatenate([np.full(len(a["image_ids"]), name) for name, a in zip(parts, arrays, strict=True)])
+    select = select_on or next(iter(parts))
+    result = _write(runs_dir, table, oof, parts[select][2], log, select)
+    result["sources"] = {name: {"folds": _fold_scores(rows), "oof_score": total["score"], "images": total["images"]}
+                         for name, (rows, _, total) in parts.items()}
+    return result
+
+
+def _fold_scores(table: pd.DataFrame) -> dict:
+    return {int(r["fold"]): float(r["score"]) for _, r in table.iterrows() if str(r["fold"]) != OOF_ROW}
+
+
+def _write(runs_dir: Path, table: pd.DataFrame, oof: dict, total: dict, log: Callable[[str], None],
+           source: str = "") -> dict:
+    """Write oof.npz and cv.csv; log and return the OOF score (`source`'s, with several)."""
+    oof_path, csv_path = runs_dir / OOF_FILE, runs_dir / CV_FILE
+    with atomic_path(oof_path) as tmp:
+        np.savez_compressed(tmp, **oof)
+    write_csv_atomic(csv_path, table)
+    rows = table[table["source"] == source] if source else table
+    scores = _fold_scores(rows)
+    log(f"cv: OOF score {total['score']:.4f}{f' on {source}' if source else ''} over {total['images']} images "
+        f"(folds {', '.join(f'{k} {s:.4f}' for k, s in scores.items())}); wrote {oof_path} and {csv_path}")
+    return {"folds": scores, "oof_score": total["score"], "images": total["images"], "oof": oof_path,
+            "csv": csv_path}
+
+
+def _oof(runs_dir: Path, data_dir: Path, folds: Sequence[int], source: Optional[str],
+         show_progress: bool) -> tuple[pd.DataFrame, dict, dict]:
+    """(the cv.csv rows, the oof.npz arrays, the OOF summary) of one data dir: each fold's best.pt on its fold."""
     from okkhor.inference.evaluate import evaluate
     from okkhor.metrics import summary
 
     rows, ids, fold_of, y_true, probs, targets = [], [], [], [], {}, None
     for k in folds:
         best = runs_dir / FOLD_DIR.format(k) / "checkpoints" / "best.pt"
-        ev = evaluate(best, data_dir, fold=k, show_progress=show_progress)
+        ev = evaluate(best, data_dir, fold=k, show_progress=show_progress, source=source)
         if targets is not None and ev.targets.names != targets.names:
             raise OkkhorError(f"{best}: predicts {', '.join(ev.targets.names)}, other folds "
                               f"{', '.join(targets.names)}")
@@ -141,19 +192,10 @@ def write_oof(runs_dir: Path, data_dir: Path, folds: Sequence[int], *, show_prog
     total = summary(truth, pred, targets)
     rows.append({"fold": OOF_ROW, "images": total["images"], "score": total["score"],
                  **{f"recall_{n}": r for n, r in total["recall"].items()}, "best_epoch": None})
-    oof_path, csv_path = runs_dir / OOF_FILE, runs_dir / CV_FILE
-    with atomic_path(oof_path) as tmp:
-        np.savez_compressed(tmp, image_ids=np.asarray(ids, dtype=str), fold=np.asarray(fold_of, dtype=np.int64),
-                            **oof)
     table = pd.DataFrame(rows, columns=cv_columns(targets))
     table["best_epoch"] = table["best_epoch"].astype("Int64")   # empty in the oof row
-    with atomic_path(csv_path) as tmp:
-        table.to_csv(tmp, index=False)
-    scores = {r["fold"]: r["score"] for r in rows[:-1]}
-    log(f"cv: OOF score {total['score']:.4f} over {total['images']} images (folds "
-        f"{', '.join(f'{k} {s:.4f}' for k, s in scores.items())}); wrote {oof_path} and {csv_path}")
-    return {"folds": scores, "oof_score": total["score"], "images": total["images"], "oof": oof_path,
-            "csv": csv_path}
+    arrays = {"image_ids": np.asarray(ids, dtype=str), "fold": np.asarray(fold_of, dtype=np.int64), **oof}
+    return table, arrays, total
 
 
 def read_cv(runs_dir: str | Path) -> pd.DataFrame:
@@ -167,10 +209,12 @@ def cv_report_lines(runs_dir: str | Path) -> list[str]:
     """Text table of cv.csv: one line per fold and the OOF score."""
     df = read_cv(runs_dir)
     recalls = [c for c in df.columns if c.startswith("recall_")]
-    lines = [f"{'fold':>5} {'images':>7} {'score':>7} " + " ".join(f"{c[len('recall_'):]:>20}" for c in recalls)]
+    first = "source" in df.columns   # several sources: a source column first
+    lines = [f"{'source  ' if first else ''}{'fold':>5} {'images':>7} {'score':>7} "
+             + " ".join(f"{c[len('recall_'):]:>20}" for c in recalls)]
     for _, row in df.iterrows():
-        lines.append(f"{str(row['fold']):>5} {int(row['images']):>7} {float(row['score']):>7.4f} "
-                     + " ".join(f"{float(row[c]):>20.4f}" for c in recalls))
+        lines.append(f"{str(row['source']) + '  ' if first else ''}{str(row['fold']):>5} {int(row['images']):>7} "
+                     f"{float(row['score']):>7.4f} " + " ".join(f"{float(row[c]):>20.4f}" for c in recalls))
     return lines
 
 

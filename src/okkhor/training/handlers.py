@@ -16,15 +16,32 @@ from okkhor.errors import Interrupted, OkkhorError, WriteError
 from okkhor.io import checkpoint
 from okkhor.targets import Targets
 from okkhor.training.distributed import barrier
-from okkhor.training.step import NonFiniteLoss, evaluate
+from okkhor.training.step import NonFiniteLoss, run_evaluator
+
+VALID = "valid"
+
+
+def valid_key(source: str, several: bool) -> str:
+    """The results key of a source's validation: `valid` in a run of one source, `valid/<source>` with several."""
+    return f"{VALID}/{source}" if several else VALID
+
+
+def split_of(key: str) -> tuple[str, str]:
+    """(split, source) of a results key: ("valid", "real") of `valid/real`; the source is "" when the key has none."""
+    split, _, source = key.partition("/")
+    return split, source
 
 
 class RunState:
     """What a run has decided so far: the best valid score and its epoch, the last results, why it stopped, and
-    the batch plan (the live object the step, the sampler and OOM recovery share). A checkpointed object."""
+    the batch plan (the live object the step, the sampler and OOM recovery share). A checkpointed object.
 
-    def __init__(self, plan: Any, max_epochs: int, stop_after: int = 0):
-        self.plan, self.max_epochs, self.stop_after = plan, max_epochs, stop_after
+    `select` is the results key whose score is the valid score (best.pt, early stopping, a plateau schedule):
+    `valid`, or with several sources `valid/<train.select_on>`.
+    """
+
+    def __init__(self, plan: Any, max_epochs: int, stop_after: int = 0, select: str = VALID):
+        self.plan, self.max_epochs, self.stop_after, self.select = plan, max_epochs, stop_after, select
         self.best_score: Optional[float] = None
         self.best_epoch = 0
         self.improved = False
@@ -37,13 +54,13 @@ class RunState:
 
     def record(self, epoch: int, results: dict[str, dict]) -> None:
         self.results = results
-        score = results["valid"]["score"]
+        score = results[self.select]["score"]
         self.improved = self.best_score is None or score > self.best_score
         if self.improved:
             self.best_score, self.best_epoch = score, epoch
 
     def valid_score(self, engine: Any = None) -> float:
-        return self.results["valid"]["score"]
+        return self.results[self.select]["score"]
 
     def decide(self, trainer: Engine) -> None:
         """EPOCH_COMPLETED, after early stopping: why the run stops here, if it does."""
@@ -152,18 +169,19 @@ class EpochMeter:
 
 
 class Evaluation:
-    """EPOCH_COMPLETED: evaluate every split (train_clean, valid) with its evaluator Engine and record the results
-    in the run state; `then(score)` gets the valid score (a plateau schedule steps on it)."""
+    """EPOCH_COMPLETED: evaluate every split (train_clean, then valid: one per source, keyed `valid_key`) with its
+    evaluator Engine and record the results in the run state; `then(score)` gets the valid score (the run state's
+    `select`; a plateau schedule steps on it)."""
 
     def __init__(self, evaluators: dict[str, tuple[Engine, Any, Any]], state: RunState,
                  then: Callable[[float], None] = lambda score: None):
-        if "valid" not in evaluators:
-            raise ValueError("evaluators need a 'valid' split")
+        if state.select not in evaluators:
+            raise ValueError(f"evaluators need the split {state.select!r} the run state selects on")
         self.evaluators, self.state, self.then = evaluators, state, then
         self.finished_at: dict[str, float] = {}
 
     def evaluate(self, split: str) -> dict[str, float]:
-        return evaluate(*self.evaluators[split])
+        return run_evaluator(*self.evaluators[split])
 
     def __call__(self, trainer: Engine) -> None:
         results = {}
@@ -171,7 +189,7 @@ class Evaluation:
             results[split] = self.evaluate(split)
             self.finished_at[split] = time.time()
         self.state.record(trainer.state.epoch, results)
-        self.then(results["valid"]["score"])
+        self.then(self.state.valid_score())
 
 
 class StopLine:
@@ -283,12 +301,16 @@ class Preemption:
 
 def summary_line(epoch: int, epochs: int, meter: EpochMeter, state: RunState, lr: float, targets: Targets) -> str:
     results = state.results
-    valid = results["valid"]
+    valid = results[state.select]
     recalls = " ".join(f"{n} {valid[f'recall_{n}']:.4f}" for n in targets.names)
     clean = f"  train_clean {results['train_clean']['score']:.4f}" if "train_clean" in results else ""
-    return (f"epoch {epoch}/{epochs}  loss {meter.loss:.4f}  valid {valid['score']:.4f} (loss {valid['loss']:.4f}; "
-            f"{recalls}){clean}  lr {lr:.2e}  {meter.images_per_s:.0f} img/s  {time.time() - meter.start:.0f}s"
-            f"{'  *best' if state.improved else ''}")
+    # several sources: the valid score shown first is the selected source's, then the other sources'
+    which = f" {split_of(state.select)[1]}" if state.select != VALID else ""
+    others = "".join(f"  {split_of(key)[1]} {r['score']:.4f}" for key, r in results.items()
+                     if split_of(key)[1] and split_of(key)[0] == VALID and key != state.select)
+    return (f"epoch {epoch}/{epochs}  loss {meter.loss:.4f}  valid{which} {valid['score']:.4f} (loss "
+            f"{valid['loss']:.4f}; {recalls}){others}{clean}  lr {lr:.2e}  {meter.images_per_s:.0f} img/s  "
+            f"{time.time() - meter.start:.0f}s{'  *best' if state.improved else ''}")
 
 
 class EpochSeeding:

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 from okkhor.config import Config
+from okkhor.data.folds import check_same_data
+from okkhor.data.sets import Source, SourcePart
 from okkhor.errors import OkkhorError
 from okkhor.io import checkpoint
 from okkhor.targets import Targets
@@ -17,6 +19,10 @@ RESUMABLE_KEYS = ("train.epochs", "train.patience", "train.device", "train.compi
                   "log.mlflow")
 # the batch plan: the sample order, the epoch length and the schedule's steps follow it, so a resume keeps it
 PLAN_KEYS = ("train.batch_size", "train.accum", "train.effective_batch")
+# compared with the checkpoint's data record instead, by check_resume_sources (dirs may move; names, shares and
+# fingerprints may not change)
+SOURCE_KEYS = ("data.sources",)
+RESUME_USE = "resume on the data it was trained on, or start a new run"
 
 
 def check_start(out_dir: Path, resume: bool, init: Optional[Path]) -> None:
@@ -74,7 +80,7 @@ def check_resume_config(saved: dict, cfg: Config, path: Path) -> None:
         keep = " ".join(f"--set {k}={old.get(k)}" for k in plan)
         raise OkkhorError(f"--resume: the batch plan changed: {detail}; {path}'s sample order and learning-rate "
                           f"schedule are laid out in its batches; resume with {keep}, or start a new run")
-    changed = [k for k in new if old.get(k, default.get(k)) != new[k] and k not in RESUMABLE_KEYS]
+    changed = [k for k in new if old.get(k, default.get(k)) != new[k] and k not in RESUMABLE_KEYS + SOURCE_KEYS]
     if changed:
         detail = ", ".join(f"{k} ({old.get(k)!r} -> {new[k]!r})" for k in changed[:6])
         raise OkkhorError(f"--resume: {path} was trained with a different config: {detail}; only "
@@ -83,6 +89,36 @@ def check_resume_config(saved: dict, cfg: Config, path: Path) -> None:
         raise OkkhorError(f"--resume: train.epochs changed ({old['train.epochs']} -> {new['train.epochs']}) but "
                           f"the {cfg.train.schedule} learning-rate schedule is laid out over the run's length; "
                           "resume with the same train.epochs, or start a new run")
+
+
+def check_resume_sources(ckpt: dict, sources: Sequence[Source], path: Path) -> None:
+    """Fail in one line, naming the first difference, when the run's sources are not the ones `ckpt` was trained on:
+    their number, order, names and shares (before any data is read; `check_resume_data` then compares each one's
+    fingerprints). A run of one data dir is checked as before sources existed: by its fingerprints alone."""
+    recorded = checkpoint.source_records(ckpt)
+    if len(sources) == 1 and len(recorded) <= 1:
+        return
+    had = ", ".join(f"{r['name']} ({r['dir']})" for r in recorded) or "one data dir"
+    now = ", ".join(f"{s.name} ({s.dir})" for s in sources)
+    if len(recorded) != len(sources):
+        raise OkkhorError(f"--resume: {path} was trained on {len(recorded) or 1} source(s), {had}; this run reads "
+                          f"{len(sources)}, {now}; {RESUME_USE}")
+    for k, (old, s) in enumerate(zip(recorded, sources, strict=True), start=1):
+        if old["name"] != s.name:
+            raise OkkhorError(f"--resume: source {k} of {path} is {old['name']} ({old['dir']}), this run's is "
+                              f"{s.name} ({s.dir}); {RESUME_USE}")
+        if abs(float(old.get("share", 0.0)) - s.share) > 1e-9:
+            raise OkkhorError(f"--resume: source {s.name} had share {float(old.get('share', 0.0)):g} in {path}, "
+                              f"this run gives it {s.share:g}; {RESUME_USE}")
+
+
+def check_resume_data(ckpt: dict, parts: Sequence[SourcePart], path: Path) -> None:
+    """Fail in one line when a source's folds or prepared cache are not the ones `ckpt` recorded."""
+    records = checkpoint.source_records(ckpt) if len(parts) > 1 else [ckpt.get(checkpoint.DATA)]
+    for old, part in zip(records, parts, strict=True):
+        where = part.source.dir
+        check_same_data(old, part.fingerprint, path, where / "folds.csv", use=RESUME_USE,
+                        **({"cache": f"the prepared cache of {where}"} if len(parts) > 1 else {}))
 
 
 def check_resume_world(ckpt: dict, world: int, path: Path) -> None:

@@ -321,7 +321,7 @@ def create_evaluator(model: nn.Module, targets: Targets, loss_weights: Sequence[
     return evaluator
 
 
-def evaluate(evaluator: Engine, model: nn.Module, loader: Any) -> dict[str, float]:
+def run_evaluator(evaluator: Engine, model: nn.Module, loader: Any) -> dict[str, float]:
     """Run `evaluator` (from create_evaluator, on `model`) over a whole set: {"loss", "score", "recall_<t>"...}."""
     was_training = model.training
     model.eval()

@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import pandas as pd
 from ignite.engine import Engine, Events
 
 from okkhor.config import Config
 from okkhor.targets import Targets
-from okkhor.utils.files import atomic_path
+from okkhor.utils.files import write_csv_atomic
 
 # The trackers go through ignite's loggers: `log.wandb` (a Weights & Biases project) and `log.mlflow` (an MLflow
 # tracking URI). Both are off by default; one that is set while its package is not installed costs one log line and
@@ -31,47 +31,58 @@ def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
 
 
 def metrics_columns(targets: Targets) -> list[str]:
-    """The columns of metrics.csv."""
-    return ["epoch", "split", "loss", "score", *[f"recall_{n}" for n in targets.names], "lr", "seconds"]
+    """The columns of metrics.csv; `source` is a valid row's data source (empty on train and train_clean rows)."""
+    return ["epoch", "split", "source", "loss", "score", *[f"recall_{n}" for n in targets.names], "lr", "seconds"]
 
 
 class RunLog:
-    """Rank 0's metrics.csv (rewritten atomically each epoch: a train row, then one per evaluated split) and
-    TensorBoard events (the training loss and lr every 10 iterations, each row's values per epoch)."""
+    """Rank 0's metrics.csv (rewritten atomically each epoch: a train row, then one per evaluated split, one valid
+    row per source) and TensorBoard events (the training loss and lr every 10 iterations, each row's values per
+    epoch; a valid row of a run of several sources under valid/<source>/).
 
-    def __init__(self, out_dir: Path, targets: Targets):
-        self.out_dir, self.targets = out_dir, targets
+    `sources`: the run's source names; a results key without a source (`valid` of a one-source run) is the first's.
+    """
+
+    def __init__(self, out_dir: Path, targets: Targets, sources: Sequence[str] = ()):
+        self.out_dir, self.targets, self.sources = out_dir, targets, list(sources)
         self.columns = metrics_columns(targets)
+        self.values = self.columns[3:-2]
         self.path = out_dir / "metrics.csv"
         self.rows: list[dict] = []
         self.tb = None
 
     def keep_rows_up_to(self, epoch: int) -> None:
-        """On resume: the rows of the epochs the checkpoint covers (a crash may have left one more)."""
+        """On resume: the rows of the epochs the checkpoint covers (a crash may have left one more); rows written
+        before metrics.csv had a `source` column get the (one) source's name on their valid rows."""
         if self.path.is_file():
             df = pd.read_csv(self.path)
+            if "source" not in df.columns:
+                df["source"] = [self.sources[0] if s == "valid" and self.sources else None for s in df["split"]]
             self.rows = df[df["epoch"] <= epoch].to_dict("records")
         self.write()
 
-    def add(self, epoch: int, split: str, result: dict, lr: float, seconds: float) -> None:
-        self.rows.append({"epoch": epoch, "split": split, **{k: result.get(k) for k in self.columns[2:-2]},
-                          "lr": lr, "seconds": round(seconds, 3)})
+    def add(self, epoch: int, key: str, result: dict, lr: float, seconds: float) -> None:
+        """A row of results `key` (a split, or `valid/<source>`)."""
+        split, source = key.partition("/")[::2]
+        if split == "valid" and not source and self.sources:
+            source = self.sources[0]
+        self.rows.append({"epoch": epoch, "split": split, "source": source or None,
+                          **{k: result.get(k) for k in self.values}, "lr": lr, "seconds": round(seconds, 3)})
         if self.tb is not None:
-            for key in self.columns[2:-2]:
-                if key in result:
-                    self.tb.writer.add_scalar(f"{split}/{key}", result[key], epoch)
+            for name in self.values:
+                if name in result:
+                    self.tb.writer.add_scalar(f"{key}/{name}", result[name], epoch)
 
     def add_epoch(self, epoch: int, meter: Any, evaluation: Any, lr: float) -> None:
         """The epoch's rows: `meter` (handlers.EpochMeter) the training loss and time, `evaluation`
         (handlers.Evaluation) each split's results and when they were done."""
         self.add(epoch, "train", {"loss": meter.loss}, lr, meter.seconds)
-        for split, result in evaluation.state.results.items():
-            self.add(epoch, split, result, lr, evaluation.finished_at[split] - meter.start)
+        for key, result in evaluation.state.results.items():
+            self.add(epoch, key, result, lr, evaluation.finished_at[key] - meter.start)
         self.write()
 
     def write(self) -> None:
-        with atomic_path(self.path) as tmp:
-            pd.DataFrame(self.rows, columns=self.columns).to_csv(tmp, index=False)
+        write_csv_atomic(self.path, pd.DataFrame(self.rows, columns=self.columns))
         if self.tb is not None:
             self.tb.writer.flush()
 

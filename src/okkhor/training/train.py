@@ -1,12 +1,11 @@
 """The ignite trainer in a few setup steps (run, model, data, step, trainer), then one run of its Engine."""
 from __future__ import annotations
 
-import copy
 import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -18,11 +17,8 @@ from torch.utils.data import DataLoader
 from okkhor.config import Config
 from okkhor.data.augment import build_augment
 from okkhor.data.dataset import GraphemeDataset
-from okkhor.data.folds import check_same_data
-from okkhor.data.sets import EpochBatches, RunData, load_run_data
-from okkhor.errors import OkkhorError
+from okkhor.data.sets import EpochBatches, RunData, Source, load_sources, resolve_sources
 from okkhor.io import checkpoint
-from okkhor.io.kaggle import load_targets
 from okkhor.models.graphemes import grapheme_classes, with_grapheme_column
 from okkhor.targets import Targets
 from okkhor.training.adapters import end_workers
@@ -39,9 +35,26 @@ from okkhor.training.handlers import (
     RunState,
     StopLine,
     attach_handlers,
+    valid_key,
 )
 from okkhor.training.optim import steps_per_epoch
-from okkhor.training.resume import check_resume, check_start, open_last, resume_point, resumed_precision
+from okkhor.training.resume import (
+    check_resume,
+    check_resume_data,
+    check_resume_sources,
+    check_start,
+    open_last,
+    resume_point,
+    resumed_precision,
+)
+from okkhor.training.runconfig import (
+    check_select_on,
+    resolve_targets,
+    resolved_config,
+    source_records,
+    sources_line,
+    write_config,
+)
 from okkhor.training.setup import TrainSetup, build_net, build_training
 from okkhor.training.step import BatchPlan, Precision, class_counts, create_evaluator, create_trainer
 from okkhor.training.tracking import RunLog, open_trackers
@@ -51,11 +64,12 @@ from okkhor.utils.sizes import size_text
 
 # A run directory holds:
 #   config.yaml          the resolved config (targets listed in its header comment)
-#   metrics.csv          epoch,split,loss,score,recall_<target>...,lr,seconds; one row per (epoch, split),
-#                        split = train | train_clean | valid; `train` is the mean training loss of the epoch's
-#                        iterations (no score); seconds = time since the epoch began, when the row's evaluation
-#                        (train: the training) finished; lr = the learning rate at the end of the epoch
-#   run.json             the data directory the run read
+#   metrics.csv          epoch,split,source,loss,score,recall_<target>...,lr,seconds; one row per (epoch, split),
+#                        split = train | train_clean | valid, and one valid row per data source (its name in
+#                        `source`; train_clean is drawn over all sources); `train` is the mean training loss of
+#                        the epoch's iterations (no score); seconds = time since the epoch began, when the row's
+#                        evaluation (train: the training) finished; lr = the learning rate at the end of the epoch
+#   run.json             the data directory the run read (its first source's), and with several sources each one
 #   checkpoints/last.pt  every epoch, and mid-epoch on SIGTERM/SIGINT and every train.checkpoint_every iterations;
 #                        checkpoints/best.pt when the valid score improves (okkhor.training.checkpoints; the file
 #                        format is okkhor.io.checkpoint's)
@@ -64,30 +78,10 @@ from okkhor.utils.sizes import size_text
 __all__ = ["train", "run_training"]
 
 Log = Callable[[str], None]
+DataDirs = Union[str, Path, Sequence[Union[str, Path]], None]
 
 
 # ---------------------------------------------------------------------------------------------------- config
-
-def resolve_targets(data_dir: str | Path, cfg: Config) -> tuple[Targets, list[float]]:
-    """The run's targets (metric weights from the class map) and its loss weights."""
-    targets = load_targets(data_dir, cfg.data.class_map, cfg.data.targets)
-    weights = list(cfg.train.loss_weights) or list(targets.weights)
-    if len(weights) != len(targets):
-        raise OkkhorError(f"config: train.loss_weights has {len(weights)} values for {len(targets)} targets "
-                          f"({', '.join(targets.names)})")
-    return targets, weights
-
-
-def resolved_config(cfg: Config, targets: Targets, loss_weights: list[float],
-                    precision: Precision | None = None) -> Config:
-    """The config with the target list and loss weights spelled out, and `auto` precision settings resolved."""
-    out = copy.deepcopy(cfg)
-    out.data.targets = list(targets.names)
-    out.train.loss_weights = [float(w) for w in loss_weights]
-    if precision is not None:
-        out.train.amp, out.train.channels_last = precision.amp, bool(precision.channels_last)
-    return out
-
 
 def initial_batch_plan(cfg: Config, model: torch.nn.Module, device: torch.device) -> BatchPlan:
     """The micro-batch plan a new run starts with: the config's numbers, or for `train.batch_size: auto` the
@@ -103,20 +97,13 @@ def initial_batch_plan(cfg: Config, model: torch.nn.Module, device: torch.device
     return BatchPlan(int(batch_size), int(accum))
 
 
-def write_config(out_dir: Path, cfg: Config, targets: Targets) -> None:
-    names = ", ".join(f"{n} ({c} classes, weight {w:g})"
-                      for n, c, w in zip(targets.names, targets.num_classes, targets.weights, strict=False))
-    write_text_atomic(out_dir / "config.yaml",
-                      f"# okkhor train: the resolved config of this run\n# targets: {names}\n" + cfg.to_yaml())
-
-
 # ---------------------------------------------------------------------------------------------------- setup steps
 
 @dataclass
 class RunStart:
     """What `setup_run` checked and resolved before any work."""
 
-    data_dir: Path
+    sources: list[Source]        # what the run reads, in order (okkhor.data.sets.resolve_sources)
     out_dir: Path
     cfg: Config                  # resolved: targets, loss weights and precision spelled out
     targets: Targets
@@ -128,21 +115,35 @@ class RunStart:
     def last(self) -> Path:
         return self.out_dir / "checkpoints" / "last.pt"
 
+    @property
+    def data_dir(self) -> Path:
+        """The (first) data dir."""
+        return self.sources[0].dir
 
-def setup_run(data_dir: Path, out_dir: Path, cfg: Config, resume: bool, log: Log,
+    @property
+    def select(self) -> str:
+        """The results key of the valid score that picks best.pt (okkhor.training.handlers.RunState)."""
+        return valid_key(self.cfg.train.select_on or self.sources[0].name, len(self.sources) > 1)
+
+
+def setup_run(data_dirs: DataDirs, out_dir: Path, cfg: Config, resume: bool, log: Log,
               init: Optional[Path] = None) -> RunStart:
-    """Checks before any work: the run dir, the device, the targets, the checkpoint to resume (or None)."""
+    """Checks before any work: the run dir, the device, the sources and their targets, the checkpoint to resume
+    (or None)."""
     if is_main():
         check_writable(out_dir, "--out", folder=True)
         remove_stale_temps(out_dir / "checkpoints")  # what a save killed midway left
     check_start(out_dir, resume, init)
     device = resolve_device(cfg.train.device)
-    targets, loss_weights = resolve_targets(data_dir, cfg)
-    ckpt = open_last(out_dir, data_dir, resume, log)
+    sources = resolve_sources(data_dirs, cfg)
+    check_select_on(cfg, sources)
+    targets, loss_weights = resolve_targets(sources, cfg)
+    ckpt = open_last(out_dir, sources[0].dir, resume, log)
     precision = Precision(device, *resumed_precision(cfg, ckpt))
-    start = RunStart(data_dir, out_dir, resolved_config(cfg, targets, loss_weights, precision), targets, precision,
-                     ckpt, init)
+    start = RunStart(sources, out_dir, resolved_config(cfg, targets, loss_weights, precision, sources), targets,
+                     precision, ckpt, init)
     if ckpt is not None:
+        check_resume_sources(ckpt, sources, start.last)
         check_resume(ckpt, start.cfg, targets, world_size(), start.last)
     return start
 
@@ -167,15 +168,14 @@ def setup_model(start: RunStart, log: Log, show_progress: bool) -> RunModel:
     torch.manual_seed(cfg.seed)
     graphemes = data = None
     if cfg.model.grapheme_head:  # the head's classes are the label triples of the training images
-        data = load_run_data(start.data_dir, cfg, start.targets, log, show_progress)
+        data = load_sources(start.sources, cfg, start.targets, log, show_progress)
         graphemes = grapheme_classes(data.labels[data.train_idx])
     net = build_net(cfg.model, start.targets, device, bool(start.precision.channels_last), graphemes, start.init, log)
     plan = (BatchPlan(**checkpoint.run_record(start.ckpt)["batch"]) if start.ckpt
             else initial_batch_plan(cfg, net, device))
-    data = data or load_run_data(start.data_dir, cfg, start.targets, log, show_progress)
+    data = data or load_sources(start.sources, cfg, start.targets, log, show_progress)
     if start.ckpt is not None:
-        check_same_data(start.ckpt.get(checkpoint.DATA), data.fingerprint, start.last, start.data_dir / "folds.csv",
-                        use="resume on the data it was trained on, or start a new run")
+        check_resume_data(start.ckpt, data.sources, start.last)
     labels = data.labels if graphemes is None else with_grapheme_column(data.labels, graphemes)
     return RunModel(net, plan, data, labels, backend_flags)
 
@@ -187,7 +187,7 @@ class RunLoaders:
     train: DataLoader
     batches: EpochBatches                  # the train loader's batch sampler: epoch, resume point
     generator: torch.Generator             # the train loader's generator, reseeded every epoch
-    evals: dict[str, DataLoader]           # train_clean and valid: this process's share
+    evals: dict[str, DataLoader]           # train_clean and valid (one per source): this process's share
     make: Callable[..., DataLoader]        # the factory behind them (the SWA batch-norm pass uses it too)
 
 
@@ -205,11 +205,14 @@ def setup_data(start: RunStart, model: RunModel) -> RunLoaders:
 
     train_set = GraphemeDataset(data.images, model.labels, data.train_idx,
                                 augment=build_augment(cfg.aug, cfg.data.image_size), seed=cfg.seed)
-    batches = EpochBatches(len(train_set), model.plan, cfg.seed, rank_, world)
+    batches = EpochBatches([part.train for part in data.sources], model.plan, cfg.seed, rank_, world,
+                           shares=[part.source.share for part in data.sources], epoch_size=cfg.data.epoch_size)
     generator = torch.Generator()
+    several = len(data.sources) > 1
+    splits = [("train_clean", data.clean_idx),
+              *[(valid_key(part.source.name, several), part.valid_idx) for part in data.sources]]
     evals = {split: make(GraphemeDataset(data.images, model.labels, shard(idx, rank_, world)),
-                         batch_size=cfg.eval.batch_size)
-             for split, idx in (("train_clean", data.clean_idx), ("valid", data.valid_idx)) if len(idx)}
+                         batch_size=cfg.eval.batch_size) for split, idx in splits if len(idx)}
     return RunLoaders(make(train_set, batch_sampler=batches, generator=generator), batches, generator, evals, make)
 
 
@@ -245,14 +248,14 @@ def setup_trainer(start: RunStart, model: RunModel, loaders: RunLoaders, parts: 
     """The trainer and evaluator Engines, the handler objects, the checkpoints of every stateful object."""
     cfg, targets, epochs, world = start.cfg, start.targets, start.cfg.train.epochs, world_size()
     trainer = create_trainer(parts.step)
-    state = RunState(model.plan, epochs)
+    state = RunState(model.plan, epochs, select=start.select)
     meter = EpochMeter(epochs, show_progress)
     eval_model = parts.eval_model
     evaluator = create_evaluator(eval_model, targets, parts.loss.weights, start.precision)
     evaluation = Evaluation({split: (evaluator, eval_model, loader) for split, loader in loaders.evals.items()},
                             state, then=parts.schedule.step_epoch)
     early_stopping = EarlyStopping(cfg.train.patience, state.valid_score, trainer) if cfg.train.patience else None
-    data = checkpoint.data_record(model.data.fingerprint, start.data_dir)
+    data = checkpoint.data_record(model.data.fingerprint, start.data_dir, source_records(model.data))
     meta = checkpoint.meta_record(cfg.to_dict(), targets.to_dict(),
                                   class_counts(model.data.labels[model.data.train_idx], targets), data)
     swa = _swa(start, model, loaders, meta, log) if cfg.train.swa_epochs else None
@@ -263,8 +266,8 @@ def setup_trainer(start: RunStart, model: RunModel, loaders: RunLoaders, parts: 
                           meter=meter, swa=swa)
     checkpoints = RunCheckpoints(start.out_dir / "checkpoints", objects, meta, state.valid_score,
                                  keep_top=cfg.train.keep_top)
-    run_log = RunLog(start.out_dir, targets) if is_main() else None
-    again = f"okkhor train --data {start.data_dir} --out {start.out_dir} --resume" + (
+    run_log = RunLog(start.out_dir, targets, [s.name for s in start.sources]) if is_main() else None
+    again = f"okkhor train {' '.join(f'--data {s.dir}' for s in start.sources)} --out {start.out_dir} --resume" + (
         " (under the same torchrun launch)" if world > 1 else "")
     handlers = RunHandlers(
         plan=model.plan, oom=parts.oom, meter=meter, evaluation=evaluation, early_stopping=early_stopping,
@@ -293,6 +296,8 @@ def setup_outputs(start: RunStart, run: Run, log: Log) -> list:
     out_dir.mkdir(parents=True, exist_ok=True)
     write_config(out_dir, cfg, start.targets)
     run_info = {"data_dir": str(start.data_dir.resolve()), **({"init": str(init.resolve())} if init else {})}
+    if len(start.sources) > 1:
+        run_info["sources"] = [{"name": s.name, "dir": str(s.dir.resolve()), "share": s.share} for s in start.sources]
     write_text_atomic(out_dir / "run.json", json.dumps(run_info, indent=1))
     run.run_log.keep_rows_up_to(checkpoint.finished_epochs(start.ckpt) if start.ckpt else 0)
     run.run_log.open_tensorboard(run.trainer, run.parts.optimizer)
@@ -301,36 +306,41 @@ def setup_outputs(start: RunStart, run: Run, log: Log) -> list:
 
 # ---------------------------------------------------------------------------------------------------- the run
 
-def train(data_dir: str | Path, out_dir: str | Path, cfg: Config, resume: bool = False, *,
+def train(data_dir: DataDirs, out_dir: str | Path, cfg: Config, resume: bool = False, *,
           show_progress: bool = True, log: Log = print, init: str | Path | None = None) -> dict:
     """Train a model on DATA_DIR's training fold and write the run directory OUT_DIR; returns the final metrics.
+
+    DATA_DIR may be several data dirs (sources; None: data.sources): the run trains on all their training folds,
+    each drawn by its share (okkhor.data.sets.EpochBatches), and validates on each one's validation fold.
 
     resume: continue exactly from OUT_DIR/checkpoints/last.pt (the config must match the checkpoint's, except
       okkhor.training.resume.RESUMABLE_KEYS). init: start a new run from this checkpoint's weights
       (okkhor.training.finetune.init_from).
     Under torchrun, every process calls this; the first one alone writes files and prints.
-    Returns {"epoch", "best_score", "best_epoch", "stop_reason", "valid": {...}, "train_clean": {...}}.
+    Returns {"epoch", "best_score", "best_epoch", "stop_reason", "valid": {...}, "train_clean": {...}}; with
+    several sources also "valid/<source>": {...} for each ("valid" is then train.select_on's).
     """
     return run_training(data_dir, out_dir, cfg, resume, show_progress=show_progress, log=log, init=init)
 
 
-def run_training(data_dir: str | Path, out_dir: str | Path, cfg: Config, resume: bool = False, *,
+def run_training(data_dir: DataDirs, out_dir: str | Path, cfg: Config, resume: bool = False, *,
                  show_progress: bool = True, log: Log = print, init: str | Path | None = None,
                  extend: Optional[Callable[[Run], None]] = None) -> dict:
     """`train`, with `extend(run)` called on the wired run before it starts: the seam of okkhor.training.testing."""
     with process_group(cfg.train.device):
         main = is_main()
         log = log if main else (lambda message: None)
-        return _run(Path(data_dir), Path(out_dir), cfg, resume, show_progress and main, log,
+        return _run(data_dir, Path(out_dir), cfg, resume, show_progress and main, log,
                     Path(init) if init is not None else None, extend)
 
 
-def _result(epoch: int, state: dict) -> dict:
+def _result(epoch: int, state: dict, select: str) -> dict:
+    metrics = state["metrics"]
     return {"epoch": epoch, "best_score": state["best_score"], "best_epoch": state["best_epoch"],
-            "stop_reason": state["stop_reason"], **state["metrics"]}
+            "stop_reason": state["stop_reason"], **metrics, **({"valid": metrics[select]} if select in metrics else {})}
 
 
-def _run(data_dir: Path, out_dir: Path, cfg: Config, resume: bool, show_progress: bool, log: Log,
+def _run(data_dir: DataDirs, out_dir: Path, cfg: Config, resume: bool, show_progress: bool, log: Log,
          init: Optional[Path], extend: Optional[Callable[[Run], None]]) -> dict:
     start = setup_run(data_dir, out_dir, cfg, resume, log, init)
     ckpt, epochs = start.ckpt, start.cfg.train.epochs
@@ -338,7 +348,7 @@ def _run(data_dir: Path, out_dir: Path, cfg: Config, resume: bool, show_progress
         done = checkpoint.finished_epochs(ckpt)
         log(f"train: {start.last} has finished ({checkpoint.stop_reason(ckpt)} after epoch {done}); nothing to do "
             "(with a schedule not laid out over train.epochs, raise it to train on)")
-        return _result(done, checkpoint.run_record(ckpt))
+        return _result(done, checkpoint.run_record(ckpt), start.select)
     model = setup_model(start, log, show_progress)
     loaders = setup_data(start, model)
     parts = setup_step(start, model, loaders, log)
@@ -351,7 +361,7 @@ def _run(data_dir: Path, out_dir: Path, cfg: Config, resume: bool, show_progress
     try:
         if run.run_log is not None:
             trackers = setup_outputs(start, run, log)
-        _announce(log, start, model, len(loaders.train))
+        _announce(log, start, model, loaders.batches, len(loaders.train))
         with run.handlers.preemption.install():
             run.trainer.run(loaders.train, max_epochs=None if ckpt else epochs)
     finally:
@@ -368,14 +378,16 @@ def _run(data_dir: Path, out_dir: Path, cfg: Config, resume: bool, show_progress
     if state.best_score is not None:
         log(f"train: best valid score {state.best_score:.4f} at epoch {state.best_epoch} ({state.stop_reason} "
             f"after epoch {run.trainer.state.epoch}); checkpoints in {run.checkpoints.dirname}")
-    return _result(run.trainer.state.epoch, state.state_dict())
+    return _result(run.trainer.state.epoch, state.state_dict(), start.select)
 
 
-def _announce(log: Log, start: RunStart, model: RunModel, iters: int) -> None:
+def _announce(log: Log, start: RunStart, model: RunModel, batches: EpochBatches, iters: int) -> None:
     cfg, plan, data, precision, world = start.cfg, model.plan, model.data, start.precision, world_size()
     log(f"train: {resume_point(start.ckpt)}{len(data.train_idx)} training images, {len(data.valid_idx)} valid, "
         f"{len(data.clean_idx)} train_clean; {cfg.model.name} at {size_text(cfg.data.image_size)} px on "
         f"{precision.device.type} (amp {cfg.train.amp}{', channels_last' if cfg.train.channels_last else ''})")
+    if len(data.sources) > 1:
+        log(sources_line(data, batches, cfg.train.select_on))
     log(f"train: precision {'fp32' if precision.amp == 'off' else precision.amp} ({precision.amp_reason})"
         f"{'; ' + model.backend_flags if model.backend_flags else ''}")
     log(f"train: effective batch {plan.effective(world)} = batch {plan.batch_size} x accum {plan.accum} x {world} "

@@ -20,7 +20,7 @@ from okkhor.config import Config, DataConfig, ModelConfig, TrainConfig
 from okkhor.errors import OkkhorError
 from okkhor.targets import Targets
 from okkhor.training.memory.cuda import measure_here
-from okkhor.training.memory.fit import HEADROOM, MAX_BATCH, MemoryFit, fit_line, format_bytes, parse_size, plan_batch  # noqa: F401
+from okkhor.training.memory.fit import HEADROOM, MAX_BATCH, MemoryFit, fit_line, format_bytes, parse_bytes, plan_batch  # noqa: F401
 from okkhor.training.memory.steps import ProgressFn
 from okkhor.utils.sizes import size_option, size_text, yaml_value
 

@@ -17,7 +17,7 @@ _UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40,
           "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40}
 
 
-def parse_size(text: str | int) -> int:
+def parse_bytes(text: str | int) -> int:
     """Bytes of a size: `6GB` (10^9), `6GiB` or `6G` (2^30), `512MB`, `1.5g`, or a plain number of bytes."""
     if isinstance(text, int) and not isinstance(text, bool):
         value, unit = float(text), ""
