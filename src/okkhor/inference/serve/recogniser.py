@@ -16,6 +16,7 @@ from okkhor.errors import OkkhorError
 from okkhor.inference.evaluate import with_components
 from okkhor.inference.predict import Member, check_tta, decide, grapheme_space, raw_probs
 from okkhor.inference.serve.models import load_models
+from okkhor.io import checkpoint
 from okkhor.io.kaggle import IMAGE_HEIGHT, IMAGE_WIDTH, load_targets
 from okkhor.models.graphemes import GRAPHEME, seen_score
 from okkhor.sources.imagefolder import load_image, to_page
@@ -151,7 +152,7 @@ def load_recogniser(paths: Sequence[str | Path], device: str = "auto", tta: int 
                 raise OkkhorError(f"--class-map {class_map}: has {len(full.components.get(name, ()))} classes of "
                                   f"{name}, the model predicts {n}")
         return Recogniser(members, with_components(first.targets, None, str(class_map)), tta, str(class_map))
-    data_dir = next((Path(m.meta["data_dir"]) for m in members if m.meta.get("data_dir")), None)
+    data_dir = next((d for d in (checkpoint.data_dir(m.meta) for m in members) if d is not None), None)
     own = first.cfg.data.class_map if first.cfg.data.class_map and Path(first.cfg.data.class_map).is_file() else ""
     if own:
         source = own
