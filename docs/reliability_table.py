@@ -98,7 +98,7 @@ def main() -> None:
     SUBS.update({str(data): "DATA", str(tmp): "TMP"})
     py = f"{sys.executable} -m okkhor"
     from okkhor.data.folds import split
-    from okkhor.io.kaggle import load_targets
+    from okkhor.io.labels import load_targets
     split(data, load_targets(data), folds=2, seed=0)
     from test_predict import make_checkpoint
     ckpt = make_checkpoint(tmp / "good.pt", data)

@@ -37,7 +37,7 @@ def prepared_tiny_kaggle(tiny_kaggle_dir):
     """Factory: a private tiny data set (96 training images) with its 32 px cache and 4 folds already made."""
     from okkhor.data.folds import split
     from okkhor.data.prepare import prepare
-    from okkhor.io.kaggle import load_targets
+    from okkhor.io.labels import load_targets
 
     def make():
         tiny = tiny_kaggle_dir(copy=True, n_train=96, n_test=0)

@@ -24,7 +24,8 @@ from okkhor.bengali import TARGETS as BENGALI_TARGETS
 from okkhor.cli import app
 from okkhor.config import Config
 from okkhor.io import checkpoint
-from okkhor.io.kaggle import IMAGE_HEIGHT, IMAGE_WIDTH, load_targets, write_image_parquet
+from okkhor.io.kaggle import IMAGE_HEIGHT, IMAGE_WIDTH, write_image_parquet
+from okkhor.io.labels import load_targets
 from okkhor.models.model import build_model
 
 # frame (inclusive outer edge, thickness) and inner drawing area of every tiny image
@@ -165,7 +166,7 @@ def prepared_tiny(tiny_kaggle_dir, **kwargs):
     """A private copy of a tiny data set with its 32 px cache and 3 folds already made (as TINY_TRAIN reads it)."""
     from okkhor.data.folds import split
     from okkhor.data.prepare import prepare
-    from okkhor.io.kaggle import load_targets
+    from okkhor.io.labels import load_targets
 
     tiny = tiny_kaggle_dir(copy=True, **kwargs)
     prepare(tiny.root, size=32, show_progress=False)

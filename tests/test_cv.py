@@ -13,7 +13,7 @@ from okkhor.data.folds import read_folds
 from okkhor.data.prepare import PrepareOptions, default_cache_dir, load_cache
 from okkhor.errors import OkkhorError
 from okkhor.inference.predict import ensemble_probs, load_members
-from okkhor.io.kaggle import load_targets
+from okkhor.io.labels import load_targets
 from okkhor.metrics import hierarchical_recall
 from okkhor.training.cv import parse_folds, run_cv
 

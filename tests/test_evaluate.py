@@ -10,7 +10,7 @@ import pytest
 from helpers import assert_one_line_error, cli, make_checkpoint
 from okkhor.data.folds import split
 from okkhor.inference.evaluate import confused_pairs, summarize
-from okkhor.io.kaggle import load_targets
+from okkhor.io.labels import load_targets
 from okkhor.targets import Targets
 
 

@@ -13,7 +13,7 @@ from helpers import FAST
 from okkhor.config import load_config
 from okkhor.data.folds import split
 from okkhor.errors import Interrupted, OkkhorError
-from okkhor.io.kaggle import load_targets
+from okkhor.io.labels import load_targets
 from okkhor.training import testing
 from okkhor.training.train import train
 

@@ -12,7 +12,7 @@ from okkhor.cli import app
 from okkhor.config import ModelConfig, load_config
 from okkhor.errors import OkkhorError
 from okkhor.io.checkpoint import load as load_checkpoint
-from okkhor.io.kaggle import load_targets
+from okkhor.io.labels import load_targets
 from okkhor.models.model import build_model
 from okkhor.targets import Targets
 from okkhor.training.finetune import init_from

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from helpers import assert_one_line_error, cli, make_checkpoint
 from okkhor.config import Config
-from okkhor.io.kaggle import load_targets
+from okkhor.io.labels import load_targets
 from okkhor.metrics import HierarchicalRecall
 from okkhor.models.graphemes import (
     ABSENT,

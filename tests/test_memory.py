@@ -222,7 +222,7 @@ def test_the_memory_probe_measures_the_step_the_trainer_builds(tiny, monkeypatch
     run then trains with: the same EMA (with its warm-up), mixer (one for every mix.kind, seeded alike), schedule,
     loss, optimizer, clipping and precision."""
     from okkhor.config import load_config
-    from okkhor.io.kaggle import load_targets
+    from okkhor.io.labels import load_targets
     from okkhor.training.memory.steps import train_steps
     from okkhor.training.step import TrainStep
     from okkhor.training.train import train

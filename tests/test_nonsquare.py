@@ -16,7 +16,8 @@ from okkhor.config import load_config
 from okkhor.data.folds import read_folds
 from okkhor.data.prepare import PrepareOptions, default_cache_dir, load_cache, preprocess
 from okkhor.inference.predict import TTA_VIEWS, ensemble_probs, load_members, tta_view
-from okkhor.io.kaggle import ImageFiles, image_parquet_files, load_targets
+from okkhor.io.kaggle import ImageFiles, image_parquet_files
+from okkhor.io.labels import load_targets
 from okkhor.metrics import hierarchical_recall
 from okkhor.models.model import load_for_inference
 from okkhor.utils.sizes import hw, parse_size, size_text

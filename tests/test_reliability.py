@@ -43,7 +43,7 @@ class OpensAFile:
 def ckpts(tiny_kaggle_dir, tmp_path_factory):
     """A data set (with folds), a good checkpoint and a folder of bad ones, and the file the hostile one makes."""
     from okkhor.data.folds import split
-    from okkhor.io.kaggle import load_targets
+    from okkhor.io.labels import load_targets
 
     data = tiny_kaggle_dir(copy=True, n_train=32, n_test=8)
     split(data.root, load_targets(data.root), folds=2, seed=0)

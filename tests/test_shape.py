@@ -13,7 +13,8 @@ from okkhor.sources.synth.fonts import select_fonts
 from okkhor.sources.synth.hand import HandStyle
 from okkhor.sources.synth.imager import Imager
 from okkhor.sources.synth.keys import image_rng
-from okkhor.sources.synth.shape import PRESETS, STEP_NAMES, ShapeStyle, parse_shape
+from okkhor.sources.synth.shape import STEP_NAMES
+from okkhor.sources.synth.shape_style import PRESETS, ShapeStyle, parse_shape
 from okkhor.sources.synth.shaping import FontRenderer
 
 MARGIN = 16  # free band around every test image's ink: more than any step's reach

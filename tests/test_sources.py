@@ -16,7 +16,7 @@ from okkhor.data.sets import EpochBatches, StackedImages, epoch_counts, source_w
 from okkhor.errors import OkkhorError
 from okkhor.inference.predict import ensemble_probs, load_members
 from okkhor.io import checkpoint
-from okkhor.io.kaggle import load_targets
+from okkhor.io.labels import load_targets
 from okkhor.metrics import hierarchical_recall
 from okkhor.training import testing
 from okkhor.training.step import BatchPlan

@@ -175,6 +175,11 @@ def test_reflow_joins_prose_and_keeps_indented_blocks():
     Examples:
       okkhor a --b
       okkhor c
+
+    Prose before an example
+    block joins too:
+      okkhor d
     """
     assert reflow(doc) == ("Summary line.\n\nFirst sentence wraps here. Second one.\n\n"
-                           "Examples:\n  okkhor a --b\n  okkhor c")
+                           "Examples:\n  okkhor a --b\n  okkhor c\n\n"
+                           "Prose before an example block joins too:\n  okkhor d")

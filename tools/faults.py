@@ -51,7 +51,7 @@ def make_data(work: Path) -> Path:
     from helpers import make_tiny_kaggle
     from okkhor.data.folds import split
     from okkhor.data.prepare import prepare
-    from okkhor.io.kaggle import load_targets
+    from okkhor.io.labels import load_targets
 
     data = make_tiny_kaggle(work / "data", n_train=96, n_test=0)
     prepare(data.root, size=32, show_progress=False)

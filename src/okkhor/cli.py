@@ -68,13 +68,20 @@ def _guarded(func):
 
 
 def reflow(doc: str | None) -> str | None:
-    """A docstring for `--help`: each prose paragraph on one line, so that the terminal's width wraps it (never a
-    break inside a sentence); a paragraph with an indented line (examples, listings) stays verbatim."""
+    """A docstring for `--help`: each run of prose lines on one line, so that the terminal's width wraps it (never a
+    break inside a sentence); indented lines (examples, listings) stay verbatim, each on its own line."""
     if not doc:
         return doc
-    paragraphs = inspect.cleandoc(doc).split("\n\n")
-    return "\n\n".join(p if any(line[:1].isspace() for line in p.splitlines()) else " ".join(p.split())
-                       for p in paragraphs)
+    out = []
+    for paragraph in inspect.cleandoc(doc).split("\n\n"):
+        lines: list[str] = []
+        for line in paragraph.splitlines():
+            if line[:1].isspace() or not lines or lines[-1][:1].isspace():
+                lines.append(line)
+            else:
+                lines[-1] += " " + line.strip()
+        out.append("\n".join(lines))
+    return "\n\n".join(out)
 
 
 def _register() -> None:

@@ -30,7 +30,7 @@ def command(
     import pandas as pd
 
     from okkhor.data.folds import split
-    from okkhor.io.kaggle import load_targets
+    from okkhor.io.labels import load_targets
     from okkhor.utils.files import check_writable
 
     if out is not None:

@@ -6,6 +6,21 @@ from typing import Optional
 
 import typer
 
+from okkhor.sources.synth.shape_style import parse_shape, shape_help
+
+ROWS_PER_FILE_HELP = ("Images per parquet file, at most 50,210 (default: up to 10,042, and a split of 4,000 or more "
+                      "in at least two files); files are made in parallel.")
+HOLDOUT_FONTS_HELP = ("Comma-separated font families train never uses; test images are drawn in them (the "
+                      "`font_seen` column is False for those).")
+STYLE_HELP = ("font: font outlines, distorted; hand: per-glyph jitter, re-inked strokes with a varying pen, tremor, "
+              "paper and scan marks; mix: each image one or the other (half each).")
+GRAPHEMES_HELP = ("Render only the label triples this CSV lists: columns grapheme_root, vowel_diacritic, "
+                  "consonant_diacritic (and optionally grapheme, the string to draw), or a grapheme column alone.")
+MISSING_FROM_HELP = ("Render what the data dir DATA lacks: every triple of the class map's grapheme list (the 1,295 "
+                     "train graphemes' triples and okkhor's unseen triples) absent from DATA/train.csv.")
+MISSING_HELP = ("With --missing-from: triples (default; the triples DATA lacks) or roots (every triple of the "
+                "grapheme list whose grapheme_root never occurs in DATA/train.csv, whatever its diacritics).")
+
 
 def command(
     out_dir: Path = typer.Argument(..., help="Folder to write the dataset into (created if missing)."),
@@ -21,15 +36,9 @@ def command(
         None, "--fonts", help="Comma-separated font or family names (default: every usable font)."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Worker processes (default: CPU count)."),
     preview: Optional[Path] = typer.Option(None, "--preview", help="Also save a labelled grid of samples (.png)."),
-    rows_per_file: Optional[int] = typer.Option(
-        None, "--rows-per-file",
-        help="Images per parquet file, at most 50,210 (default: up to 10,042, and a split of 4,000 or more in at "
-             "least two files); files are made in parallel."),
+    rows_per_file: Optional[int] = typer.Option(None, "--rows-per-file", help=ROWS_PER_FILE_HELP),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a dataset already in OUT_DIR."),
-    holdout_fonts: Optional[str] = typer.Option(
-        None, "--holdout-fonts",
-        help="Comma-separated font families train never uses; test images are drawn in them (the `font_seen` "
-             "column is False for those)."),
+    holdout_fonts: Optional[str] = typer.Option(None, "--holdout-fonts", help=HOLDOUT_FONTS_HELP),
     holdout_share: Optional[float] = typer.Option(
         None, "--holdout-share",
         help="Share of test images drawn in the --holdout-fonts families (default 1); the rest use train fonts."),
@@ -37,29 +46,11 @@ def command(
         None, "--fonts-dir", help="Folder of your own .ttf/.otf Bengali fonts to add to the shipped ones."),
     style: str = typer.Option(
         "mix", "--style",
-        help="font: font outlines, distorted; hand: per-glyph jitter, re-inked strokes with a varying pen, tremor, "
-             "paper and scan marks; mix: each image one or the other (half each)."),
-    shape: str = typer.Option(
-        "none", "--shape",
-        help="Letter shapes beyond the fonts, in the hand-style images: none (default), mild or strong, and "
-             "NAME=VALUE settings applied after them, comma-separated (a setting alone turns on only its step: "
-             "warp=0.5). Steps, each NAME its chance per image: move (turn and stretch a stroke about its joint), "
-             "warp (thin-plate spline, warp_grid=4x6 control points), trim (drop a stroke's free end), extend (draw "
-             "one on), open (cut a loop), close (bridge a gap to a stroke); strengths: move_deg, move_stretch, "
-             "move_px, warp_px, trim_share, trim_px, extend_px, extend_deg, gap_px, bridge_px, min_stroke_px "
-             "(pixels of the 137 x 236 image)."),
-    graphemes: Optional[Path] = typer.Option(
-        None, "--graphemes",
-        help="Render only the label triples this CSV lists: columns grapheme_root, vowel_diacritic, "
-             "consonant_diacritic (and optionally grapheme, the string to draw), or a grapheme column alone."),
-    missing_from: Optional[Path] = typer.Option(
-        None, "--missing-from",
-        help="Render what the data dir DATA lacks: every triple of the class map's grapheme list (the 1,295 train "
-             "graphemes' triples and okkhor's unseen triples) absent from DATA/train.csv."),
-    missing: Optional[str] = typer.Option(
-        None, "--missing",
-        help="With --missing-from: triples (default; the triples DATA lacks) or roots (every triple of the "
-             "grapheme list whose grapheme_root never occurs in DATA/train.csv, whatever its diacritics)."),
+        help=STYLE_HELP),
+    shape: str = typer.Option("none", "--shape", help=shape_help()),
+    graphemes: Optional[Path] = typer.Option(None, "--graphemes", help=GRAPHEMES_HELP),
+    missing_from: Optional[Path] = typer.Option(None, "--missing-from", help=MISSING_FROM_HELP),
+    missing: Optional[str] = typer.Option(None, "--missing", help=MISSING_HELP),
 ) -> None:
     """Render handwritten-looking Bengali graphemes into train/test files shaped like the competition's.
 
@@ -91,7 +82,6 @@ def command(
     from okkhor.utils.extras import require
 
     require("synth", "okkhor synth")
-    from okkhor.sources.synth.shape import parse_shape
     from okkhor.sources.synth.writer import synthesize
     from okkhor.utils.files import check_writable
 
@@ -104,6 +94,11 @@ def command(
                    rows_per_file=rows_per_file, overwrite=overwrite, holdout_fonts=holdout_fonts,
                    holdout_share=holdout_share, fonts_dir=fonts_dir, style=style, graphemes=graphemes,
                    missing_from=missing_from, missing=missing, shape=shape_style)
+    _say(s)
+
+
+def _say(s: dict) -> None:
+    """The notes, warnings and summary line of a synthesis."""
     for note in s["font_notes"]:
         typer.echo(f"note: {note}", err=True)
     for warning in s["font_warnings"]:

@@ -9,7 +9,7 @@ import pandas as pd
 from iterstrat.ml_stratifiers import MultilabelStratifiedKFold, MultilabelStratifiedShuffleSplit
 
 from okkhor.errors import OkkhorError
-from okkhor.io.kaggle import read_csv_checked, read_train_labels
+from okkhor.io.labels import read_csv_checked, read_train_labels
 from okkhor.targets import Targets
 from okkhor.utils.files import write_csv_atomic
 

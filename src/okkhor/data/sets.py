@@ -112,7 +112,7 @@ def load_run_data(data_dir: str | Path, cfg: Config, targets: Targets, log: Call
     """Images, labels, folds and index sets of a run; the first process makes a missing cache or folds file."""
     from okkhor.data.folds import folds_fingerprint, read_folds, stratified_subset
     from okkhor.data.prepare import PrepareOptions, cache_fingerprint, default_cache_dir, load_cache
-    from okkhor.io.kaggle import read_train_labels
+    from okkhor.io.labels import read_train_labels
 
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
@@ -191,7 +191,7 @@ def resolve_sources(data_dirs: Union[str, Path, Sequence[Union[str, Path]], None
 def source_targets(sources: Sequence[Source], cfg: Config) -> Targets:
     """The targets every source's class map gives (data.class_map, data.targets); sources that disagree on the
     target names or class counts are one line naming the first difference."""
-    from okkhor.io.kaggle import load_targets
+    from okkhor.io.labels import load_targets
 
     missing = [s.dir for s in sources if not s.dir.is_dir()] if len(sources) > 1 else []
     if missing:

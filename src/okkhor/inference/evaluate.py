@@ -26,7 +26,8 @@ from okkhor.inference.predict import (
 )
 from okkhor.inference.scoring import group_columns
 from okkhor.io import checkpoint
-from okkhor.io.kaggle import image_parquet_files, load_targets, read_train_labels, write_submission
+from okkhor.io.kaggle import image_parquet_files
+from okkhor.io.labels import load_targets, read_train_labels, write_submission
 from okkhor.metrics import by_groups, per_class_recall, summary
 from okkhor.models.graphemes import ABSENT, GRAPHEME, grapheme_index, seen_auroc, seen_score
 from okkhor.targets import Targets

@@ -13,14 +13,8 @@ from okkhor.config import Config
 from okkhor.data.prepare import preprocess
 from okkhor.errors import OkkhorError
 from okkhor.io import checkpoint
-from okkhor.io.kaggle import (
-    ImageFiles,
-    image_parquet_files,
-    load_targets,
-    read_test_csv,
-    read_train_labels,
-    write_submission,
-)
+from okkhor.io.kaggle import ImageFiles, image_parquet_files
+from okkhor.io.labels import load_targets, read_test_csv, read_train_labels, write_submission
 from okkhor.models.graphemes import GRAPHEME, union_classes
 from okkhor.models.graphemes import route as route_by_head
 from okkhor.targets import Targets

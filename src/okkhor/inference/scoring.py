@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from okkhor.errors import OkkhorError
-from okkhor.io.kaggle import load_targets, read_submission, read_train_labels
+from okkhor.io.labels import load_targets, read_submission, read_train_labels
 from okkhor.metrics import GROUP_COLUMNS, by_groups, summary
 
 _BOOLEANS = {"true": True, "false": False, "1": True, "0": False}

@@ -15,7 +15,7 @@ from okkhor.data.augment import build_augment
 from okkhor.data.dataset import sample_seed, to_tensor
 from okkhor.data.prepare import load_cache, prepare
 from okkhor.errors import OkkhorError
-from okkhor.io.kaggle import load_targets, read_train_labels
+from okkhor.io.labels import load_targets, read_train_labels
 from okkhor.options import AUG_PRESETS, MIX_KINDS
 from okkhor.targets import Targets
 from okkhor.training.mixing import MixedTargets, Mixer

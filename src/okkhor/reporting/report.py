@@ -72,7 +72,7 @@ def _checkpoint(run_dir: Path) -> Path | None:
 def read_metrics(path: Path) -> pd.DataFrame:
     """metrics.csv of a run (epoch, split, source, loss, score, recall_<target>..., lr, seconds; `source` may be
     missing in a run written before it existed)."""
-    from okkhor.io.kaggle import read_csv_checked
+    from okkhor.io.labels import read_csv_checked
 
     return read_csv_checked(path, ["epoch", "split", "loss", "score"], "metrics CSV")
 

@@ -12,7 +12,8 @@ import numpy as np
 import pandas as pd
 
 from okkhor.errors import OkkhorError
-from okkhor.io.kaggle import IMAGE_HEIGHT, IMAGE_WIDTH, ImageParquetWriter, check_labels, image_parquet_files
+from okkhor.io.kaggle import IMAGE_HEIGHT, IMAGE_WIDTH, ImageParquetWriter, image_parquet_files
+from okkhor.io.labels import check_labels
 from okkhor.io.layout import SPLIT_CSVS, class_map_frame, file_rows, image_file_name, write_split_csvs
 from okkhor.targets import Targets
 from okkhor.utils.files import write_csv_atomic

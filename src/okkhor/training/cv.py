@@ -200,7 +200,7 @@ def _oof(runs_dir: Path, data_dir: Path, folds: Sequence[int], source: Optional[
 
 def read_cv(runs_dir: str | Path) -> pd.DataFrame:
     """RUNS/cv.csv (one row per fold, then the oof row); one clear error when missing or malformed."""
-    from okkhor.io.kaggle import read_csv_checked
+    from okkhor.io.labels import read_csv_checked
 
     return read_csv_checked(Path(runs_dir) / CV_FILE, ["fold", "images", "score"], "cv CSV")
 

@@ -17,7 +17,8 @@ from okkhor.inference.evaluate import with_components
 from okkhor.inference.predict import Member, check_tta, decide, grapheme_space, raw_probs
 from okkhor.inference.serve.models import load_models
 from okkhor.io import checkpoint
-from okkhor.io.kaggle import IMAGE_HEIGHT, IMAGE_WIDTH, load_targets
+from okkhor.io.kaggle import IMAGE_HEIGHT, IMAGE_WIDTH
+from okkhor.io.labels import load_targets
 from okkhor.models.graphemes import GRAPHEME, seen_score
 from okkhor.sources.imagefolder import load_image, to_page
 from okkhor.targets import Targets

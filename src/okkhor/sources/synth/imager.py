@@ -15,7 +15,8 @@ from okkhor.sources.synth.face import FontSpec
 from okkhor.sources.synth.fonts import select_fonts
 from okkhor.sources.synth.hand import HandStyle
 from okkhor.sources.synth.keys import GRAIN_SEED
-from okkhor.sources.synth.shape import ShapeStyle, apply_shape
+from okkhor.sources.synth.shape import apply_shape
+from okkhor.sources.synth.shape_style import ShapeStyle
 
 if TYPE_CHECKING:  # shaping imports HarfBuzz and FreeType (the synth extra): only where a function needs it
     from okkhor.sources.synth.shaping import FontRenderer

@@ -11,7 +11,7 @@ import numpy as np
 
 from okkhor import bengali
 from okkhor.errors import OkkhorError
-from okkhor.io.kaggle import check_labels, read_csv_checked
+from okkhor.io.labels import check_labels, read_csv_checked
 from okkhor.sources.synth.fonts import get_renderer
 from okkhor.sources.synth.keys import LABELS_STREAM, split_rng, unseen_rng
 from okkhor.targets import Targets

@@ -14,7 +14,7 @@ from okkhor.sources.synth.imager import Imager, Variation
 from okkhor.sources.synth.keys import image_rng
 from okkhor.sources.synth.labels import Sample, sample_labels
 from okkhor.sources.synth.plan import Draw, check_style, plan_draws
-from okkhor.sources.synth.shape import ShapeStyle
+from okkhor.sources.synth.shape_style import ShapeStyle
 from okkhor.utils.files import atomic_path
 
 

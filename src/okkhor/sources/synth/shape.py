@@ -3,73 +3,18 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 
-from okkhor.errors import OkkhorError
+from okkhor.sources.synth.shape_style import STEPS, ShapeStyle
 
 # The steps work on a uint8 ink coverage image (255 = ink) at the output's scale, before the pen re-inks it
 # (okkhor.sources.synth.hand.reink redraws the strokes from their centreline, so a step's seams do not show).
 # Each step is a pure function of (coverage, rng, style, pen): the same input and random stream give the same
 # output in any process. New ink never lies farther than the step's reach (ShapeStyle.reach) from the input
 # ink's box: a caller that keeps that much room around the ink keeps every step's ink inside its frame.
-
-
-@dataclass(frozen=True)
-class ShapeStyle:
-    """Chances and strengths of the shape steps; a step whose chance is 0 is off. Lengths in output pixels."""
-
-    move: float = 0.3  # chance of turning and stretching one stroke about the joint it hangs from
-    move_deg: float = 12.0  # +- its rotation
-    move_stretch: float = 0.2  # +- log of its scale
-    move_px: float = 5.0  # and no ink pixel moves farther than this
-    warp: float = 0.3  # chance of a thin-plate-spline warp of the letter
-    warp_grid: tuple[int, int] = (4, 6)  # its control points: rows x columns over the ink's box
-    warp_px: float = 3.0  # +- displacement of each control point
-    trim: float = 0.15  # chance of dropping the free end of one stroke
-    trim_share: float = 0.4  # at most this share of the stroke (between its end and its joint)
-    trim_px: float = 10.0  # and at most this long
-    extend: float = 0.15  # chance of drawing one stroke on past its free end
-    extend_px: float = 7.0  # by up to this much
-    extend_deg: float = 15.0  # +- turn of the extension against the stroke's direction
-    open: float = 0.1  # chance of cutting a gap into a closed loop
-    gap_px: float = 2.0  # the gap's length beyond the pen's width
-    close: float = 0.1  # chance of joining a free stroke end to a nearby stroke
-    bridge_px: float = 6.0  # across a gap of at most this much
-    min_stroke_px: float = 8.0  # strokes shorter than this (dots, serifs, ridge noise) are never changed
-
-    def __post_init__(self) -> None:
-        for name in ("move", "warp", "trim", "extend", "open", "close"):
-            _check(name, getattr(self, name), 0.0, 1.0)
-        limits = {"move_deg": 45.0, "move_stretch": 1.0, "move_px": 12.0, "warp_px": 10.0, "trim_share": 0.9,
-                  "trim_px": 30.0, "extend_px": 15.0, "extend_deg": 90.0, "gap_px": 10.0, "bridge_px": 15.0,
-                  "min_stroke_px": 100.0}
-        for name, hi in limits.items():
-            _check(name, getattr(self, name), 0.0, hi)
-        g = self.warp_grid
-        if (not isinstance(g, tuple) or len(g) != 2 or not all(isinstance(v, int) and not isinstance(v, bool)
-                                                               and 2 <= v <= 16 for v in g)):
-            raise ValueError(f"ShapeStyle.warp_grid must be (rows, columns), each an integer in 2..16, got {g!r}")
-
-    def step_reach(self, name: str) -> float:
-        """How far the new ink of step `name` may lie outside the input ink's box."""
-        return {"move": self.move_px, "warp": self.warp_px, "extend": self.extend_px, "close": 1.0}.get(name, 0.0)
-
-    @property
-    def reach(self) -> float:
-        """How far new ink may lie outside the input ink's box, the steps that are on all taken (0: all off)."""
-        return sum(self.step_reach(name) for name, _ in STEP_NAMES if getattr(self, name) > 0)
-
-    @property
-    def active(self) -> bool:
-        return any(getattr(self, name) > 0 for name, _ in STEP_NAMES)
-
-
-def _check(name: str, value: object, lo: float, hi: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
-        raise ValueError(f"ShapeStyle.{name} must be a number in {lo}..{hi}, got {value!r}")
 
 
 # ----------------------------------------------------------------------------------------------- strokes
@@ -421,8 +366,9 @@ def close_gap(coverage: np.ndarray, rng: np.random.Generator, style: ShapeStyle,
 # ----------------------------------------------------------------------------------------------- all together
 
 Step = Callable[[np.ndarray, np.random.Generator, ShapeStyle, float], np.ndarray]
-STEP_NAMES: tuple[tuple[str, Step], ...] = (("trim", trim_end), ("extend", extend_end), ("open", open_loop),
-                                            ("close", close_gap), ("move", move_stroke), ("warp", tps_warp))
+_STEP = {"trim": trim_end, "extend": extend_end, "open": open_loop, "close": close_gap, "move": move_stroke,
+         "warp": tps_warp}
+STEP_NAMES: tuple[tuple[str, Step], ...] = tuple((name, _STEP[name]) for name in STEPS)  # shape_style's order
 
 
 def apply_shape(coverage: np.ndarray, rng: np.random.Generator, style: ShapeStyle, pen: float = 0.0,
@@ -439,32 +385,3 @@ def apply_shape(coverage: np.ndarray, rng: np.random.Generator, style: ShapeStyl
         keep[inside] = out[inside]
         out = keep
     return out
-
-
-PRESETS = {"none": ShapeStyle(**{name: 0.0 for name, _ in STEP_NAMES}), "mild": ShapeStyle(),
-           "strong": ShapeStyle(move=0.5, warp=0.5, trim=0.25, extend=0.25, open=0.2, close=0.2, move_deg=18.0,
-                                move_px=7.0, warp_px=4.0, extend_px=10.0, bridge_px=8.0)}
-
-
-def parse_shape(spec: str) -> ShapeStyle | None:
-    """`--shape`: comma-separated preset names (none, mild, strong) and NAME=VALUE settings of ShapeStyle fields,
-    applied left to right on `none` (so `warp=0.5` is the warp alone); None when every step is off."""
-    style = PRESETS["none"]
-    kinds = {f.name: f.type for f in fields(ShapeStyle)}
-    for item in (p.strip() for p in spec.split(",")):
-        if not item:
-            continue
-        if "=" not in item:
-            if item not in PRESETS:
-                raise OkkhorError(f"--shape: unknown preset {item!r} (presets: {', '.join(PRESETS)})")
-            style = PRESETS[item]
-            continue
-        key, _, text = (p.strip() for p in item.partition("="))
-        if key not in kinds:
-            raise OkkhorError(f"--shape: unknown setting {key!r} (settings: {', '.join(kinds)})")
-        try:
-            value = (tuple(int(v) for v in text.split("x")) if key == "warp_grid" else float(text))
-            style = replace(style, **{key: value})
-        except ValueError as e:
-            raise OkkhorError(f"--shape: {key}={text}: {e}") from None
-    return style if style.active else None

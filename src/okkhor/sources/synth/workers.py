@@ -20,7 +20,7 @@ from okkhor.sources.synth.hand import HandStyle
 from okkhor.sources.synth.imager import Imager, Variation
 from okkhor.sources.synth.keys import ImageRngs
 from okkhor.sources.synth.plan import Draw
-from okkhor.sources.synth.shape import ShapeStyle
+from okkhor.sources.synth.shape_style import ShapeStyle
 from okkhor.utils.progress import progress as bar
 
 ROW_GROUP_ROWS = 10_042  # parquet pays a fixed cost per row group and 32,332 columns: keep groups big

@@ -29,7 +29,7 @@ from okkhor.sources.synth.labels import (
 )
 from okkhor.sources.synth.plan import Draw, check_style, holdout_faces, plan_draws
 from okkhor.sources.synth.preview import write_preview
-from okkhor.sources.synth.shape import ShapeStyle
+from okkhor.sources.synth.shape_style import ShapeStyle
 from okkhor.sources.synth.workers import FileTask, Job, run_tasks
 from okkhor.utils.files import atomic_path
 
