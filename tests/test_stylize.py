@@ -188,7 +188,7 @@ def test_bad_stylizer_files_are_one_line(dirs, fitted, tmp_path):
     synth = dirs[0]
     out = tmp_path / "out"
     code, output = cli("stylize", "apply", tmp_path / "missing.pt", "--synth", synth, "--out", out)
-    assert_one_line_error(code, output, "missing.pt", "stylizer file not found")
+    assert_one_line_error(code, output, "missing.pt", "stylizer not found")
     foreign = tmp_path / "foreign.pt"
     torch.save({"model": {"w": torch.zeros(2)}, "config": {}}, foreign)
     code, output = cli("stylize", "apply", foreign, "--synth", synth, "--out", out)

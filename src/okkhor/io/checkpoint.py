@@ -62,25 +62,27 @@ def _numpy_globals() -> list:
     return out
 
 
-def _refused(path: Path, exc: Exception) -> OkkhorError | None:
+def _refused(path: Path, exc: Exception, what: str = "checkpoint") -> OkkhorError | None:
     """The error for a file that torch.load(weights_only=True) refuses to unpickle; None when it is not that."""
     found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
     if not found and "allowlist" not in str(exc):
         return None
-    what = f"it asks for {found.group(1)}" if found else "it holds objects other than tensors and plain data"
-    return OkkhorError(f"{path}: refused: {what}; okkhor loads checkpoints with torch.load(weights_only=True), "
-                       f"which runs no code from the file, so this is not an okkhor checkpoint or it was "
+    why = f"it asks for {found.group(1)}" if found else "it holds objects other than tensors and plain data"
+    return OkkhorError(f"{path}: refused: {why}; okkhor loads {what}s with torch.load(weights_only=True), "
+                       f"which runs no code from the file, so this is not an okkhor {what} or it was "
                        f"altered")
 
 
-def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def load(path: str | os.PathLike, map_location: str | torch.device = "cpu",
+         what: str = "checkpoint") -> dict[str, Any]:
     """Read a checkpoint file without running code from it (torch.load(weights_only=True), numpy arrays allowed);
-    a missing, truncated, foreign or code-carrying file is one clear error naming it."""
+    a missing, truncated, foreign or code-carrying file is one clear error naming it (and `what` it should be: the
+    stylizer's file is read here too)."""
     path = Path(path)
     if path.is_dir():
-        raise OkkhorError(f"{path}: is a folder, not a checkpoint file")
+        raise OkkhorError(f"{path}: is a folder, not a {what} file")
     if not path.is_file():
-        raise OkkhorError(f"{path}: checkpoint not found")
+        raise OkkhorError(f"{path}: {what} not found")
     try:
         with torch.serialization.safe_globals(_numpy_globals()), warnings.catch_warnings():
             warnings.simplefilter("ignore")   # e.g. torch's note on the pickle protocol of a foreign file
@@ -88,13 +90,13 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> d
     except OSError as exc:
         raise OkkhorError(f"{path}: cannot read: {os.strerror(exc.errno) if exc.errno else exc}") from None
     except Exception as exc:
-        refused = _refused(path, exc)
+        refused = _refused(path, exc, what)
         if refused is not None:
             raise refused from None
         hint = "truncated, corrupted or not a torch file" if path.stat().st_size else "an empty file"
-        raise OkkhorError(f"{path}: not a readable checkpoint ({hint}: {exc.__class__.__name__})") from None
+        raise OkkhorError(f"{path}: not a readable {what} ({hint}: {exc.__class__.__name__})") from None
     if not isinstance(ckpt, dict):
-        raise OkkhorError(f"{path}: not an okkhor checkpoint (it holds a {type(ckpt).__name__}, not a dict)")
+        raise OkkhorError(f"{path}: not an okkhor {what} (it holds a {type(ckpt).__name__}, not a dict)")
     return ckpt
 
 

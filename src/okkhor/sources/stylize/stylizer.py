@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import io
-import os
-import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -12,6 +10,7 @@ import torch
 from torch import nn
 
 from okkhor.errors import OkkhorError
+from okkhor.io import checkpoint
 from okkhor.sources.stylize.nets import Discriminator, Generator
 from okkhor.utils.files import atomic_path
 
@@ -85,35 +84,13 @@ def save_stylizer(path: str | Path, opts: StylizeOptions, nets: dict[str, nn.Mod
     return Path(path)
 
 
-def _read(path: Path) -> Any:
-    """torch.load(weights_only=True): runs no code from the file; every failure is one line naming it."""
-    if path.is_dir():
-        raise OkkhorError(f"{path}: is a folder, not a stylizer file")
-    if not path.is_file():
-        raise OkkhorError(f"{path}: stylizer file not found")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except OSError as exc:
-        raise OkkhorError(f"{path}: cannot read: {os.strerror(exc.errno) if exc.errno else exc}") from None
-    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, ... for foreign or broken files
-        text = str(exc)
-        if "weights_only" in text or "Unsupported global" in text or "allowlist" in text:
-            raise OkkhorError(f"{path}: refused: it holds objects other than tensors and plain values (a stylizer "
-                              f"is read with torch.load(weights_only=True), which runs no code from the file)"
-                              ) from None
-        hint = "truncated, corrupted or not a torch file" if path.stat().st_size else "an empty file"
-        raise OkkhorError(f"{path}: not a readable stylizer ({hint}: {exc.__class__.__name__})") from None
-
-
 def load_stylizer(path: str | Path) -> tuple[StylizeOptions, dict[str, nn.Module], dict[str, Any]]:
     """(options, networks in eval mode, the whole file's content) of a stylizer file written by `save_stylizer`."""
     path = Path(path)
-    state = _read(path)
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        what = f"a {type(state).__name__}" if not isinstance(state, dict) else "no format tag " + repr(FORMAT)
-        raise OkkhorError(f"{path}: not an okkhor stylizer ({what}); make one with `okkhor stylize fit`")
+    state = checkpoint.load(path, what="stylizer")   # runs no code from the file
+    if state.get("format") != FORMAT:
+        raise OkkhorError(f"{path}: not an okkhor stylizer (no format tag {FORMAT!r}); make one with "
+                          f"`okkhor stylize fit`")
     if state.get("version") != VERSION:
         raise OkkhorError(f"{path}: stylizer format version {state.get('version')!r}; this okkhor reads {VERSION}")
     given = state.get("options")

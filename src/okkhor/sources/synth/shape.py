@@ -134,6 +134,18 @@ def _long_ends(s: Strokes, style: ShapeStyle) -> np.ndarray:
     return s.ends[s.length[s.stroke[s.ends]] >= style.min_stroke_px]
 
 
+def _free_end(coverage: np.ndarray, style: ShapeStyle, u: float) -> tuple[Strokes, np.ndarray] | None:
+    """The strokes of `coverage` and the chain from one long stroke's free end (the `u`-th share of them) towards
+    its joint; None when the image has no such end."""
+    s = strokes(coverage)
+    if s is None:
+        return None
+    ends = _long_ends(s, style)
+    if not ends.size:
+        return None
+    return s, chain(s, int(ends[int(u * ends.size)]))
+
+
 def _erase(coverage: np.ndarray, s: Strokes, dropped: np.ndarray) -> np.ndarray:
     """A copy of `coverage` without the pixels whose nearest skeleton pixel is `dropped` (bool by label)."""
     out = coverage.copy()
@@ -250,13 +262,10 @@ def trim_end(coverage: np.ndarray, rng: np.random.Generator, style: ShapeStyle, 
     """Drop the free end of one stroke: up to `trim_share` of the stroke and `trim_px`, from its end towards its
     joint (a dot or a short stroke's loss can make another letter: strokes under `min_stroke_px` stay whole)."""
     u = rng.random(2)
-    s = strokes(coverage)
-    if s is None:
+    picked = _free_end(coverage, style, u[0])
+    if picked is None:
         return coverage
-    ends = _long_ends(s, style)
-    if not ends.size:
-        return coverage
-    line = chain(s, int(ends[int(u[0] * ends.size)]))
+    s, line = picked
     dropped = np.zeros(s.stroke.size, bool)
     cut = (0.4 + 0.6 * u[1]) * min(style.trim_share * line.size, style.trim_px)
     cut = min(max(int(round(cut)), 2), line.size - 1)
@@ -271,13 +280,10 @@ def extend_end(coverage: np.ndarray, rng: np.random.Generator, style: ShapeStyle
     import cv2
 
     u = rng.random(3)
-    s = strokes(coverage)
-    if s is None:
+    picked = _free_end(coverage, style, u[0])
+    if picked is None:
         return coverage
-    ends = _long_ends(s, style)
-    if not ends.size:
-        return coverage
-    back = chain(s, int(ends[int(u[0] * ends.size)]))[:7]
+    s, back = picked[0], picked[1][:7]
     (ty, tx), (by, bx) = s.points[back[0]], s.points[back[-1]]
     angle = math.atan2(ty - by, tx - bx) + math.radians(style.extend_deg) * (2 * u[1] - 1)
     length = style.extend_px * (0.4 + 0.6 * u[2])
