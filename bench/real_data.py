@@ -4,6 +4,7 @@ and the ways of carrying the hand to the graphemes real data lacks, each scored 
     python bench/real_data.py                       # every row (hours: each long row takes 20-25 minutes)
     python bench/real_data.py --rows real,finetune --k 5,20
     python bench/real_data.py --quick               # a smoke version of every row in a few minutes
+    python bench/real_data.py --rows real-k20 --seed 1  # a second seed: rows named real-k20-seed1
 
 Rows (--rows takes these names or groups):
   real-k<K>      generalize-cpu on K real images per class alone (epochs of REAL_EPOCH_SIZE draws)
@@ -215,7 +216,8 @@ def run_row(name: str, args: list, work: Path, shared: Path, log: Path) -> dict:
     okkhor("train", "--out", run, "--no-progress", *args, log=log)
     trained = time.time() - start
     ckpt = run / "checkpoints" / "best.pt"
-    result = {"row": name, "args": [str(a) for a in args], "real_valid": real_valid_score(run, name != "synth")}
+    reads_real = name.split("-seed")[0] != "synth"
+    result = {"row": name, "args": [str(a) for a in args], "real_valid": real_valid_score(run, reads_real)}
     for key, folder in (("real", shared / "handwriting-dev"), ("conjuncts", shared / "handwriting-dev-conjuncts")):
         okkhor("predict", ckpt, "--data", folder, "--out", run / f"{key}.csv", log=log)
         scored = score(folder / "test_labels.csv", run / f"{key}.csv", log)
@@ -273,6 +275,8 @@ def main() -> int:
                     "short epoch a row; results in WORK/quick/")
     ap.add_argument("--shared", type=Path, default=ROOT.parent / "shared", help="the folder of the real sets")
     ap.add_argument("--work", type=Path, default=ROOT / "runs" / "real-data")
+    ap.add_argument("--seed", type=int, default=None, help="train with this seed (the config's `seed`) instead of "
+                    "the preset's: the noise of a second seed; the row is named NAME-seedN (the same real subsets)")
     args = ap.parse_args()
     ks = [int(k) for k in args.k.split(",")] if not args.quick else list(QUICK["ks"])
     work = args.work / "quick" if args.quick else args.work
@@ -296,7 +300,9 @@ def main() -> int:
         if name == "carry-stylize":
             stylized_synth(real[max(ks)], synth, work, args.quick, log)
         print(f"== {name}: {trains_on}", flush=True)
-        result = {**run_row(name, train_args, work, args.shared, log), "trains_on": trains_on,
+        row = name if args.seed is None else f"{name}-seed{args.seed}"
+        seeded = [*train_args, *(["--set", f"seed={args.seed}"] if args.seed is not None else [])]
+        result = {**run_row(row, seeded, work, args.shared, log), "trains_on": trains_on, "seed": args.seed,
                   "quick": args.quick, "k": next((k for k in ks if name.endswith(f"-k{k}")), None),
                   "real_images": {k: int(len(r)) for k, r in chosen.items()}, "real_valid_images": int(len(valid)),
                   "synth_minutes": round(synth_minutes, 1)}
