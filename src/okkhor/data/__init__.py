@@ -1,1 +1,1 @@
-"""Data: the Kaggle file format, the prepare cache, folds, datasets, augmentation and the synthetic generator."""
+"""What reads a data dir: the prepare cache, folds, a run's data sources and sampler, datasets and augmentation."""
