@@ -24,7 +24,8 @@ from okkhor.inference.predict import raw_probs  # noqa: E402
 from okkhor.inference.serve.app import MAX_IMAGES, MAX_UPLOAD_BYTES, create_app  # noqa: E402
 from okkhor.inference.serve.batcher import Batcher, Busy  # noqa: E402
 from okkhor.inference.serve.recogniser import MAX_IMAGE_PIXELS, Recogniser, load_recogniser, read_page  # noqa: E402
-from okkhor.io.kaggle import iter_image_parquet, load_targets  # noqa: E402
+from okkhor.io.kaggle import iter_image_parquet  # noqa: E402
+from okkhor.io.labels import load_targets  # noqa: E402
 from okkhor.models.graphemes import GRAPHEME  # noqa: E402
 from okkhor.models.model import build_model  # noqa: E402
 from okkhor.targets import Targets  # noqa: E402
