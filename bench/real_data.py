@@ -207,7 +207,7 @@ def real_valid_score(run: Path, reads_real: bool) -> float | None:
     return float(valid["score"].max()) if len(valid) else None
 
 
-def run_row(name: str, args: list, work: Path, shared: Path, log: Path) -> dict:
+def run_row(name: str, args: list, work: Path, shared: Path, log: Path, reads_real: bool = True) -> dict:
     """Train one row, then predict and score both real evaluation sets; its times and the machine's load."""
     run = work / f"run-{name}"
     if run.exists():
@@ -216,7 +216,6 @@ def run_row(name: str, args: list, work: Path, shared: Path, log: Path) -> dict:
     okkhor("train", "--out", run, "--no-progress", *args, log=log)
     trained = time.time() - start
     ckpt = run / "checkpoints" / "best.pt"
-    reads_real = name.split("-seed")[0] != "synth"
     result = {"row": name, "args": [str(a) for a in args], "real_valid": real_valid_score(run, reads_real)}
     for key, folder in (("real", shared / "handwriting-dev"), ("conjuncts", shared / "handwriting-dev-conjuncts")):
         okkhor("predict", ckpt, "--data", folder, "--out", run / f"{key}.csv", log=log)
@@ -302,7 +301,8 @@ def main() -> int:
         print(f"== {name}: {trains_on}", flush=True)
         row = name if args.seed is None else f"{name}-seed{args.seed}"
         seeded = [*train_args, *(["--set", f"seed={args.seed}"] if args.seed is not None else [])]
-        result = {**run_row(row, seeded, work, args.shared, log), "trains_on": trains_on, "seed": args.seed,
+        trained = run_row(row, seeded, work, args.shared, log, reads_real=name != "synth")
+        result = {**trained, "trains_on": trains_on, "seed": args.seed,
                   "quick": args.quick, "k": next((k for k in ks if name.endswith(f"-k{k}")), None),
                   "real_images": {k: int(len(r)) for k, r in chosen.items()}, "real_valid_images": int(len(valid)),
                   "synth_minutes": round(synth_minutes, 1)}

@@ -28,16 +28,21 @@ def read_csv_checked(path: str | Path, required: Sequence[str], what: str = "CSV
     return df
 
 
+def integer_column(df: pd.DataFrame, name: str, path: str | Path) -> np.ndarray:
+    """Column `name` as int64; fail naming the file, column, value and CSV row when a value is not an integer."""
+    col = pd.to_numeric(df[name], errors="coerce")
+    bad = col.isna() | (col != col.round())
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        raise OkkhorError(f"{path}: column {name} has a non-integer value {df[name].iloc[row]!r} (row {row + 2})")
+    return col.to_numpy().astype(np.int64)
+
+
 def check_labels(df: pd.DataFrame, targets: Targets, path: str | Path) -> np.ndarray:
     """Return labels int64 [n, n_targets]; fail naming the column when a value is not an integer in range."""
     out = np.empty((len(df), len(targets)), dtype=np.int64)
     for t, (name, n) in enumerate(zip(targets.names, targets.num_classes, strict=False)):
-        col = pd.to_numeric(df[name], errors="coerce")
-        bad = col.isna() | (col != col.round())
-        if bad.any():
-            row = int(np.flatnonzero(bad.to_numpy())[0])
-            raise OkkhorError(f"{path}: column {name} has a non-integer value {df[name].iloc[row]!r} (row {row + 2})")
-        values = col.to_numpy().astype(np.int64)
+        values = integer_column(df, name, path)
         out_of_range = (values < 0) | (values >= n)
         if out_of_range.any():
             row = int(np.flatnonzero(out_of_range)[0])
@@ -97,10 +102,5 @@ def read_submission(path: str | Path) -> pd.DataFrame:
     df = read_csv_checked(path, ["row_id", "target"], "submission")
     if df["row_id"].duplicated().any():
         raise OkkhorError(f"{path}: duplicate row_id {df.loc[df['row_id'].duplicated(), 'row_id'].iloc[0]}")
-    col = pd.to_numeric(df["target"], errors="coerce")
-    bad = col.isna() | (col != col.round())
-    if bad.any():
-        row = int(np.flatnonzero(bad.to_numpy())[0])
-        raise OkkhorError(f"{path}: column target has a non-integer value {df['target'].iloc[row]!r} (row {row + 2})")
-    df["target"] = col.astype(np.int64)
+    df["target"] = integer_column(df, "target", path)
     return df

@@ -283,7 +283,8 @@ def extend_end(coverage: np.ndarray, rng: np.random.Generator, style: ShapeStyle
     picked = _free_end(coverage, style, u[0])
     if picked is None:
         return coverage
-    s, back = picked[0], picked[1][:7]
+    s, line = picked
+    back = line[:7]
     (ty, tx), (by, bx) = s.points[back[0]], s.points[back[-1]]
     angle = math.atan2(ty - by, tx - bx) + math.radians(style.extend_deg) * (2 * u[1] - 1)
     length = style.extend_px * (0.4 + 0.6 * u[2])

@@ -41,7 +41,7 @@ class ShapeStyle:
     min_stroke_px: float = 8.0  # strokes shorter than this (dots, serifs, ridge noise) are never changed
 
     def __post_init__(self) -> None:
-        for name in ("move", "warp", "trim", "extend", "open", "close"):
+        for name in STEPS:
             _check(name, getattr(self, name), 0.0, 1.0)
         limits = {"move_deg": 45.0, "move_stretch": 1.0, "move_px": 12.0, "warp_px": 10.0, "trim_share": 0.9,
                   "trim_px": 30.0, "extend_px": 15.0, "extend_deg": 90.0, "gap_px": 10.0, "bridge_px": 15.0,
